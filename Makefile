@@ -1,0 +1,82 @@
+# shopflow — every entry point. `make run` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where the CPU build of torch comes from when no local wheel folder (PIP_FIND_LINKS) is set.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_ARGS ?=
+DATE ?=
+
+# Offline by default: nothing may be downloaded at run time, and no usage tracking.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export PYTHONUNBUFFERED := 1
+# dvc.yaml runs `python -m pipelines ...`: make that the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: help setup run test lint format bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is rebuilt when the dependencies change. torch is installed first and alone, so that
+# no resolver ever plans the CUDA build (see constraints.txt).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	@echo "== installing shopflow into $(VENV) (torch==2.13.0 CPU, pandas<3; see constraints.txt)"
+	$(BIN)/python -m pip install -q --upgrade uv || echo "uv unavailable: falling back to pip"
+	@if [ -x $(BIN)/uv ]; then \
+	  if [ -n "$${PIP_FIND_LINKS:-}" ]; then \
+	    $(BIN)/uv pip install --python $(BIN)/python --find-links "$$PIP_FIND_LINKS" -c constraints.txt -e '.[dev]'; \
+	  else \
+	    $(BIN)/uv pip install --python $(BIN)/python --index-url $(TORCH_INDEX) torch==2.13.0 && \
+	    $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e '.[dev]'; \
+	  fi; \
+	else \
+	  if [ -z "$${PIP_FIND_LINKS:-}" ]; then $(BIN)/python -m pip install --index-url $(TORCH_INDEX) torch==2.13.0; fi; \
+	  $(BIN)/python -m pip install -c constraints.txt -e '.[dev]'; \
+	fi
+	@$(BIN)/python -c "import torch, pandas; assert torch.__version__.startswith('2.13.0'), torch.__version__; assert int(pandas.__version__.split('.')[0]) < 3"
+	touch $@
+
+setup: $(VENV)/.installed ## create the virtualenv and install everything (idempotent)
+
+run: setup ## run the pipeline on the embedded synthetic shop (dvc repro)
+	$(BIN)/dvc repro
+	@echo "== done: metrics below; tables under data/, reports under reports/"
+	@$(BIN)/dvc metrics show
+
+test: setup ## lint and run the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## ingest + validate throughput on a 1M-event synthetic day
+	$(BIN)/python -m pipelines bench ingest --events 1000000
+
+lock: setup ## regenerate the pinned part of constraints.txt from the current venv
+	@{ sed '/^# The rest is the lock/q' constraints.txt; \
+	   echo "# regenerated with \`make lock\`. Constraints only apply to packages that get installed."; \
+	   $(BIN)/uv pip freeze --python $(BIN)/python | grep -v -E '^(-e |shopflow|torch==|pandas==)' | sed 's/+cpu//'; \
+	 } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean: ## remove generated data, metrics and reports (not the venv, not the DVC cache)
+	rm -rf data metrics reports

@@ -1,0 +1,109 @@
+"""Command line: `python -m pipelines <stage>` or `shopflow <stage>`; dvc.yaml calls these.
+
+Errors caused by input print one clear message (no traceback) and exit non-zero: 2 for bad
+input or params, 3 for failed data validation. `--debug` (or SHOPFLOW_DEBUG=1) shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from pipelines.config import Params, load_params
+from pipelines.errors import ShopflowError
+
+log = logging.getLogger("shopflow")
+
+
+def _ingest(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import ingest
+
+    ingest.run(params)
+
+
+def _validate(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import validate
+
+    validate.run(params)
+
+
+def _prepare(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import prepare
+
+    prepare.run(params)
+
+
+def _show_params(params: Params, args: argparse.Namespace) -> None:
+    print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
+
+
+def _bench(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import benchmarks
+
+    benchmarks.ingest_throughput(params, events=args.events, workdir=args.workdir)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
+    "ingest": ("read the source for the window and write the data contract", _ingest),
+    "validate": ("Great Expectations gate over the ingested tables", _validate),
+    "prepare": ("splits and training examples", _prepare),
+    "params": ("print the effective params (profile applied)", _show_params),
+    "bench": ("benchmarks (see `make bench`)", _bench),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", type=Path, help="params file")
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param for this run (like `dvc exp run -S`), e.g. -S ingest.window.days=7",
+    )  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text)
+        if name == "bench":
+            cmd.add_argument("what", choices=["ingest"], help="which benchmark")
+            cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
+            cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("great_expectations", "urllib3", "numba", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    debug = args.debug or os.environ.get("SHOPFLOW_DEBUG") == "1"
+    try:
+        params = load_params(args.params, args.set)
+        COMMANDS[args.command][1](params, args)
+    except ShopflowError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"shopflow {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"shopflow {args.command}: interrupted; outputs were left as they were", file=sys.stderr
+        )
+        return 130
+    return 0

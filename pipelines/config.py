@@ -1,0 +1,179 @@
+"""Typed view of params.yaml, the single place for every knob.
+
+params.yaml holds the default (2-core CPU) values per stage section, a `profile` name and a
+`profiles` table of overrides (`tiny` for tests and CI, `gpu` for a GPU box). The effective
+config is the sections with the chosen profile's overrides merged on top. Every section is a
+pydantic model with `extra="forbid"`, so a typo in a key is an error naming that key rather
+than a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+SourceName = Literal["synthetic", "judgments", "events", "esci", "wands", "online_retail"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Window(Section):
+    """The data window: `days` whole UTC days ending with `end` (inclusive)."""
+
+    end: dt.date
+    days: int = Field(ge=1, le=3660)
+
+    @property
+    def start(self) -> dt.date:
+        return self.end - dt.timedelta(days=self.days - 1)
+
+    def dates(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range(self.days)]
+
+    def bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        """[start, end) as UTC datetimes: the half-open interval events must fall in."""
+        start = dt.datetime.combine(self.start, dt.time(), tzinfo=dt.UTC)
+        return start, start + dt.timedelta(days=self.days)
+
+
+class IngestConfig(Section):
+    source: SourceName = "synthetic"
+    path: str = "pipelines/synthetic"
+    window: Window
+    encoding: str = "utf-8"
+    mapping: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    on_unparseable: Literal["fail", "quarantine"] = "fail"
+    max_quarantine_share: float = Field(0.01, ge=0, le=1)
+
+
+class DriftConfig(Section):
+    """Injected drift from `start` on; every magnitude 0 means off."""
+
+    start: dt.date | None = None
+    new_category: float = Field(0.0, ge=0, le=1)
+    seasonal_shift: float = Field(0.0, ge=0, le=1)
+    price_change: float = Field(0.0, ge=-0.9, le=5)
+    new_vocab: float = Field(0.0, ge=0, le=1)
+
+
+class SyntheticConfig(Section):
+    start_date: dt.date
+    n_products: int = Field(3000, ge=50, le=5_000_000)
+    n_users: int = Field(3000, ge=10)
+    sessions_per_day: int = Field(2000, ge=1)
+    search_share: float = Field(0.7, ge=0, le=1)
+    judged_queries_per_day: int = Field(40, ge=0)
+    pii_query_rate: float = Field(0.002, ge=0, le=1)
+    candidate_pool: int = Field(120, ge=10)
+    drift: DriftConfig = DriftConfig()
+
+
+class ValidateConfig(Section):
+    on_invalid: Literal["fail", "quarantine"] = "fail"
+    max_quarantine_share: float = Field(0.01, ge=0, le=1)
+    max_unknown_product_share: float = Field(0.01, ge=0, le=1)
+    volume_ratio_min: float = Field(0.25, gt=0)
+    volume_ratio_max: float = Field(4.0, gt=0)
+    volume_lookback_days: int = Field(7, ge=1)
+    max_title_chars: int = Field(1000, ge=1)
+    max_query_chars: int = Field(512, ge=1)
+    future_tolerance_minutes: int = Field(10, ge=0)
+
+
+class PrepareConfig(Section):
+    test_days: int = Field(3, ge=1)
+    valid_days: int = Field(3, ge=0)
+    judgments_test_share: float = Field(0.2, gt=0, lt=1)
+    judgments_valid_share: float = Field(0.1, ge=0, lt=1)
+    history_length: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _shares_leave_training_data(self) -> PrepareConfig:
+        if self.judgments_test_share + self.judgments_valid_share >= 1:
+            raise ValueError("judgments_test_share + judgments_valid_share must be < 1")
+        return self
+
+
+class Params(Section):
+    """The effective configuration of one run."""
+
+    profile: str = "default"
+    seed: int = 20261123
+    ingest: IngestConfig
+    synthetic: SyntheticConfig
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    prepare: PrepareConfig = PrepareConfig()
+
+
+STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `override` merged in; nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_dotted(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML, like `dvc exp run -S`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Apply CLI overrides, then merge the selected profile's overrides over the sections."""
+    tree = copy.deepcopy(raw)
+    for assignment in overrides:
+        set_dotted(tree, assignment)
+    profiles = tree.pop("profiles", {}) or {}
+    profile = tree.get("profile", "default")
+    if profile != "default":
+        if profile not in profiles:
+            known = ", ".join(["default", *profiles])
+            raise ConfigError(f"params: profile {profile!r} is not defined (known: {known})")
+        tree = deep_merge(tree, profiles[profile])
+    return tree
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()
+) -> Params:
+    """Read, resolve and validate params; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    tree = resolve(raw, overrides)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid params: {problems}") from None

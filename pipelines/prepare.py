@@ -1,0 +1,205 @@
+"""Stage `prepare`: leakage-free splits and the training examples later stages learn from.
+
+- Events split by time: the last `test_days` are test, the `valid_days` before are valid,
+  the rest train. Every example takes its split from its own timestamp, and its labels only
+  from events of the same split, so no later timestamp crosses into an earlier split.
+- Judgments split by query: a hash of the normalized query picks the split, so a query (and
+  every product judged for it) sits in exactly one split, stable across runs and data growth.
+- `pairs.parquet`: one row per (session, query, shown product): position kept for
+  position-bias correction; label 0 shown-not-clicked, 1 click, 2 add to cart, 3 purchase.
+- `sequences.parquet`: one row per purchase: the user's earlier interactions (most recent
+  `history_length` distinct products) and the purchased product, for next-item recommendation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.artifacts import read_json, staged_dir, table_hash, write_json, write_parquet
+from pipelines.config import Params
+from pipelines.contract import normalize_text
+from pipelines.errors import ConfigError, StageInputError
+
+log = logging.getLogger(__name__)
+
+IN_DIR = Path("data/validated")
+OUT_DIR = Path("data/prepared")
+METRICS = Path("metrics/prepare.json")
+SPLITS = ("train", "valid", "test")
+LABELS = {"click": 1, "add_to_cart": 2, "purchase": 3}
+
+
+@dataclass
+class Prepared:
+    tables: dict[str, pd.DataFrame]
+    boundaries: dict[str, str]
+    metrics: dict[str, object]
+
+
+def time_boundaries(params: Params) -> dict[str, pd.Timestamp]:
+    """Start of valid and of test (UTC midnights); train is everything before valid."""
+    window = params.ingest.window
+    cfg = params.prepare
+    if cfg.test_days + cfg.valid_days >= window.days:
+        raise ConfigError(
+            f"prepare.test_days ({cfg.test_days}) + prepare.valid_days ({cfg.valid_days}) must "
+            f"leave training days in the {window.days}-day window"
+        )
+    _, end = window.bounds()
+    test_start = pd.Timestamp(end) - pd.Timedelta(days=cfg.test_days)
+    return {"valid": test_start - pd.Timedelta(days=cfg.valid_days), "test": test_start}
+
+
+def split_by_time(ts: pd.Series, bounds: dict[str, pd.Timestamp]) -> pd.Series:
+    split = np.where(
+        ts >= bounds["test"], "test", np.where(ts >= bounds["valid"], "valid", "train")
+    )
+    return pd.Series(split, index=ts.index, dtype="object")
+
+
+def query_bucket(query: str) -> float:
+    """A uniform number in [0, 1) from the normalized query: the same query, the same split."""
+    digest = hashlib.sha1(normalize_text(query).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_judgments(judgments: pd.DataFrame, params: Params) -> pd.DataFrame:
+    cfg = params.prepare
+    buckets = judgments["query"].map(query_bucket)
+    split = np.where(
+        buckets < cfg.judgments_test_share,
+        "test",
+        np.where(buckets < cfg.judgments_test_share + cfg.judgments_valid_share, "valid", "train"),
+    )
+    return judgments.assign(split=split)
+
+
+def click_pairs(events: pd.DataFrame) -> pd.DataFrame:
+    """Shown products with their best outcome, per (split, session, query, product)."""
+    searched = events[events["query"].notna()]
+    key = ["split", "session_id", "query", "product_id"]
+    shown = searched[searched["event_type"] == "impression"]
+    shown = shown.sort_values("ts", kind="stable").drop_duplicates(key, keep="first")
+    outcomes = searched[searched["event_type"].isin(list(LABELS))]
+    best = (
+        outcomes.assign(label=outcomes["event_type"].map(LABELS))
+        .groupby(key, sort=False)["label"]
+        .max()
+        .rename("label")
+    )
+    pairs = shown.join(best, on=key).fillna({"label": 0})
+    pairs["label"] = pairs["label"].astype("int8")
+    pairs["clicked"] = pairs["label"] > 0
+    columns = ["split", "ts", "session_id", "user_key", "query", "product_id", "position"]
+    return pairs[[*columns, "clicked", "label"]].reset_index(drop=True)
+
+
+def purchase_sequences(events: pd.DataFrame, history_length: int) -> pd.DataFrame:
+    """For each purchase: the user's most recent distinct products before it, and the target."""
+    acts = events[events["event_type"].isin(list(LABELS))].sort_values(
+        ["user_key", "ts"], kind="stable"
+    )
+    rows = []
+    for user, group in acts.groupby("user_key", sort=True):
+        seen: dict[str, None] = {}
+        for ts, product, kind, split in group[
+            ["ts", "product_id", "event_type", "split"]
+        ].itertuples(index=False):
+            if kind == "purchase" and seen:
+                history = list(seen)[-history_length:]
+                rows.append((split, ts, user, history, product))
+            seen.pop(product, None)
+            seen[product] = None
+    return pd.DataFrame(rows, columns=["split", "ts", "user_key", "history", "product_id"])
+
+
+def prepare(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
+    """The pure core: validated tables in, splits and examples out."""
+    out: dict[str, pd.DataFrame] = {"products": tables["products"]}
+    metrics: dict[str, object] = {}
+    boundaries: dict[str, str] = {}
+    if "events" in tables:
+        bounds = time_boundaries(params)
+        boundaries = {k: v.isoformat() for k, v in bounds.items()}
+        events = tables["events"].assign(split=lambda f: split_by_time(f["ts"], bounds))
+        pairs = click_pairs(events)
+        sequences = purchase_sequences(events, params.prepare.history_length)
+        out["pairs"], out["sequences"] = pairs, sequences
+        metrics["events"] = events["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
+        metrics["pairs"] = {
+            s: {
+                "rows": int((pairs["split"] == s).sum()),
+                "queries": int(pairs.loc[pairs["split"] == s, "query"].nunique()),
+                "click_rate": round(float(pairs.loc[pairs["split"] == s, "clicked"].mean()), 4)
+                if (pairs["split"] == s).any()
+                else 0.0,
+            }
+            for s in SPLITS
+        }
+        metrics["sequences"] = (
+            sequences["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
+        )
+    if "judgments" in tables:
+        judged = split_judgments(tables["judgments"], params)
+        out["judgments"] = judged
+        metrics["judgments"] = {
+            s: {
+                "rows": int((judged["split"] == s).sum()),
+                "queries": int(judged.loc[judged["split"] == s, "query"].nunique()),
+                "mean_relevance": round(
+                    float(judged.loc[judged["split"] == s, "relevance"].mean()), 4
+                )
+                if (judged["split"] == s).any()
+                else 0.0,
+            }
+            for s in SPLITS
+        }
+    return Prepared(out, boundaries, metrics)
+
+
+def load_validated(in_dir: Path) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Read validate's output, refusing anything it did not approve."""
+    manifest_path = in_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise StageInputError(
+            f"{manifest_path}: not found; validation has not passed (run `python -m pipelines validate`)"
+        )
+    manifest = read_json(manifest_path)
+    if not manifest.get("validated"):
+        raise StageInputError(f"{manifest_path}: data was not approved by validate")
+    tables = {}
+    for name, expected in manifest["validated_hashes"].items():
+        frame = pd.read_parquet(in_dir / f"{name}.parquet")
+        if table_hash(frame) != expected:
+            raise StageInputError(f"{in_dir / name}.parquet was changed after validation")
+        tables[name] = frame
+    return tables, manifest
+
+
+def run(
+    params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR, metrics: Path = METRICS
+) -> Prepared:
+    started = time.perf_counter()
+    tables, manifest = load_validated(in_dir)
+    result = prepare(tables, params)
+    with staged_dir(out_dir) as staging:
+        for name, frame in result.tables.items():
+            write_parquet(frame, staging / f"{name}.parquet")
+        write_json(
+            staging / "splits.json",
+            {"time_boundaries": result.boundaries, "source": manifest["source"],
+             "window": manifest["window"], "judgments_split": "by query hash"},
+        )  # fmt: skip
+    write_json(metrics, result.metrics)
+    log.info(
+        "prepare: %s in %.1fs",
+        ", ".join(f"{n}={len(f):,}" for n, f in result.tables.items()), time.perf_counter() - started,
+    )  # fmt: skip
+    return result
