@@ -144,7 +144,10 @@ def set_dotted(tree: dict[str, Any], assignment: str) -> None:
 
 
 def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Apply CLI overrides, then merge the selected profile's overrides over the sections."""
+    """Merge the selected profile over the sections; CLI overrides win over both.
+
+    Overrides are applied before the merge too, so `-S profile=tiny` selects the profile.
+    """
     tree = copy.deepcopy(raw)
     for assignment in overrides:
         set_dotted(tree, assignment)
@@ -155,6 +158,8 @@ def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
             known = ", ".join(["default", *profiles])
             raise ConfigError(f"params: profile {profile!r} is not defined (known: {known})")
         tree = deep_merge(tree, profiles[profile])
+    for assignment in overrides:
+        set_dotted(tree, assignment)
     return tree
 
 

@@ -88,6 +88,8 @@ def stable_product_id(title: str, brand: str | None = None, description: str | N
 
 def _parse(values: pd.Series, kind: Kind) -> pd.Series:
     if kind == "str":
+        if pd.api.types.infer_dtype(values, skipna=True) in {"string", "empty"}:
+            return values.astype("object").where(values.notna(), None)
         return values.map(lambda v: v if v is None or isinstance(v, str) else _to_str(v))
     if kind == "float":
         return pd.to_numeric(values, errors="coerce").astype("float64")

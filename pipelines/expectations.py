@@ -177,7 +177,11 @@ def volume_rules(params: Params) -> list[Rule]:
                 max_value=cfg.volume_ratio_max,
             ),
         ),
-        _r("every day has events", gxe.ExpectColumnValuesToBeBetween(column="events", min_value=1)),
+        _r(
+            "every day has events",
+            gxe.ExpectColumnValuesToBeBetween(column="events", min_value=1),
+            rows=False,
+        ),
     ]
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,20 @@ def key_fingerprint(key: bytes) -> str:
 
 
 def pseudonymize(ids: pd.Series, key: bytes, prefix: str = USER_PREFIX) -> pd.Series:
-    """Map raw ids to `prefix` + 16 hex chars of HMAC-SHA256; nulls stay null."""
-    uniques = ids.dropna().astype(str).unique()
-    mapping = {
-        raw: prefix + hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
-        for raw in uniques
-    }
-    return ids.astype("object").map(lambda v: mapping.get(str(v)) if pd.notna(v) else None)
+    """Map raw ids to `prefix` + 16 hex chars of HMAC-SHA256; nulls stay null.
+
+    Hashes each distinct id once (a day of events has far fewer users than rows).
+    """
+    codes, uniques = pd.factorize(ids.astype("object").map(str, na_action="ignore"))
+    digests = np.array(
+        [
+            prefix + hmac.new(key, str(raw).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+            for raw in uniques
+        ]
+        + [None],
+        dtype=object,
+    )
+    return pd.Series(digests[codes], index=ids.index, dtype="object")  # code -1 -> None
 
 
 def luhn_valid(digits: str) -> bool:

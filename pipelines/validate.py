@@ -256,17 +256,18 @@ def run(
     scale = tuple(manifest["relevance_scale"]) if manifest.get("relevance_scale") else None
     now = dt.datetime.now(dt.UTC)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    with tempfile.TemporaryDirectory(prefix="shopflow-gx-") as gx_root:
-        report, _ = check(tables, params, scale, now, Path(gx_root))
+    with tempfile.TemporaryDirectory(prefix="shopflow-gx-") as gx_tmp:
+        docs_root = Path(gx_tmp) / "first"
+        report, _ = check(tables, params, scale, now, docs_root)
         quarantined = pd.DataFrame()
         if report.critical and params.validate_.on_invalid == "quarantine":
             cleaned, quarantined = quarantine(tables, report, params)
-            recheck, _ = check(cleaned, params, scale, now, Path(gx_root))
-            report = Report(report.failures + recheck.failures, report.checked)
+            docs_root = Path(gx_tmp) / "recheck"  # the Data Docs show what was finally accepted
+            recheck, _ = check(cleaned, params, scale, now, docs_root)
+            report = recheck
             if not recheck.critical:
                 tables = cleaned
-                report = Report(recheck.failures, recheck.checked)
-        docs = _publish_docs(Path(gx_root), report_dir)
+        docs = _publish_docs(docs_root, report_dir)
     passed = not report.critical
     summary = _summary(report, manifest, passed, len(quarantined))
     write_json(report_dir / "summary.json", summary)

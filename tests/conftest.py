@@ -1,0 +1,64 @@
+"""Shared fixtures: params on the tiny profile, and a throwaway copy of the project for DVC."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("SHOPFLOW_PSEUDONYM_KEY", "test-key-not-secret")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def tiny_params(*overrides: str) -> Params:
+    """The tiny profile (what CI runs), with `key=value` overrides like `dvc exp run -S`."""
+    return load_params(ROOT / "params.yaml", ["profile=tiny", *overrides])
+
+
+@pytest.fixture
+def params() -> Params:
+    return tiny_params()
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run a test inside an empty folder (stages write relative data/, metrics/, reports/)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project (code, dvc.yaml, params on the tiny profile) with its own git + DVC."""
+    dest = tmp_path / "project"
+    dest.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(
+        ROOT / "pipelines", dest / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
+    (dest / "params.yaml").write_text(text)
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "test@shopflow.local")
+    run("git", "config", "user.name", "test")
+    run("dvc", "init", "-q")
+    run("dvc", "config", "core.analytics", "false")
+    return dest
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data is only on development machines and CI)")
+    return path
