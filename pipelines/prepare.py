@@ -169,7 +169,8 @@ def load_validated(in_dir: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     manifest_path = in_dir / "manifest.json"
     if not manifest_path.exists():
         raise StageInputError(
-            f"{manifest_path}: not found; validation has not passed (run `python -m pipelines validate`)"
+            f"{manifest_path}: not found; validation has not passed "
+            "(run `python -m pipelines validate`)"
         )
     manifest = read_json(manifest_path)
     if not manifest.get("validated"):
@@ -198,8 +199,6 @@ def run(
              "window": manifest["window"], "judgments_split": "by query hash"},
         )  # fmt: skip
     write_json(metrics, result.metrics)
-    log.info(
-        "prepare: %s in %.1fs",
-        ", ".join(f"{n}={len(f):,}" for n, f in result.tables.items()), time.perf_counter() - started,
-    )  # fmt: skip
+    counts = ", ".join(f"{n}={len(f):,}" for n, f in result.tables.items())
+    log.info("prepare: %s in %.1fs", counts, time.perf_counter() - started)
     return result

@@ -44,7 +44,7 @@ def test_unknown_profile():
 
 
 def test_malformed_override():
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         tiny_params("no-equals-sign")
 
 
