@@ -59,18 +59,32 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shopflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", type=Path, help="params file")
+def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """Options accepted before or after the command (`shopflow ingest -S a=b` reads naturally)."""
     parser.add_argument(
-        "-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--params", type=Path, default=default or Path("params.yaml"), help="params file"
+    )
+    parser.add_argument(
+        "-S", "--set", action="append", default=default or [], metavar="KEY=VALUE",
+        dest="set_after" if default is argparse.SUPPRESS else "set",
         help="override a param for this run (like `dvc exp run -S`), e.g. -S ingest.window.days=7",
     )  # fmt: skip
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default or False, help="debug logging"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default or False,
+        help="show tracebacks of input errors",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopflow", description=__doc__.splitlines()[0])
+    _common_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text)
+        _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
             cmd.add_argument("what", choices=["ingest"], help="which benchmark")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
@@ -94,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     debug = args.debug or os.environ.get("SHOPFLOW_DEBUG") == "1"
     try:
-        params = load_params(args.params, args.set)
+        params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
         COMMANDS[args.command][1](params, args)
     except ShopflowError as exc:
         if debug:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from pipelines.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's scripts (dvc), whatever PATH says
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("SHOPFLOW_PSEUDONYM_KEY", "test-key-not-secret")
@@ -52,8 +54,8 @@ def project(tmp_path: Path) -> Path:
     run("git", "init", "-q")
     run("git", "config", "user.email", "test@shopflow.local")
     run("git", "config", "user.name", "test")
-    run("dvc", "init", "-q")
-    run("dvc", "config", "core.analytics", "false")
+    run(str(BIN / "dvc"), "init", "-q")
+    run(str(BIN / "dvc"), "config", "core.analytics", "false")
     return dest
 
 

@@ -1,0 +1,85 @@
+"""Benchmarks behind the speed claims (`make bench`). Timings go to stdout and a JSON file.
+
+`ingest_throughput`: one synthetic day of about N events (default 1M) through the real
+ingest (parse, window, pseudonymize, scrub, hash, parquet) and validate (every GX suite)
+code paths, timed separately from the simulator that produces the day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines import ingest, validate
+from pipelines.config import Params
+from pipelines.privacy import pseudonym_key
+from pipelines.sources import read_source
+from pipelines.synthetic.sessions import WEEKDAY_FACTOR
+
+log = logging.getLogger(__name__)
+
+EVENTS_PER_SESSION = 19.4  # measured on the default profile: 1,085,539 events / 55,980 sessions
+RESULT = Path("metrics/bench_ingest.json")
+
+
+def ingest_throughput(params: Params, events: int, workdir: Path | None = None) -> dict:
+    day = params.ingest.window.end
+    sessions = max(1, round(events / EVENTS_PER_SESSION / WEEKDAY_FACTOR[day.weekday()]))
+    overrides = {
+        "ingest": params.ingest.model_copy(
+            update={"window": params.ingest.window.model_copy(update={"days": 1})}
+        ),
+        "synthetic": params.synthetic.model_copy(
+            update={
+                "sessions_per_day": sessions,
+                "n_users": max(params.synthetic.n_users, sessions // 2),
+            }
+        ),
+    }
+    bench = params.model_copy(update=overrides)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="shopflow-bench-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        raw = read_source(bench)
+        t1 = time.perf_counter()
+        result = ingest.normalize(raw, bench, pseudonym_key(), dt.datetime.now(dt.UTC))
+        ingest.write(result, root / "ingested")
+        t2 = time.perf_counter()
+        validate.run(
+            bench, root / "ingested", root / "validated", root / "reports", root / "v.json"
+        )
+        t3 = time.perf_counter()
+    rows = sum(len(f) for f in result.tables.values())
+    n_events = len(result.tables["events"])
+    report = {
+        "day": str(day),
+        "events": n_events,
+        "rows_all_tables": rows,
+        "simulate_s": round(t1 - t0, 2),
+        "ingest_s": round(t2 - t1, 2),
+        "validate_s": round(t3 - t2, 2),
+        "ingest_rows_per_s": round(rows / (t2 - t1)),
+        "validate_rows_per_s": round(rows / (t3 - t2)),
+        "ingest_plus_validate_rows_per_s": round(rows / (t3 - t1)),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        ("simulate", report["simulate_s"], "(not part of ingest)"),
+        ("ingest", report["ingest_s"], f"{report['ingest_rows_per_s']:>10,} rows/s"),
+        ("validate (GX)", report["validate_s"], f"{report['validate_rows_per_s']:>10,} rows/s"),
+        ("ingest + validate", t3 - t1, f"{report['ingest_plus_validate_rows_per_s']:>10,} rows/s"),
+    ]
+    print(f"\n1 synthetic day, {n_events:,} events ({rows:,} rows with products and judgments)")
+    for name, seconds, rate in lines:
+        print(f"  {name:<18}{seconds:>7.2f} s   {rate}")
+    print(f"  written to {RESULT}")
+    return report
