@@ -53,8 +53,8 @@ setup: $(VENV)/.installed ## create the virtualenv and install everything (idemp
 
 run: setup ## run the pipeline on the embedded synthetic shop (dvc repro)
 	$(BIN)/dvc repro
-	@echo "== done: metrics below; tables under data/, reports under reports/"
-	@$(BIN)/dvc metrics show
+	@echo "== done: tables under data/, Data Docs at reports/validation/data_docs/index.html"
+	@$(BIN)/python -m pipelines metrics
 
 test: setup ## lint and run the whole test suite (what CI runs)
 	$(BIN)/ruff check .

@@ -44,6 +44,20 @@ def _show_params(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
 
+def _flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(tree, dict):
+        return [item for k, v in tree.items() for item in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), tree)]
+
+
+def _show_metrics(params: Params, args: argparse.Namespace) -> None:
+    """One metric a line (DVC's table is one column per metric, too wide for a terminal)."""
+    for path in sorted(Path("metrics").glob("*.json")):
+        print(f"{path}:")
+        for key, value in _flatten(json.loads(path.read_text())):
+            print(f"  {key:<40} {value}")
+
+
 def _bench(params: Params, args: argparse.Namespace) -> None:
     from pipelines import benchmarks
 
@@ -55,6 +69,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "validate": ("Great Expectations gate over the ingested tables", _validate),
     "prepare": ("splits and training examples", _prepare),
     "params": ("print the effective params (profile applied)", _show_params),
+    "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
 }
 
