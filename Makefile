@@ -69,7 +69,8 @@ format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## ingest + validate throughput on a 1M-event synthetic day
+bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on a 1M-event day
+	$(BIN)/python -m pipelines bench simulate
 	$(BIN)/python -m pipelines bench ingest --events 1000000
 
 lock: setup ## regenerate the pinned part of constraints.txt from the current venv

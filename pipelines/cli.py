@@ -61,7 +61,10 @@ def _show_metrics(params: Params, args: argparse.Namespace) -> None:
 def _bench(params: Params, args: argparse.Namespace) -> None:
     from pipelines import benchmarks
 
-    benchmarks.ingest_throughput(params, events=args.events, workdir=args.workdir)
+    if args.what == "simulate":
+        benchmarks.simulate_throughput(params)
+    else:
+        benchmarks.ingest_throughput(params, events=args.events, workdir=args.workdir)
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
-            cmd.add_argument("what", choices=["ingest"], help="which benchmark")
+            cmd.add_argument("what", choices=["ingest", "simulate"], help="which benchmark")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
             cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
     return parser

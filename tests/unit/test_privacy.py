@@ -51,3 +51,13 @@ def test_product_text_survives(text):
 def test_luhn():
     assert luhn_valid("4111111111111111")
     assert not luhn_valid("4111111111111112")
+
+
+def test_scrub_series_keeps_nulls_and_order():
+    from pipelines.privacy import scrub_series
+
+    texts = pd.Series(["sofa", None, "me@x.io sofa", "sofa", "me@x.io sofa"], index=[5, 6, 7, 8, 9])
+    out = scrub_series(texts)
+    assert out.tolist() == ["sofa", None, "<email> sofa", "sofa", "<email> sofa"]
+    assert list(out.index) == [5, 6, 7, 8, 9]
+    assert scrub_series(pd.Series([None, None])).tolist() == [None, None]
