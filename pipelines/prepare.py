@@ -7,8 +7,9 @@
   every product judged for it) sits in exactly one split, stable across runs and data growth.
 - `pairs.parquet`: one row per (session, query, shown product): position kept for
   position-bias correction; label 0 shown-not-clicked, 1 click, 2 add to cart, 3 purchase.
-- `sequences.parquet`: one row per purchase: the user's earlier interactions (most recent
-  `history_length` distinct products) and the purchased product, for next-item recommendation.
+- `corpus.txt`: the shop's own text (products + training queries) for pretrain-adapt.
+- `sequences.parquet`: one row per purchase: the products of the user's earlier sessions
+  (most recent `history_length`) and the purchased product, for next-item recommendation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipelines.artifacts import read_json, staged_dir, table_hash, write_json, w
 from pipelines.config import Params
 from pipelines.contract import normalize_text
 from pipelines.errors import ConfigError, StageInputError
+from pipelines.features import attribute_text
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Prepared:
     tables: dict[str, pd.DataFrame]
     boundaries: dict[str, str]
     metrics: dict[str, object]
+    corpus: list[str]
 
 
 def time_boundaries(params: Params) -> dict[str, pd.Timestamp]:
@@ -102,22 +105,50 @@ def click_pairs(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def purchase_sequences(events: pd.DataFrame, history_length: int) -> pd.DataFrame:
-    """For each purchase: the user's most recent distinct products before it, and the target."""
+    """For each purchase: the products of the user's *earlier sessions* (most recent last).
+
+    The purchase's own session is left out: its clicks and add-to-cart of the very product
+    bought would hand the answer to the model.
+    """
     acts = events[events["event_type"].isin(list(LABELS))].sort_values(
         ["user_key", "ts"], kind="stable"
     )
     rows = []
+    columns = ["ts", "session_id", "product_id", "event_type", "split"]
     for user, group in acts.groupby("user_key", sort=True):
-        seen: dict[str, None] = {}
-        for ts, product, kind, split in group[
-            ["ts", "product_id", "event_type", "split"]
-        ].itertuples(index=False):
-            if kind == "purchase" and seen:
-                history = list(seen)[-history_length:]
-                rows.append((split, ts, user, history, product))
-            seen.pop(product, None)
-            seen[product] = None
+        history: dict[str, None] = {}  # products of finished sessions, in recency order
+        session, current = None, []
+        for ts, sess, product, kind, split in group[columns].itertuples(index=False):
+            if sess != session:
+                for item in current:
+                    history.pop(item, None)
+                    history[item] = None
+                session, current = sess, []
+            if kind == "purchase" and history:
+                rows.append((split, ts, user, list(history)[-history_length:], product))
+            current.append(product)
     return pd.DataFrame(rows, columns=["split", "ts", "user_key", "history", "product_id"])
+
+
+def domain_corpus(
+    products: pd.DataFrame, pairs: pd.DataFrame | None, judgments: pd.DataFrame | None
+) -> list[str]:
+    """The shop's own language for masked-LM adaptation: product text and *training* queries.
+
+    Queries of the valid and test splits are left out, so pretraining never sees them. Lines
+    are de-duplicated and sorted, so the corpus file (pretrain's only data dependency) is the
+    same whenever the catalogue and the training query log are the same.
+    """
+    lines: set[str] = set()
+    for row in products.itertuples(index=False):
+        parts = [row.title, row.brand, row.category, attribute_text(row.attributes)]
+        lines.add(" | ".join(str(p) for p in parts if isinstance(p, str) and p))
+        if isinstance(row.description, str) and row.description.strip():
+            lines.add(row.description.strip())
+    for frame in (pairs, judgments):
+        if frame is not None and len(frame):
+            lines.update(frame.loc[frame["split"] == "train", "query"].dropna().unique())
+    return sorted(line.replace("\n", " ").strip() for line in lines if line and line.strip())
 
 
 def prepare(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
@@ -161,7 +192,9 @@ def prepare(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
             }
             for s in SPLITS
         }
-    return Prepared(out, boundaries, metrics)
+    corpus = domain_corpus(tables["products"], out.get("pairs"), out.get("judgments"))
+    metrics["corpus_lines"] = len(corpus)
+    return Prepared(out, boundaries, metrics, corpus)
 
 
 def load_validated(in_dir: Path) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -193,6 +226,7 @@ def run(
     with staged_dir(out_dir) as staging:
         for name, frame in result.tables.items():
             write_parquet(frame, staging / f"{name}.parquet")
+        (staging / "corpus.txt").write_text("\n".join(result.corpus) + "\n", encoding="utf-8")
         write_json(
             staging / "splits.json",
             {"time_boundaries": result.boundaries, "source": manifest["source"],

@@ -56,6 +56,8 @@ def project(tmp_path: Path) -> Path:
     run("git", "config", "user.name", "test")
     run(str(BIN / "dvc"), "init", "-q")
     run(str(BIN / "dvc"), "config", "core.analytics", "false")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "project under test")  # DVCLive needs a repo with a commit
     return dest
 
 

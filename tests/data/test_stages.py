@@ -191,18 +191,20 @@ def test_splits_do_not_leak(prepared):
     assert (sequences["split"] == "test").any()
 
 
-def test_sequences_only_look_back():
+def test_sequences_only_look_back_to_earlier_sessions():
     events = pd.DataFrame(
         {
-            "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-02 09:00", "2026-10-03 09:00"], utc=True),
-            "user_key": ["u_a"] * 4,
-            "product_id": ["p1", "p2", "p3", "p4"],
-            "event_type": ["click", "purchase", "purchase", "click"],
-            "split": ["train", "train", "test", "test"],
+            "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-02 09:00", "2026-10-02 09:01",
+                                  "2026-10-02 09:02", "2026-10-03 09:00"], utc=True),
+            "session_id": ["s1", "s2", "s3", "s3", "s3", "s4"],
+            "user_key": ["u_a"] * 6,
+            "product_id": ["p1", "p2", "p3", "p3", "p3", "p4"],
+            "event_type": ["click", "purchase", "click", "add_to_cart", "purchase", "click"],
+            "split": ["train", "train", "test", "test", "test", "test"],
         }
     )  # fmt: skip
     seqs = prepare.purchase_sequences(events, history_length=5)
-    assert seqs["history"].tolist() == [["p1"], ["p1", "p2"]]
+    assert seqs["history"].tolist() == [["p1"], ["p1", "p2"]]  # p3's own session is not history
     assert seqs["product_id"].tolist() == ["p2", "p3"]
 
 

@@ -1,0 +1,156 @@
+"""pretrain-adapt on the tiny random BERT: it learns, it resumes exactly, it runs under DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines import pretrain
+from pipelines.encoders import resolve_base_model
+from pipelines.errors import ConfigError
+from tests.conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.model
+
+WORDS = ["sofa", "couch", "grey", "oak", "lamp", "rug", "velvet", "blue", "kettle", "steel"]
+
+
+def write_corpus(folder: Path, lines: int = 400) -> Path:
+    """Text with a learnable pattern: 'colour noun' pairs that always co-occur."""
+    path = folder / "data" / "prepared" / "corpus.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{WORDS[i % 5 + 5]} {WORDS[i % 5]} by acme number {i % 7}" for i in range(lines)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def encoder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_mlm_loss_drops_and_outputs_are_written(in_tmp):
+    write_corpus(in_tmp)
+    result = pretrain.run(tiny_params("pretrain.steps=40"))
+    assert result["heldout_loss_after"] < 0.9 * result["heldout_loss_before"]
+    out = in_tmp / "data" / "models" / "encoder"
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    metrics = json.loads((in_tmp / "metrics" / "pretrain.json").read_text())
+    assert metrics["relative_drop"] > 0.1 and metrics["tokens_per_s"] > 0
+    assert (
+        in_tmp / "dvclive" / "pretrain" / "plots" / "metrics" / "train" / "mlm_loss.tsv"
+    ).exists()
+    assert not list((in_tmp / ".checkpoints" / "pretrain").glob("*/latest.pt"))  # cleaned up
+    from transformers import AutoModel
+
+    assert AutoModel.from_pretrained(out).config.hidden_size == 64
+
+
+def test_a_loss_that_does_not_drop_fails_loudly(in_tmp, monkeypatch):
+    write_corpus(in_tmp)
+    monkeypatch.setattr(pretrain, "heldout_loss", lambda *a, **k: 5.0)
+    with pytest.raises(pretrain.TrainingError, match="did not drop"):
+        pretrain.run(tiny_params("pretrain.steps=2"))
+    assert not (in_tmp / "data" / "models" / "encoder").exists()
+
+
+def test_disabled_passes_the_base_encoder_through(in_tmp):
+    pretrain.run(tiny_params("pretrain.enabled=false"))
+    base = Path(resolve_base_model("tiny-random-bert"))
+    out = in_tmp / "data" / "models" / "encoder"
+    adapted, original = encoder_weights(out), encoder_weights(base)
+    assert adapted.keys() == original.keys()
+    assert all(torch.equal(adapted[k], original[k]) for k in adapted)
+    assert json.loads((in_tmp / "metrics" / "pretrain.json").read_text())["enabled"] is False
+
+
+def test_missing_base_model_fails_clearly_without_network(in_tmp, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network call was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(ConfigError) as err:
+        resolve_base_model("no-such-org/no-such-model")
+    assert "not available locally" in str(err.value) and "allow_download" in str(err.value)
+    with pytest.raises(ConfigError, match=r"without config\.json"):
+        resolve_base_model(str(in_tmp))
+
+
+def cli(folder: Path, *args: str, launcher: list[str] | None = None) -> subprocess.Popen:
+    command = [*(launcher or [sys.executable]), "-m", "pipelines", "--params", str(ROOT / "params.yaml"),
+               "-S", "profile=tiny", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+RESUME_ARGS = (
+    "-S",
+    "pretrain.steps=60",
+    "-S",
+    "pretrain.checkpoint_every=5",
+    "-S",
+    "pretrain.batch_size=8",
+    "pretrain",
+)
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        write_corpus(folder)
+    assert cli(straight, *RESUME_ARGS).wait(timeout=600) == 0
+
+    proc = cli(killed, *RESUME_ARGS)
+    deadline = time.time() + 300
+    while not list(killed.glob(".checkpoints/pretrain/*/latest.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "data" / "models" / "encoder").exists(), (
+        "the run finished before it was killed"
+    )
+    resumed = cli(killed, *RESUME_ARGS)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "resuming from the checkpoint at step" in output
+    a = encoder_weights(straight / "data" / "models" / "encoder")
+    b = encoder_weights(killed / "data" / "models" / "encoder")
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "resumed weights differ from the uninterrupted run"
+    )
+    metrics_a = json.loads((straight / "metrics" / "pretrain.json").read_text())
+    metrics_b = json.loads((killed / "metrics" / "pretrain.json").read_text())
+    assert metrics_b["resumed_from_step"] > 0
+    assert metrics_a["heldout_loss_after"] == metrics_b["heldout_loss_after"]
+
+
+def test_ddp_path_runs_with_two_cpu_processes(tmp_path):
+    write_corpus(tmp_path)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+    ]
+    proc = cli(tmp_path, "-S", "pretrain.steps=8", "pretrain", launcher=launcher)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    metrics = json.loads((tmp_path / "metrics" / "pretrain.json").read_text())
+    assert (
+        metrics["world_size"] == 2
+        and metrics["heldout_loss_after"] < metrics["heldout_loss_before"]
+    )
