@@ -117,8 +117,31 @@ class CoOccurrenceRecommender:
         return (ranked + [p for p in self.popular if p not in set(ranked)])[:k]
 
 
+SEARCH_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
+
+
+def zero_shot_search(
+    params: Params, products: pd.DataFrame, queries: list[str]
+) -> list[list[tuple[str, float]]]:
+    """The base encoder as a dense retriever, untrained on the shop: what fine-tuning must beat."""
+    from pipelines.encoders import resolve_base_model
+    from pipelines.encoding import encode, load_encoder, top_k
+
+    model = load_encoder(resolve_base_model(params.models.base, params.models.allow_download))
+    started = time.perf_counter()
+    items = encode(model, product_text(products))
+    log.info(
+        "zero-shot: encoded %d products in %.1fs", len(products), time.perf_counter() - started
+    )
+    return top_k(encode(model, queries), items, products["product_id"].tolist(), k=100)
+
+
 def evaluate(
-    tables: dict[str, pd.DataFrame], bm25: BM25, popular: pd.Series, co: pd.DataFrame
+    tables: dict[str, pd.DataFrame],
+    bm25: BM25,
+    popular: pd.Series,
+    co: pd.DataFrame,
+    params: Params,
 ) -> dict:
     """Test-split numbers of every baseline (per-query means)."""
     result: dict[str, dict[str, float]] = {}
@@ -127,13 +150,15 @@ def evaluate(
         test = judged[judged["split"] == "test"]
         qrels = rank_metrics.qrels_from(test)
         queries = list(qrels)
-        hits = bm25.search(queries, k=100)
-        ranking = {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
-        scores = rank_metrics.per_query(qrels, ranking)
-        result["bm25"] = {
-            m: round(float(scores[m].mean()), 4) for m in ("ndcg@10", "mrr@10", "recall@100", "map")
+        runs = {
+            "bm25": bm25.search(queries, k=100),
+            "zero_shot_encoder": zero_shot_search(params, tables["products"], queries),
         }
-        result["bm25"]["queries"] = len(queries)
+        for name, hits in runs.items():
+            ranking = {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
+            scores = rank_metrics.per_query(qrels, ranking)
+            result[name] = {m: round(float(scores[m].mean()), 4) for m in SEARCH_METRICS}
+            result[name]["queries"] = len(queries)
     sequences = tables.get("sequences")
     if sequences is not None and (sequences["split"] == "test").any():
         test = sequences[sequences["split"] == "test"]
@@ -164,7 +189,7 @@ def run(
     empty_sequences = pd.DataFrame(columns=["split", "history", "product_id"])
     popular = popularity(tables.get("pairs", empty_pairs), tables.get("sequences", empty_sequences))
     co = cooccurrence(tables.get("sequences", empty_sequences), popular)
-    result = evaluate(tables, bm25, popular, co)
+    result = evaluate(tables, bm25, popular, co, params)
     with staged_dir(out_dir) as staging:
         bm25.save(staging / "bm25")
         write_parquet(popular.reset_index(), staging / "popularity.parquet")
