@@ -156,7 +156,7 @@ def evaluate(
         }
         for name, hits in runs.items():
             ranking = {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
-            scores = rank_metrics.per_query(qrels, ranking)
+            scores = rank_metrics.per_query(qrels, ranking, params.evaluation.relevant_at)
             result[name] = {m: round(float(scores[m].mean()), 4) for m in SEARCH_METRICS}
             result[name]["queries"] = len(queries)
     sequences = tables.get("sequences")

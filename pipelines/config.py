@@ -128,6 +128,10 @@ class PretrainConfig(Section):
     compile: bool = False
 
 
+class EvaluationConfig(Section):
+    relevant_at: float = Field(2.0, description="grade counted as relevant by MRR, recall, MAP")
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -139,6 +143,7 @@ class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     models: ModelsConfig = ModelsConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

@@ -155,6 +155,7 @@ def heldout_loss(model, data: Encoded, tokenizer, params: Params, runtime: Runti
 
 
 def save_encoder(model, tokenizer, out_dir: Path, meta: dict) -> None:
+    """The encoder without any head (`base_model` of a plain encoder is the encoder itself)."""
     with staged_dir(out_dir) as staging:
         unwrap(model).base_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -192,15 +193,12 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
             "pretrain.enabled is false: passing the base encoder %s through unchanged",
             params.models.base,
         )
+        result = {"enabled": False, "base_model": params.models.base}
         if runtime.is_main:
-            save_encoder_plain(
-                AutoModel.from_pretrained(base),
-                AutoTokenizer.from_pretrained(base),
-                out_dir,
-                params,
-            )
-            write_json(metrics, {"enabled": False, "base_model": params.models.base})
-        return {"enabled": False}
+            encoder = AutoModel.from_pretrained(base)
+            save_encoder(encoder, AutoTokenizer.from_pretrained(base), out_dir, result)
+            write_json(metrics, result)
+        return result
     if not corpus_path.exists():
         raise StageInputError(f"{corpus_path}: not found; run the prepare stage first")
     lines = [line for line in corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -304,10 +302,3 @@ def hash_lines(lines: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def save_encoder_plain(model, tokenizer, out_dir: Path, params: Params) -> None:
-    with staged_dir(out_dir) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        write_json(staging / "shopflow.json", {"base_model": params.models.base, "enabled": False})
