@@ -42,6 +42,8 @@ class BM25:
     def __init__(self, product_ids: Sequence[str], texts: Sequence[str]) -> None:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+
         self.product_ids = np.asarray(product_ids)
         self.index = bm25s.BM25()
         self.index.index(
