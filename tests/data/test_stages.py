@@ -76,6 +76,9 @@ BROKEN = {
     "unknown products": ("events", lambda f: f.assign(product_id=f["product_id"].where(f.index % 10 != 0, "ghost")), "product_id in the catalogue"),
     "empty day": ("events", lambda f: f[f["ts"].dt.day != 24].reset_index(drop=True), "every day has events"),
     "relevance off scale": ("judgments", set_value("relevance", 7.0), "relevance on the declared scale 0..3"),
+    "missing product id": ("products", set_value("product_id", None), "product_id is present"),
+    "blank title": ("products", set_value("title", "   "), "title is not blank"),
+    "blank query": ("judgments", set_value("query", " "), "query is not blank"),
     "duplicate judgments": ("judgments", lambda f: pd.concat([f, f.head(1)], ignore_index=True), "one judgment per (query, product)"),
 }  # fmt: skip
 
