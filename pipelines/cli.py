@@ -131,7 +131,17 @@ def configure_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("great_expectations", "urllib3", "numba", "filelock", "fsspec", "bm25s"):
+    for noisy in (
+        "great_expectations",
+        "urllib3",
+        "numba",
+        "filelock",
+        "fsspec",
+        "bm25s",
+        "sentence_transformers",
+        "httpx",
+        "huggingface_hub",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
