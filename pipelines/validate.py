@@ -149,8 +149,8 @@ def check(
     scale: tuple[float, float] | None,
     now: dt.datetime,
     docs_root: Path,
-) -> tuple[Report, dict[str, pd.DataFrame]]:
-    """Run every suite; returns the report and the frames as validated (with derived columns)."""
+) -> Report:
+    """Run every suite over the tables (plus derived check columns) and report the failures."""
     context = _context(docs_root)
     products = tables["products"]
     frames = {"products": products}
@@ -166,7 +166,7 @@ def check(
     failures = []
     for table, rules in plans.items():
         failures += _run_suite(context, table, frames[table], rules)
-    return Report(failures, {t: len(f) for t, f in frames.items()}), frames
+    return Report(failures, {t: len(f) for t, f in frames.items()})
 
 
 def quarantine(
@@ -258,12 +258,12 @@ def run(
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     with tempfile.TemporaryDirectory(prefix="shopflow-gx-") as gx_tmp:
         docs_root = Path(gx_tmp) / "first"
-        report, _ = check(tables, params, scale, now, docs_root)
+        report = check(tables, params, scale, now, docs_root)
         quarantined = pd.DataFrame()
         if report.critical and params.validate_.on_invalid == "quarantine":
             cleaned, quarantined = quarantine(tables, report, params)
             docs_root = Path(gx_tmp) / "recheck"  # the Data Docs show what was finally accepted
-            recheck, _ = check(cleaned, params, scale, now, docs_root)
+            recheck = check(cleaned, params, scale, now, docs_root)
             report = recheck
             if not recheck.critical:
                 tables = cleaned
