@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup run test lint format bench lock clean
+.PHONY: help setup run test lint format bench bench-train lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ format: setup ## apply ruff's fixes and formatting
 bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on a 1M-event day
 	$(BIN)/python -m pipelines bench simulate
 	$(BIN)/python -m pipelines bench ingest --events 1000000
+
+bench-train: setup ## training samples/s and tokens/s per model and profile (+ MFU on a GPU)
+	$(BIN)/python -m pipelines bench train
 
 lock: setup ## regenerate the pinned part of constraints.txt from the current venv
 	@{ sed '/^# The rest is the lock/q' constraints.txt; \

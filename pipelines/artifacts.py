@@ -68,3 +68,18 @@ def staged_dir(final: Path) -> Iterator[Path]:
         final.rename(retired)
     staging.rename(final)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def files_hash(folder: Path, pattern: str = "*") -> str:
+    """Content hash of the files in `folder` matching `pattern` (names and bytes).
+
+    What a training run starts from: its checkpoints are keyed on it, so a checkpoint is never
+    resumed on other data or another encoder (mtimes would not do: DVC restores files anew).
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob(pattern)):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -24,8 +24,8 @@ import pandas as pd
 from pipelines import metrics as rank_metrics
 from pipelines.artifacts import staged_dir, write_json, write_parquet
 from pipelines.config import Params
-from pipelines.errors import StageInputError
 from pipelines.features import product_text
+from pipelines.prepare import load_prepared
 
 log = logging.getLogger(__name__)
 
@@ -119,23 +119,20 @@ class CoOccurrenceRecommender:
         return (ranked + [p for p in self.popular if p not in set(ranked)])[:k]
 
 
-SEARCH_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
-
-
-def zero_shot_search(
-    params: Params, products: pd.DataFrame, queries: list[str]
-) -> list[list[tuple[str, float]]]:
+def zero_shot_search(params: Params, products: pd.DataFrame, queries: list[str]) -> list[list]:
     """The base encoder as a dense retriever, untrained on the shop: what fine-tuning must beat."""
     from pipelines.encoders import resolve_base_model
-    from pipelines.encoding import encode, load_encoder, top_k
+    from pipelines.encoding import Retriever
 
-    model = load_encoder(resolve_base_model(params.models.base, params.models.allow_download))
-    started = time.perf_counter()
-    items = encode(model, product_text(products))
-    log.info(
-        "zero-shot: encoded %d products in %.1fs", len(products), time.perf_counter() - started
-    )
-    return top_k(encode(model, queries), items, products["product_id"].tolist(), k=100)
+    base = resolve_base_model(params.models.base, params.models.allow_download)
+    retriever = Retriever.load(base, max_len=params.retriever.max_item_len)
+    retriever.index(products["product_id"].tolist(), product_text(products))
+    return retriever.search(queries, k=100)
+
+
+def without_history(recs: Sequence[str], history: Sequence[str], k: int = 10) -> list[str]:
+    seen = set(history)
+    return [r for r in recs if r not in seen][:k]
 
 
 def evaluate(
@@ -144,13 +141,12 @@ def evaluate(
     popular: pd.Series,
     co: pd.DataFrame,
     params: Params,
-) -> dict:
-    """Test-split numbers of every baseline (per-query means)."""
-    result: dict[str, dict[str, float]] = {}
+) -> dict[str, pd.DataFrame]:
+    """Test-split scores of every baseline, per query (search) or per purchase (recommend)."""
+    result: dict[str, pd.DataFrame] = {}
     judged = tables.get("judgments")
     if judged is not None and (judged["split"] == "test").any():
-        test = judged[judged["split"] == "test"]
-        qrels = rank_metrics.qrels_from(test)
+        qrels = rank_metrics.qrels_from(judged[judged["split"] == "test"])
         queries = list(qrels)
         runs = {
             "bm25": bm25.search(queries, k=100),
@@ -159,43 +155,55 @@ def evaluate(
         for name, hits in runs.items():
             ranking = {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
             scores = rank_metrics.per_query(qrels, ranking, params.evaluation.relevant_at)
-            result[name] = {m: round(float(scores[m].mean()), 4) for m in SEARCH_METRICS}
-            result[name]["queries"] = len(queries)
+            result[f"{name}_search"] = scores
     sequences = tables.get("sequences")
     if sequences is not None and (sequences["split"] == "test").any():
         test = sequences[sequences["split"] == "test"]
-        pop_recs = [list(popular.index[:10])] * len(test)
+        histories = [list(h) if params.evaluation.exclude_history else [] for h in test["history"]]
+        depth = 10 + max((len(h) for h in histories), default=0)
+        popular_top = list(popular.index[:depth])
         recommender = CoOccurrenceRecommender(co, popular)
-        co_recs = [recommender.recommend(list(h)) for h in test["history"]]
-        for name, recs in (("popularity", pop_recs), ("cooccurrence", co_recs)):
-            scores = rank_metrics.next_item(list(test["product_id"]), recs)
-            result[name] = {m: round(float(scores[m].mean()), 4) for m in scores.columns}
-            result[name]["examples"] = len(test)
+        runs = {
+            "popularity": [without_history(popular_top, h) for h in histories],
+            "cooccurrence": [
+                without_history(recommender.recommend(list(h), depth), seen)
+                for h, seen in zip(test["history"], histories, strict=True)
+            ],
+        }
+        for name, recs in runs.items():
+            result[f"{name}_recommend"] = rank_metrics.next_item(list(test["product_id"]), recs)
     return result
 
 
-def load(in_dir: Path) -> dict[str, pd.DataFrame]:
-    if not (in_dir / "products.parquet").exists():
-        raise StageInputError(f"{in_dir}: no prepared data; run the prepare stage first")
-    return {p.stem: pd.read_parquet(p) for p in in_dir.glob("*.parquet")}
+def summarize(per_query: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """Means of every metric column, and how many queries/examples they are over."""
+    summary = {}
+    for name, frame in per_query.items():
+        numbers = frame.select_dtypes("number")
+        summary[name] = {m: round(float(numbers[m].mean()), 4) for m in numbers.columns}
+        summary[name]["n"] = len(frame)
+    return summary
 
 
 def run(
     params: Params, in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR, metrics: Path = METRICS
 ) -> dict:
     started = time.perf_counter()
-    tables = load(in_dir)
+    tables = load_prepared(in_dir)
     products = tables["products"]
     bm25 = BM25(products["product_id"], product_text(products))
     empty_pairs = pd.DataFrame(columns=["split", "label", "product_id"])
     empty_sequences = pd.DataFrame(columns=["split", "history", "product_id"])
     popular = popularity(tables.get("pairs", empty_pairs), tables.get("sequences", empty_sequences))
     co = cooccurrence(tables.get("sequences", empty_sequences), popular)
-    result = evaluate(tables, bm25, popular, co, params)
+    per_query = evaluate(tables, bm25, popular, co, params)
+    result = summarize(per_query)
     with staged_dir(out_dir) as staging:
         bm25.save(staging / "bm25")
         write_parquet(popular.reset_index(), staging / "popularity.parquet")
         write_parquet(co, staging / "cooccurrence.parquet")
+        for name, frame in per_query.items():
+            write_parquet(frame, staging / "eval" / f"{name}.parquet")
     write_json(metrics, result)
     log.info("baselines on the test split: %s (%.1fs)", result, time.perf_counter() - started)
     return result

@@ -8,6 +8,7 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -22,34 +23,13 @@ from pipelines.errors import ShopflowError
 log = logging.getLogger("shopflow")
 
 
-def _ingest(params: Params, args: argparse.Namespace) -> None:
-    from pipelines import ingest
+def _stage(module: str) -> Callable[[Params, argparse.Namespace], None]:
+    """A stage command: import `pipelines.<module>` only when run, then call its `run`."""
 
-    ingest.run(params)
+    def command(params: Params, args: argparse.Namespace) -> None:
+        importlib.import_module(f"pipelines.{module}").run(params)
 
-
-def _validate(params: Params, args: argparse.Namespace) -> None:
-    from pipelines import validate
-
-    validate.run(params)
-
-
-def _prepare(params: Params, args: argparse.Namespace) -> None:
-    from pipelines import prepare
-
-    prepare.run(params)
-
-
-def _baselines(params: Params, args: argparse.Namespace) -> None:
-    from pipelines import baselines
-
-    baselines.run(params)
-
-
-def _pretrain(params: Params, args: argparse.Namespace) -> None:
-    from pipelines import pretrain
-
-    pretrain.run(params)
+    return command
 
 
 def _show_params(params: Params, args: argparse.Namespace) -> None:
@@ -75,16 +55,37 @@ def _bench(params: Params, args: argparse.Namespace) -> None:
 
     if args.what == "simulate":
         benchmarks.simulate_throughput(params)
+    elif args.what == "train":
+        profiles = args.profiles or (["tiny", "default", "gpu"] if torch_cuda() else
+                                     ["tiny", "default"])  # fmt: skip
+        benchmarks.train_throughput(params, profiles, steps=args.steps)
     else:
         benchmarks.ingest_throughput(params, events=args.events, workdir=args.workdir)
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
-    "ingest": ("read the source for the window and write the data contract", _ingest),
-    "validate": ("Great Expectations gate over the ingested tables", _validate),
-    "prepare": ("splits and training examples", _prepare),
-    "baselines": ("BM25, popularity and co-occurrence, with their test numbers", _baselines),
-    "pretrain": ("domain-adaptive masked-LM pretraining of the base encoder", _pretrain),
+    "ingest": ("read the source for the window and write the data contract", _stage("ingest")),
+    "validate": ("Great Expectations gate over the ingested tables", _stage("validate")),
+    "prepare": ("splits and training examples", _stage("prepare")),
+    "baselines": (
+        "BM25, popularity and co-occurrence, with their test numbers",
+        _stage("baselines"),
+    ),
+    "pretrain": ("domain-adaptive masked-LM pretraining of the base encoder", _stage("pretrain")),
+    "retriever": (
+        "fine-tune the two-tower retriever (search + recommendation)",
+        _stage("retriever"),
+    ),
+    "reranker": (
+        "fine-tune the cross-encoder reranker (grades + debiased clicks)",
+        _stage("reranker"),
+    ),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
@@ -118,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
-            cmd.add_argument("what", choices=["ingest", "simulate"], help="which benchmark")
+            cmd.add_argument("what", choices=["ingest", "simulate", "train"], help="which one")
+            cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
+            cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
             cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
     return parser

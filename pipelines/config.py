@@ -128,8 +128,53 @@ class PretrainConfig(Section):
     compile: bool = False
 
 
+class TrainingConfig(Section):
+    """Knobs every fine-tuning stage shares (the loop in `pipelines.training`)."""
+
+    steps: int = Field(150, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(15, ge=0)
+    checkpoint_every: int = Field(50, ge=0)
+    compile: bool = False
+
+
+class RetrieverConfig(TrainingConfig):
+    """The bi-encoder: query tower (query + recent items) and item tower share one encoder."""
+
+    batch_size: int = Field(32, ge=2, description="examples per step; in-batch negatives")
+    temperature: float = Field(0.05, gt=0)
+    max_query_len: int = Field(48, ge=8, le=512)
+    max_item_len: int = Field(64, ge=8, le=512)
+    history_items: int = Field(3, ge=0, description="recent item titles appended to a query")
+    history_share: float = Field(0.5, ge=0, le=1, description="search examples given history")
+    bm25_negative_depth: int = Field(30, ge=1)
+    max_examples_per_source: int = Field(50_000, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+
+
+class RerankerConfig(TrainingConfig):
+    """The cross-encoder: listwise on graded judgments, inverse-propensity-weighted on clicks."""
+
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    groups_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2, description="products per query in one listwise group")
+    click_share: float = Field(0.5, ge=0, le=1, description="groups drawn from the click log")
+    max_len: int = Field(64, ge=16, le=512)
+    max_query_len: int = Field(24, ge=4, le=128)
+    max_position: int = Field(20, ge=2, description="deeper positions share one propensity")
+    propensity_clip: float = Field(0.05, gt=0, le=1)
+    candidates: int = Field(50, ge=1, description="retriever hits reranked at evaluation")
+    eval_batch_size: int = Field(64, ge=1)
+
+
 class EvaluationConfig(Section):
     relevant_at: float = Field(2.0, description="grade counted as relevant by MRR, recall, MAP")
+    exclude_history: bool = Field(
+        True, description="recommenders never return what the user already interacted with"
+    )
+    significance: float = Field(0.05, gt=0, lt=1)
 
 
 class Params(Section):
@@ -143,6 +188,8 @@ class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     models: ModelsConfig = ModelsConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    retriever: RetrieverConfig = RetrieverConfig()
+    reranker: RerankerConfig = RerankerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
 

@@ -1,52 +1,195 @@
-"""Turning text into vectors with an encoder folder, and exact nearest-neighbour search.
+"""Text to vectors: the bi-encoder that the retriever trains, evaluates and serves with.
 
-Uses sentence-transformers (mean pooling over the transformer's token states, as
-all-MiniLM-L6-v2 was trained). A plain transformer folder, such as the pretrain-adapt output,
-gets mean pooling too. Search is an exact inner product over normalised vectors: on a
-catalogue of thousands it is faster than building any ANN index.
+One implementation of "embed this text", used by the zero-shot baseline, the retriever's
+training and evaluation and (later) the service, so they cannot disagree. Embeddings are the
+mean of the transformer's token states over real tokens, L2-normalised: all-MiniLM-L6-v2's own
+recipe, so the packaged model is used exactly as it was trained, and a plain transformer
+folder (the pretrain-adapt output) gets the same pooling.
+
+Text is tokenised once, up front (`tokenize`), and batches are padded only to their own longest
+row (`pad`); inference sorts texts by length first, so little compute goes to padding.
+Search is an exact inner product: on catalogues of tens of thousands it is faster than
+building an ANN index.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipelines.encoders import quiet_transformers
 
 log = logging.getLogger(__name__)
 
 
-def load_encoder(path: str, device: str = "cpu", max_seq_len: int = 64):
-    quiet_transformers()
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(path, device=device)
-    model.max_seq_length = max_seq_len
-    return model
+def tokenize(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids with the tokenizer's special tokens, truncated to `max_len`."""
+    return tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
 
 
-def encode(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per text."""
-    vectors = model.encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True,
-        convert_to_numpy=True, show_progress_bar=False,
-    )  # fmt: skip
-    return vectors.astype(np.float32, copy=False)
+def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest row: (ids, attention mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Batches of indices with similar lengths (for inference; order restored by the caller)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TextEncoder(torch.nn.Module):
+    """Mean-pooled, L2-normalised embeddings from a transformer; both retriever towers."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> TextEncoder:
+        quiet_transformers()
+        from transformers import AutoModel
+
+        transformer = AutoModel.from_pretrained(str(path))
+        if getattr(transformer, "pooler", None) is not None:
+            transformer.pooler = None  # unused by mean pooling; DDP requires every param used
+        return cls(transformer)
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def forward(self, *batches: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        """Embed several padded batches in one call (one forward per step, as DDP expects)."""
+        return [self.embed(ids, mask) for ids, mask in batches]
+
+    def save(self, folder: Path, tokenizer) -> None:
+        self.transformer.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+class Retriever:
+    """A trained (or zero-shot) bi-encoder folder, ready to embed queries and products."""
+
+    def __init__(
+        self, model: TextEncoder, tokenizer, device: str | torch.device = "cpu",
+        max_len: int = 64, query_max_len: int = 48, batch_size: int = 128,
+    ) -> None:  # fmt: skip
+        self.device = torch.device(device)
+        self.tokenizer = tokenizer
+        self.model = model.to(self.device).eval()
+        self.max_len = max_len
+        self.query_max_len = query_max_len
+        self.batch_size = batch_size
+        self.item_ids: np.ndarray = np.asarray([], dtype=object)
+        self.item_vectors = np.zeros((0, self.model.transformer.config.hidden_size), np.float32)
+
+    def index(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Embed the catalogue once; `search` then ranks all of it."""
+        started = time.perf_counter()
+        self.item_vectors = self.encode(texts, progress="embedding products")
+        self.item_ids = np.asarray(item_ids)
+        log.info("embedded %d products in %.1fs", len(texts), time.perf_counter() - started)
+
+    def save_index(self, folder: Path) -> None:
+        """The catalogue's embeddings next to the model, so serving never re-embeds it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "item_vectors.npy", self.item_vectors)
+        (folder / "item_ids.txt").write_text("\n".join(map(str, self.item_ids)) + "\n")
+
+    def load_index(self, folder: Path, item_ids: Sequence[str] | None = None) -> bool:
+        """Load a saved index; with `item_ids`, only if it covers exactly those products."""
+        ids_path, vectors_path = folder / "item_ids.txt", folder / "item_vectors.npy"
+        if not (ids_path.exists() and vectors_path.exists()):
+            return False
+        saved = ids_path.read_text().splitlines()
+        if item_ids is not None and saved != [str(i) for i in item_ids]:
+            return False
+        self.item_ids, self.item_vectors = np.asarray(saved), np.load(vectors_path)
+        return True
+
+    def search(
+        self, query_texts: Sequence[str], k: int = 100,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:  # fmt: skip
+        """Top-k products per query text; `exclude[i]` lists product ids query i must not get."""
+        banned = None
+        if exclude is not None:
+            position = {pid: i for i, pid in enumerate(self.item_ids)}
+            banned = [{position[p] for p in ids if p in position} for ids in exclude]
+        queries = self.encode(query_texts, "embedding queries", self.query_max_len)
+        return top_k(queries, self.item_vectors, self.item_ids, k, banned)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", **options: int) -> Retriever:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return cls(TextEncoder.from_pretrained(folder), tokenizer, device, **options)
+
+    @torch.no_grad()
+    def encode(
+        self, texts: Sequence[str], progress: str | None = None, max_len: int | None = None
+    ) -> np.ndarray:
+        """float32 unit vectors, one row per text, in the order given."""
+        rows = tokenize(self.tokenizer, texts, max_len or self.max_len)
+        out = np.zeros((len(rows), self.model.transformer.config.hidden_size), np.float32)
+        started, done, last = time.perf_counter(), 0, time.perf_counter()
+        for index in length_batches([len(r) for r in rows], self.batch_size):
+            ids, mask = pad([rows[i] for i in index], self.tokenizer.pad_token_id)
+            with autocast(self.device):
+                vectors = self.model.embed(ids.to(self.device), mask.to(self.device))
+            out[index] = vectors.cpu().numpy()
+            done += len(index)
+            if progress and time.perf_counter() - last > 10:
+                last = time.perf_counter()
+                rate = done / (last - started)
+                log.info(
+                    "%s: %d/%d texts, %.0f/s, ETA %.0fs",
+                    progress, done, len(rows), rate, (len(rows) - done) / rate,
+                )  # fmt: skip
+        return out
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (fp32 there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def top_k(
-    queries: np.ndarray, items: np.ndarray, item_ids: Sequence[str], k: int = 100
-) -> list[list[tuple[str, float]]]:
-    """Exact top-k by inner product (cosine on normalised vectors), in chunks of 1,024 queries."""
+    queries: np.ndarray, items: np.ndarray, item_ids: Sequence[str], k: int = 100,
+    exclude: Sequence[set[int]] | None = None,
+) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """Exact top-k by inner product (cosine on unit vectors), in chunks of 1,024 queries.
+
+    `exclude[i]` holds item positions that query i must not get back (e.g. already bought).
+    """
     ids = np.asarray(item_ids)
     k = min(k, len(ids))
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(queries), 1024):
         scores = queries[start : start + 1024] @ items.T
+        if exclude is not None:
+            for row, banned in enumerate(exclude[start : start + 1024]):
+                if banned:
+                    scores[row, list(banned)] = -np.inf
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         for row, cand in zip(scores, part, strict=True):
             order = cand[np.argsort(-row[cand], kind="stable")]
-            results.append([(ids[i], float(row[i])) for i in order])
+            results.append([(ids[i], float(row[i])) for i in order if np.isfinite(row[i])])
     return results

@@ -6,6 +6,7 @@ One definition, so that offline evaluation, training and serving cannot drift ap
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -31,3 +32,17 @@ def product_text(
         parts = (row.title, row.brand, row.category, attribute_text(row.attributes), description)
         texts.append(" | ".join(str(p) for p in parts if isinstance(p, str) and p))
     return texts
+
+
+def query_text(query: str | None, recent_titles: Sequence[str] = (), max_items: int = 3) -> str:
+    """The query tower's input: the query, then the titles of the user's most recent items.
+
+    With no query (recommendation) it is the recent titles alone, so one tower serves search
+    and recommendation.
+    """
+    query = (query or "").strip()
+    recent = [t for t in list(recent_titles)[-max_items:] if t] if max_items else []
+    if not recent:
+        return query
+    history = "recent: " + " ; ".join(reversed(recent))  # most recent first: kept by truncation
+    return f"{query} | {history}" if query else history

@@ -76,3 +76,28 @@ def qrels_from(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
     for query, pid, rel in judgments[["query", "product_id", "relevance"]].itertuples(index=False):
         qrels.setdefault(query, {})[pid] = float(rel)
     return qrels
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Is system a better than b over the same queries? Paired t-test and Wilcoxon signed-rank.
+
+    The t-test is the IR default (ranx, trec_eval studies); Wilcoxon is reported alongside
+    because per-query metric differences are far from normal. Both p-values are two-sided.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError("a paired test needs two equally long runs over at least 2 queries")
+    diff = a - b
+    if not diff.any():
+        return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_diff": 0.0,
+                "p_ttest": 1.0, "p_wilcoxon": 1.0, "n": len(a)}  # fmt: skip
+    return {
+        "mean_a": round(float(a.mean()), 4),
+        "mean_b": round(float(b.mean()), 4),
+        "mean_diff": round(float(diff.mean()), 4),
+        "p_ttest": float(stats.ttest_rel(a, b).pvalue),
+        "p_wilcoxon": float(stats.wilcoxon(a, b).pvalue),
+        "n": len(a),
+    }

@@ -8,8 +8,10 @@
 - `pairs.parquet`: one row per (session, query, shown product): position kept for
   position-bias correction; label 0 shown-not-clicked, 1 click, 2 add to cart, 3 purchase.
 - `corpus.txt`: the shop's own text (products + training queries) for pretrain-adapt.
-- `sequences.parquet`: one row per purchase: the products of the user's earlier sessions
-  (most recent `history_length`) and the purchased product, for next-item recommendation.
+- `histories.parquet`: per session, the products of the user's earlier sessions (most recent
+  `history_length`): what the query tower may append to a query.
+- `sequences.parquet`: one row per purchase: that history and the purchased product, for
+  next-item recommendation.
 """
 
 from __future__ import annotations
@@ -104,30 +106,40 @@ def click_pairs(events: pd.DataFrame) -> pd.DataFrame:
     return pairs[[*columns, "clicked", "label"]].reset_index(drop=True)
 
 
-def purchase_sequences(events: pd.DataFrame, history_length: int) -> pd.DataFrame:
-    """For each purchase: the products of the user's *earlier sessions* (most recent last).
+def session_histories(events: pd.DataFrame, history_length: int) -> pd.DataFrame:
+    """For each session: the products the user interacted with in *earlier* sessions.
 
-    The purchase's own session is left out: its clicks and add-to-cart of the very product
-    bought would hand the answer to the model.
+    The session's own interactions are left out: the clicks and add-to-cart of the product
+    bought would hand the answer to the model. One row per session with a non-empty history,
+    the most recent product last.
     """
     acts = events[events["event_type"].isin(list(LABELS))].sort_values(
         ["user_key", "ts"], kind="stable"
     )
     rows = []
-    columns = ["ts", "session_id", "product_id", "event_type", "split"]
     for user, group in acts.groupby("user_key", sort=True):
         history: dict[str, None] = {}  # products of finished sessions, in recency order
         session, current = None, []
-        for ts, sess, product, kind, split in group[columns].itertuples(index=False):
+        for sess, product in group[["session_id", "product_id"]].itertuples(index=False):
             if sess != session:
                 for item in current:
                     history.pop(item, None)
                     history[item] = None
                 session, current = sess, []
-            if kind == "purchase" and history:
-                rows.append((split, ts, user, list(history)[-history_length:], product))
+                if history:
+                    rows.append((sess, user, list(history)[-history_length:]))
             current.append(product)
-    return pd.DataFrame(rows, columns=["split", "ts", "user_key", "history", "product_id"])
+    return pd.DataFrame(rows, columns=["session_id", "user_key", "history"])
+
+
+def purchase_sequences(events: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per purchase made with a known history: (history, purchased product)."""
+    purchases = events.loc[
+        events["event_type"] == "purchase", ["split", "ts", "session_id", "product_id"]
+    ]
+    joined = purchases.merge(histories, on="session_id", how="inner", sort=False)
+    joined = joined.sort_values(["user_key", "ts"], kind="stable").reset_index(drop=True)
+    return joined[["split", "ts", "user_key", "history", "product_id"]]
 
 
 def domain_corpus(
@@ -161,8 +173,9 @@ def prepare(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
         boundaries = {k: v.isoformat() for k, v in bounds.items()}
         events = tables["events"].assign(split=lambda f: split_by_time(f["ts"], bounds))
         pairs = click_pairs(events)
-        sequences = purchase_sequences(events, params.prepare.history_length)
-        out["pairs"], out["sequences"] = pairs, sequences
+        histories = session_histories(events, params.prepare.history_length)
+        sequences = purchase_sequences(events, histories)
+        out["pairs"], out["sequences"], out["histories"] = pairs, sequences, histories
         metrics["events"] = events["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
         metrics["pairs"] = {
             s: {
@@ -215,6 +228,13 @@ def load_validated(in_dir: Path) -> tuple[dict[str, pd.DataFrame], dict]:
             raise StageInputError(f"{in_dir / name}.parquet was changed after validation")
         tables[name] = frame
     return tables, manifest
+
+
+def load_prepared(folder: Path = OUT_DIR) -> dict[str, pd.DataFrame]:
+    """This stage's output, for the model stages (named by file: products, pairs, ...)."""
+    if not (folder / "products.parquet").exists():
+        raise StageInputError(f"{folder}: no prepared data; run the prepare stage first")
+    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
 
 
 def run(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -27,19 +26,16 @@ from pipelines.config import Params
 from pipelines.encoders import resolve_base_model
 from pipelines.errors import ShopflowError, StageInputError
 from pipelines.training import (
-    Checkpoints,
-    Progress,
     Runtime,
     batch_order,
-    linear_schedule,
-    make_optimizer,
+    fit,
     run_key,
     setup_runtime,
     shard,
     teardown,
-    train_steps,
+    throughput,
     unwrap,
-    wrap_ddp,
+    write_curve,
 )
 
 log = logging.getLogger(__name__)
@@ -162,17 +158,6 @@ def save_encoder(model, tokenizer, out_dir: Path, meta: dict) -> None:
         write_json(staging / "shopflow.json", meta)
 
 
-def write_curve(history: list[tuple[int, float]], evals: dict[str, float]) -> None:
-    from dvclive import Live
-
-    with Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for step, loss in history:
-            live.step = step
-            live.log_metric("train/mlm_loss", loss)
-        for name, value in evals.items():
-            live.summary[name] = value
-
-
 def run(
     params: Params, corpus_path: Path = CORPUS, out_dir: Path = OUT_DIR, metrics: Path = METRICS
 ) -> dict:
@@ -217,21 +202,14 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
         before,
     )
 
-    ddp_model = wrap_ddp(model, runtime)
-    forward = torch.compile(ddp_model) if cfg.compile and runtime.cuda else ddp_model
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, runtime)
-    scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     key = run_key(
         text=hash_lines(lines), params=cfg.model_dump(), base=params.models.base,
         seed=params.seed, world=runtime.world_size,
     )  # fmt: skip
-    checkpoints = Checkpoints("pretrain", key, cfg.checkpoint_every, runtime)
-    start, extra = checkpoints.restore(model, optimizer, scheduler)
-    history: list[tuple[int, float]] = [tuple(x) for x in extra.get("history", [])]
     lengths = train.lengths if cfg.group_by_length else None
     tokens = 0
 
-    def loss_of_step(step: int) -> torch.Tensor:
+    def loss_of_step(forward, step: int) -> torch.Tensor:
         nonlocal tokens
         index = shard(batch_order(len(train), cfg.batch_size, params.seed, step, lengths), runtime)
         ids, special, attention = train.batch(index)
@@ -246,38 +224,24 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
             )
         return out.loss
 
-    started = time.perf_counter()
-    for _ in train_steps(
-        total_steps=cfg.steps,
-        start_step=start,
+    fitted = fit(
+        stage="pretrain", model=model, runtime=runtime, cfg=cfg, seed=params.seed, key=key,
         loss_of_step=loss_of_step,
-        model=ddp_model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        checkpoints=checkpoints,
-        progress=Progress("pretrain", cfg.steps, start=start),
-        seed=params.seed,
-        history=history,
-    ):
-        pass
-    seconds = time.perf_counter() - started
+    )  # fmt: skip
     after = heldout_loss(model, heldout, tokenizer, params, runtime)
-    steps_run = cfg.steps - start
     result = {
         "enabled": True,
         "base_model": params.models.base,
         "device": str(runtime.device),
         "world_size": runtime.world_size,
         "steps": cfg.steps,
-        "resumed_from_step": start,
+        "resumed_from_step": fitted.resumed_from,
         "heldout_lines": len(heldout),
         "heldout_loss_before": round(before, 4),
         "heldout_loss_after": round(after, 4),
         "heldout_perplexity_after": round(math.exp(min(after, 50)), 2),
         "relative_drop": round((before - after) / before, 4),
-        "train_seconds": round(seconds, 2),
-        "samples_per_s": round(steps_run * cfg.batch_size / seconds, 2) if seconds else None,
-        "tokens_per_s": round(tokens * runtime.world_size / seconds, 1) if seconds else None,
+        **throughput(fitted, cfg.batch_size, tokens, runtime.world_size),
     }
     log.info(
         "pretrain: held-out MLM loss %.4f -> %.4f (%.1f%% lower)",
@@ -293,8 +257,13 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
     if runtime.is_main:
         save_encoder(model, tokenizer, out_dir, {"base_model": params.models.base, **result})
         write_json(metrics, result)
-        write_curve(history, {"heldout_loss_before": before, "heldout_loss_after": after})
-        checkpoints.clear()
+        write_curve(
+            LIVE_DIR,
+            "train/mlm_loss",
+            fitted.history,
+            {"heldout_loss_before": before, "heldout_loss_after": after},
+        )
+        fitted.done()
     return result
 
 

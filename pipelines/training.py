@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelines.encoding import autocast
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT = Path(".checkpoints")
@@ -49,9 +51,7 @@ class Runtime:
         return self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
 
 def setup_runtime(device: str = "auto") -> Runtime:
@@ -151,8 +151,12 @@ def shard(indices: torch.Tensor, runtime: Runtime) -> torch.Tensor:
 
 
 def run_key(**inputs: object) -> str:
-    """A checkpoint key from everything the result depends on."""
-    text = json.dumps(inputs, sort_keys=True, default=str)
+    """A checkpoint key from everything the result depends on, this package's code included
+    (a checkpoint written by other code is never resumed)."""
+    from pipelines.artifacts import files_hash
+
+    code = files_hash(Path(__file__).parent, "**/*.py")
+    text = json.dumps({**inputs, "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -215,7 +219,7 @@ class Progress:
         done = max(step - self.start, 1)
         rate = done / (now - self.started)
         eta = (self.total - step) / rate if rate else math.inf
-        shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
         log.info(
             "%s: step %d/%d %s | %.2f steps/s, ETA %.0fs",
             self.name,
@@ -263,3 +267,76 @@ def train_steps(
         progress.update(step + 1, loss=value, lr=scheduler.get_last_lr()[0])
         checkpoints.save(step + 1, model, optimizer, scheduler, {"history": history})
         yield step + 1
+
+
+def write_curve(
+    live_dir: Path, name: str, history: list[tuple[int, float]], summary: dict[str, float]
+) -> None:
+    """The learning curve and final numbers through DVCLive (`dvc plots show` reads them)."""
+    from dvclive import Live
+
+    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for step, loss in history:
+            live.step = step
+            live.log_metric(name, loss)
+        for key, value in summary.items():
+            live.summary[key] = value
+
+
+@dataclass
+class Fitted:
+    """What a finished `fit` reports; `done()` removes its checkpoints once outputs are safe."""
+
+    history: list[tuple[int, float]]
+    resumed_from: int
+    steps_run: int
+    seconds: float
+    checkpoints: Checkpoints
+
+    def done(self) -> None:
+        self.checkpoints.clear()
+
+
+def fit(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    runtime: Runtime,
+    cfg,
+    seed: int,
+    key: str,
+    loss_of_step: Callable[[torch.nn.Module, int], torch.Tensor],
+) -> Fitted:
+    """Train `model` for `cfg.steps` steps, resuming from this run's last checkpoint if any.
+
+    `cfg` carries steps, lr, weight_decay, warmup_steps, checkpoint_every and compile;
+    `loss_of_step(forward, step)` computes one global step's loss on this rank's shard with
+    `forward` (the model wrapped for DDP and, on CUDA with `compile`, torch.compile).
+    """
+    ddp_model = wrap_ddp(model, runtime)
+    forward = torch.compile(ddp_model) if cfg.compile and runtime.cuda else ddp_model
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, runtime)
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    checkpoints = Checkpoints(stage, key, cfg.checkpoint_every, runtime)
+    start, extra = checkpoints.restore(model, optimizer, scheduler)
+    history: list[tuple[int, float]] = [tuple(x) for x in extra.get("history", [])]
+    started = time.perf_counter()
+    for _ in train_steps(
+        total_steps=cfg.steps, start_step=start,
+        loss_of_step=lambda step: loss_of_step(forward, step), model=ddp_model,
+        optimizer=optimizer, scheduler=scheduler, checkpoints=checkpoints,
+        progress=Progress(stage, cfg.steps, start=start), seed=seed, history=history,
+    ):  # fmt: skip
+        pass
+    seconds = time.perf_counter() - started
+    return Fitted(history, start, cfg.steps - start, seconds, checkpoints)
+
+
+def throughput(fitted: Fitted, samples_per_step: int, tokens: int, world_size: int) -> dict:
+    """samples/s and tokens/s over the steps this process ran (all ranks together)."""
+    seconds = fitted.seconds or float("nan")
+    return {
+        "seconds": round(fitted.seconds, 2),
+        "samples_per_s": round(fitted.steps_run * samples_per_step / seconds, 2),
+        "tokens_per_s": round(tokens * world_size / seconds, 1),
+    }

@@ -206,9 +206,13 @@ def test_sequences_only_look_back_to_earlier_sessions():
             "split": ["train", "train", "test", "test", "test", "test"],
         }
     )  # fmt: skip
-    seqs = prepare.purchase_sequences(events, history_length=5)
+    histories = prepare.session_histories(events, history_length=5)
+    assert histories["session_id"].tolist() == ["s2", "s3", "s4"]
+    assert histories["history"].tolist() == [["p1"], ["p1", "p2"], ["p1", "p2", "p3"]]
+    seqs = prepare.purchase_sequences(events, histories)
     assert seqs["history"].tolist() == [["p1"], ["p1", "p2"]]  # p3's own session is not history
     assert seqs["product_id"].tolist() == ["p2", "p3"]
+    assert prepare.session_histories(events, history_length=1)["history"].tolist()[-1] == ["p3"]
 
 
 def test_click_labels_come_from_the_same_split():

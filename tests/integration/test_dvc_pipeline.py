@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import BIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain")
+STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker")
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def test_repro_runs_once_then_only_what_a_param_feeds(project: Path):
     assert again.stdout.count("didn't change, skipping") == len(STAGES)
 
     set_param(project, "prepare.history_length", 5)  # the corpus is unchanged: pretrain is skipped
-    assert ran(dvc(project, "repro").stdout) == {"prepare", "baselines"}
+    assert ran(dvc(project, "repro").stdout) == {"prepare", "baselines", "retriever", "reranker"}
 
     set_param(project, "validate.max_title_chars", 900)  # validate re-runs; its output is unchanged
     assert ran(dvc(project, "repro").stdout) == {"validate"}
@@ -65,6 +65,13 @@ def test_repro_runs_once_then_only_what_a_param_feeds(project: Path):
     data = workspace["data"]
     assert data["metrics/validate.json"]["data"]["passed"] is True
     assert data["metrics/prepare.json"]["data"]["pairs"]["test"]["rows"] > 0
+    assert data["metrics/retriever.json"]["data"]["test"]["search"]["n"] > 0
+    reranker = data["metrics/reranker.json"]["data"]
+    assert set(reranker["compare"]) == {"vs_bm25", "vs_zero_shot_encoder", "vs_retriever"}
+    assert reranker["propensity"]["1"] == 1.0
+
+    plots = dvc(project, "plots", "show", "--json").stdout
+    assert "train/contrastive_loss" in plots and "train/listwise_loss" in plots
 
 
 def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(project: Path):

