@@ -85,6 +85,10 @@ class ValidateConfig(Section):
     volume_ratio_min: float = Field(0.25, gt=0)
     volume_ratio_max: float = Field(4.0, gt=0)
     volume_lookback_days: int = Field(7, ge=1)
+    closed_weekdays: list[int] = Field(
+        [], description="weekdays the shop is closed (0 = Monday): no volume check, no baseline"
+    )
+    closed_dates: list[dt.date] = Field([], description="holidays the shop is closed")
     max_title_chars: int = Field(1000, ge=1)
     max_query_chars: int = Field(512, ge=1)
     future_tolerance_minutes: int = Field(10, ge=0)

@@ -203,8 +203,16 @@ def with_judgment_checks(judgments: pd.DataFrame, products: pd.DataFrame) -> pd.
 
 
 def daily_volume(events: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """Events per window day and the ratio to the median of the preceding days (1.0 on day 1)."""
-    days = pd.DatetimeIndex(pd.to_datetime(params.ingest.window.dates()))
+    """Events per open day of the window and the ratio to the median of the preceding open
+    days (1.0 on the first). Days listed as closed (`validate.closed_weekdays`,
+    `validate.closed_dates`) are left out: a shop shut on Saturdays is not an outage."""
+    cfg = params.validate_
+    closed = set(cfg.closed_dates)
+    open_days = [
+        d for d in params.ingest.window.dates()
+        if d.weekday() not in cfg.closed_weekdays and d not in closed
+    ]  # fmt: skip
+    days = pd.DatetimeIndex(pd.to_datetime(open_days))
     per_day = events["ts"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize().value_counts()
     counts = per_day.reindex(days, fill_value=0).astype(int)
     lookback = params.validate_.volume_lookback_days

@@ -239,3 +239,19 @@ def test_ingest_is_idempotent(tmp_path):
     second = ingest.run(params, tmp_path / "b", tmp_path / "b.json")
     assert first.manifest == second.manifest
     assert dt.date.fromisoformat(first.manifest["window"]["start"]) == params.ingest.window.start
+
+
+def test_closed_days_are_not_outages():
+    from pipelines.expectations import daily_volume
+
+    params = tiny_params("ingest.window={end: '2026-10-28', days: 14}")
+    days = pd.date_range("2026-10-15", "2026-10-28", freq="D", tz="UTC")
+    open_days = days[days.weekday != 5]  # shut on Saturdays
+    events = pd.DataFrame({"ts": open_days.repeat(10) + pd.Timedelta(hours=12)})
+    flagged = daily_volume(events, params)
+    assert (flagged["events"] == 0).sum() == 2  # two Saturdays look like outages
+    shut = tiny_params("ingest.window={end: '2026-10-28', days: 14}", "validate.closed_weekdays=[5]",
+                       "validate.closed_dates=['2026-10-20']")  # fmt: skip
+    volume = daily_volume(events, shut)
+    assert len(volume) == 11 and (volume["events"] == 10).all()
+    assert (volume["volume_ratio"] == 1.0).all()
