@@ -44,7 +44,7 @@ def write_planted_shop(folder: Path) -> None:
             for other in FRUIT_COLOUR.values():
                 grade = 3.0 if other == colour else 0.0
                 judged.append((f"{fruit} {noun}", f"p-{other}-{noun}", grade, split))
-            for other_noun in set(NOUNS) - {noun}:  # the right colour is not enough
+            for other_noun in sorted(set(NOUNS) - {noun}):  # the right colour is not enough
                 judged.append((f"{fruit} {noun}", f"p-{colour}-{other_noun}", 0.0, split))
     judgments = pd.DataFrame(judged, columns=["query", "product_id", "relevance", "split"])
     prepared = folder / "data" / "prepared"
@@ -77,7 +77,7 @@ def test_reranker_learns_the_mapping_from_grades(in_tmp):
                "reranker.group_size=11", "reranker.checkpoint_every=0")  # fmt: skip
     result = reranker.run(tiny_params(*options))
     before, after = first["test"]["search"]["ndcg@10"], result["test"]["search"]["ndcg@10"]
-    assert after > 0.7 and after > before + 0.1, (before, after)  # measured: 0.61 -> 0.76
+    assert after > 0.7 and after > before + 0.1, (before, after)  # measured 0.61 -> 0.72..0.76
     assert result["train"]["click_groups"] == 0 and "propensity" not in result
     assert "vs_retriever" in result["compare"]  # baselines' scores are absent: not compared
     assert (in_tmp / "data/models/reranker/config.json").exists()
