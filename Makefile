@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup run test lint format bench bench-train lock clean
+.PHONY: help setup run test lint format bench bench-train bench-serve serve bento lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,15 @@ bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on
 
 bench-train: setup ## training samples/s and tokens/s per model and profile (+ MFU on a GPU)
 	$(BIN)/python -m pipelines bench train
+
+bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
+	$(BIN)/python -m pipelines bench serve
+
+serve: setup ## serve the current run's model (BentoML) on 127.0.0.1:3000; prints curl examples
+	$(BIN)/python -m pipelines serve
+
+bento: setup ## build a Bento of the service with the current run's model; prints its tag
+	$(BIN)/python -m pipelines build-bento
 
 lock: setup ## regenerate the pinned part of constraints.txt from the current venv
 	@{ sed '/^# The rest is the lock/q' constraints.txt; \

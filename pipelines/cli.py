@@ -53,7 +53,11 @@ def _show_metrics(params: Params, args: argparse.Namespace) -> None:
 def _bench(params: Params, args: argparse.Namespace) -> None:
     from pipelines import benchmarks
 
-    if args.what == "simulate":
+    if args.what == "serve":
+        from pipelines.serve_benchmark import serve_throughput
+
+        serve_throughput(params, tuple(args.concurrency), seconds=args.seconds)
+    elif args.what == "simulate":
         benchmarks.simulate_throughput(params)
     elif args.what == "train":
         profiles = args.profiles or (["tiny", "default", "gpu"] if torch_cuda() else
@@ -61,6 +65,26 @@ def _bench(params: Params, args: argparse.Namespace) -> None:
         benchmarks.train_throughput(params, profiles, steps=args.steps)
     else:
         benchmarks.ingest_throughput(params, events=args.events, workdir=args.workdir)
+
+
+def _save_model(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.deploy import save_model
+
+    print(save_model(params))
+
+
+def _build_bento(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.deploy import build_bento, current_model
+
+    print(build_bento(args.model or current_model(params)))
+
+
+def _serve(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.deploy import serve
+
+    code = serve(params, model=args.model, bento=args.bento, port=args.port)
+    if code:
+        raise SystemExit(code)
 
 
 def torch_cuda() -> bool:
@@ -86,6 +110,15 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "fine-tune the cross-encoder reranker (grades + debiased clicks)",
         _stage("reranker"),
     ),
+    "save-model": (
+        "save the current models, catalogue and users as a BentoML model; print its tag",
+        _save_model,
+    ),
+    "build-bento": (
+        "build a Bento (service + model; default: the current outputs); print its tag",
+        _build_bento,
+    ),
+    "serve": ("serve a Bento or a saved model (default: the current outputs) on 127.0.0.1", _serve),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
@@ -119,11 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
-            cmd.add_argument("what", choices=["ingest", "simulate", "train"], help="which one")
+            cmd.add_argument(
+                "what", choices=["ingest", "simulate", "train", "serve"], help="which one"
+            )
+            cmd.add_argument("--seconds", type=float, default=20.0, help="serve: per cell")
+            cmd.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32],
+                             help="serve: concurrent clients")  # fmt: skip
             cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
             cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
             cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+        if name in ("serve", "build-bento"):
+            cmd.add_argument("--model", default=None, help="BentoML model tag (shopflow:...)")
+        if name == "serve":
+            cmd.add_argument("--bento", default=None, help="a built Bento's tag")
+            cmd.add_argument("--port", type=int, default=None, help="default: serving.port")
     return parser
 
 

@@ -181,6 +181,24 @@ class EvaluationConfig(Section):
     significance: float = Field(0.05, gt=0, lt=1)
 
 
+class ServingConfig(Section):
+    """The BentoML service: limits of a request, the reranker's adaptive batching, the index."""
+
+    max_k: int = Field(100, ge=1, le=1000)
+    max_query_chars: int = Field(512, ge=1)
+    max_rank_products: int = Field(200, ge=1, description="products one /rank call may send")
+    max_recent_products: int = Field(50, ge=1)
+    max_body_bytes: int = Field(65_536, ge=1024)
+    adaptive_batching: bool = True
+    max_batch_size: int = Field(256, ge=2, description="(query, product) pairs per batch")
+    max_latency_ms: int = Field(300, ge=1, description="a request's wait + compute budget")
+    ann_min_items: int = Field(100_000, ge=1, description="HNSW from this catalogue size on")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    onnx: Literal["none", "fp32", "int8"] = "none"
+    max_int8_ndcg_drop: float = Field(0.005, ge=0, description="int8 only offered below this")
+    port: int = Field(3000, ge=1, le=65535)
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -195,6 +213,7 @@ class Params(Section):
     retriever: RetrieverConfig = RetrieverConfig()
     reranker: RerankerConfig = RerankerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    serving: ServingConfig = ServingConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipelines.encoders import quiet_transformers
+from pipelines.vector_index import exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class TextEncoder(torch.nn.Module):
             transformer.pooler = None  # unused by mean pooling; DDP requires every param used
         return cls(transformer)
 
+    @property
+    def dim(self) -> int:
+        return self.transformer.config.hidden_size
+
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -95,7 +100,8 @@ class Retriever:
         self.query_max_len = query_max_len
         self.batch_size = batch_size
         self.item_ids: np.ndarray = np.asarray([], dtype=object)
-        self.item_vectors = np.zeros((0, self.model.transformer.config.hidden_size), np.float32)
+        self.dim = model.dim
+        self.item_vectors = np.zeros((0, self.dim), np.float32)
 
     def index(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
         """Embed the catalogue once; `search` then ranks all of it."""
@@ -146,7 +152,7 @@ class Retriever:
     ) -> np.ndarray:
         """float32 unit vectors, one row per text, in the order given."""
         rows = tokenize(self.tokenizer, texts, max_len or self.max_len)
-        out = np.zeros((len(rows), self.model.transformer.config.hidden_size), np.float32)
+        out = np.zeros((len(rows), self.dim), np.float32)
         started, done, last = time.perf_counter(), 0, time.perf_counter()
         for index in length_batches([len(r) for r in rows], self.batch_size):
             ids, mask = pad([rows[i] for i in index], self.tokenizer.pad_token_id)
@@ -175,21 +181,8 @@ def top_k(
     queries: np.ndarray, items: np.ndarray, item_ids: Sequence[str], k: int = 100,
     exclude: Sequence[set[int]] | None = None,
 ) -> list[list[tuple[str, float]]]:  # fmt: skip
-    """Exact top-k by inner product (cosine on unit vectors), in chunks of 1,024 queries.
-
-    `exclude[i]` holds item positions that query i must not get back (e.g. already bought).
-    """
+    """Exact top-k by inner product as (item id, score); `exclude[i]` holds item positions
+    that query i must not get back (e.g. already bought)."""
     ids = np.asarray(item_ids)
-    k = min(k, len(ids))
-    results: list[list[tuple[str, float]]] = []
-    for start in range(0, len(queries), 1024):
-        scores = queries[start : start + 1024] @ items.T
-        if exclude is not None:
-            for row, banned in enumerate(exclude[start : start + 1024]):
-                if banned:
-                    scores[row, list(banned)] = -np.inf
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        for row, cand in zip(scores, part, strict=True):
-            order = cand[np.argsort(-row[cand], kind="stable")]
-            results.append([(ids[i], float(row[i])) for i in order if np.isfinite(row[i])])
-    return results
+    banned = [list(e) for e in exclude] if exclude is not None else None
+    return [[(ids[i], s) for i, s in row] for row in exact_top_k(queries, items, k, None, banned)]

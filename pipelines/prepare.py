@@ -12,6 +12,8 @@
   `history_length`): what the query tower may append to a query.
 - `sequences.parquet`: one row per purchase: that history and the purchased product, for
   next-item recommendation.
+- `users.parquet`: per user, the latest `history_length` products interacted with and every
+  product bought, over all splits: what the service personalises and filters with.
 """
 
 from __future__ import annotations
@@ -132,6 +134,20 @@ def session_histories(events: pd.DataFrame, history_length: int) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["session_id", "user_key", "history"])
 
 
+def user_profiles(events: pd.DataFrame, history_length: int) -> pd.DataFrame:
+    """Per user: the most recent distinct products interacted with (latest last) and the
+    products bought (what recommendations leave out)."""
+    acts = events[events["event_type"].isin(list(LABELS))].sort_values(
+        ["user_key", "ts"], kind="stable"
+    )
+    rows = []
+    for user, group in acts.groupby("user_key", sort=True):
+        recent = list(dict.fromkeys(reversed(group["product_id"].tolist())))[:history_length]
+        bought = group.loc[group["event_type"] == "purchase", "product_id"]
+        rows.append((user, recent[::-1], sorted(set(bought))))
+    return pd.DataFrame(rows, columns=["user_key", "recent", "purchased"])
+
+
 def purchase_sequences(events: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """One row per purchase made with a known history: (history, purchased product)."""
     purchases = events.loc[
@@ -176,6 +192,7 @@ def prepare(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
         histories = session_histories(events, params.prepare.history_length)
         sequences = purchase_sequences(events, histories)
         out["pairs"], out["sequences"], out["histories"] = pairs, sequences, histories
+        out["users"] = user_profiles(events, params.prepare.history_length)
         metrics["events"] = events["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
         metrics["pairs"] = {
             s: {

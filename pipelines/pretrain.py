@@ -30,9 +30,8 @@ from pipelines.training import (
     batch_order,
     fit,
     run_key,
-    setup_runtime,
     shard,
-    teardown,
+    stage_runtime,
     throughput,
     unwrap,
     write_curve,
@@ -163,11 +162,8 @@ def run(
 ) -> dict:
     cfg = params.pretrain
     base = resolve_base_model(params.models.base, params.models.allow_download)
-    runtime = setup_runtime(params.models.device)
-    try:
+    with stage_runtime(params.models.device) as runtime:
         return _run(params, cfg, base, runtime, corpus_path, out_dir, metrics)
-    finally:
-        teardown(runtime)
 
 
 def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:

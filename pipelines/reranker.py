@@ -38,6 +38,7 @@ from pipelines.config import Params
 from pipelines.cross_encoder import CrossEncoder, PairTokens, Reranker
 from pipelines.encoders import quiet_transformers
 from pipelines.encoding import Retriever
+from pipelines.engine import Catalogue, SearchEngine
 from pipelines.errors import StageInputError
 from pipelines.features import product_text
 from pipelines.prepare import load_prepared
@@ -46,9 +47,8 @@ from pipelines.training import (
     batch_order,
     fit,
     run_key,
-    setup_runtime,
     shard,
-    teardown,
+    stage_runtime,
     throughput,
     unwrap,
     write_curve,
@@ -132,24 +132,6 @@ def listwise_loss(scores: torch.Tensor, targets: torch.Tensor, normalize: bool) 
     return -(weights * torch.log_softmax(scores, dim=0)).sum()
 
 
-def rerank(
-    reranker: Reranker, query_tokens: dict[str, list[int]],
-    hits: list[list[tuple[str, float]]], queries: list[str],
-    product_tokens: dict[str, list[int]],
-) -> dict[str, list[str]]:  # fmt: skip
-    """Each query's retrieved candidates reordered by the reranker's score."""
-    flat_q = [query_tokens[q] for q, h in zip(queries, hits, strict=True) for _ in h]
-    flat_p = [product_tokens[pid] for h in hits for pid, _ in h]
-    priors = [score for h in hits for _, score in h]
-    scores = reranker.score_tokens(flat_q, flat_p, priors)
-    ranking, at = {}, 0
-    for query, cands in zip(queries, hits, strict=True):
-        part = scores[at : at + len(cands)]
-        at += len(cands)
-        ranking[query] = [cands[i][0] for i in np.argsort(-part, kind="stable")]
-    return ranking
-
-
 def load_retriever(folder: Path, products: pd.DataFrame, params: Params, device) -> Retriever:
     """The fine-tuned retriever with the catalogue's embeddings (saved ones when current)."""
     if not (folder / "config.json").exists():
@@ -167,21 +149,17 @@ def load_retriever(folder: Path, products: pd.DataFrame, params: Params, device)
 def evaluate(
     reranker: Reranker, retriever: Retriever, tables: dict[str, pd.DataFrame], params: Params
 ) -> pd.DataFrame | None:
-    """Per-query test scores of retriever top-`candidates` → reranker."""
+    """Per-query test scores of the served path: retriever top-`candidates` → reranker."""
     judged = tables.get("judgments")
     if judged is None or not (judged["split"] == "test").any():
         return None
-    products = tables["products"]
+    engine = SearchEngine(
+        retriever, reranker, Catalogue(tables["products"]), candidates=params.reranker.candidates
+    )
     qrels = rank_metrics.qrels_from(judged[judged["split"] == "test"])
     queries = list(qrels)
-    hits = retriever.search(queries, k=params.reranker.candidates)
-    needed = sorted({pid for h in hits for pid, _ in h})
-    text = dict(zip(products["product_id"], product_text(products), strict=True))
-    product_tokens = dict(
-        zip(needed, reranker.pairs.pieces([text[p] for p in needed]), strict=True)
-    )
-    query_tokens = dict(zip(queries, reranker.pairs.pieces(queries), strict=True))
-    ranking = rerank(reranker, query_tokens, hits, queries, product_tokens)
+    hits = engine.search(queries, k=params.reranker.candidates)
+    ranking = {q: [h.product_id for h in row] for q, row in zip(queries, hits, strict=True)}
     return rank_metrics.per_query(qrels, ranking, params.evaluation.relevant_at)
 
 
@@ -224,12 +202,9 @@ def run(
     retriever_dir: Path = RETRIEVER_DIR, baselines_dir: Path = BASELINES_DIR,
     out_dir: Path = OUT_DIR, metrics: Path = METRICS,
 ) -> dict:  # fmt: skip
-    runtime = setup_runtime(params.models.device)
-    try:
+    with stage_runtime(params.models.device) as runtime:
         return _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir,
                     out_dir, metrics)  # fmt: skip
-    finally:
-        teardown(runtime)
 
 
 def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out_dir, metrics):

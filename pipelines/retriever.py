@@ -42,9 +42,8 @@ from pipelines.training import (
     batch_order,
     fit,
     run_key,
-    setup_runtime,
     shard,
-    teardown,
+    stage_runtime,
     throughput,
     unwrap,
     write_curve,
@@ -240,11 +239,8 @@ def run(
     params: Params, in_dir: Path = IN_DIR, encoder_dir: Path = ENCODER_DIR,
     out_dir: Path = OUT_DIR, metrics: Path = METRICS,
 ) -> dict:  # fmt: skip
-    runtime = setup_runtime(params.models.device)
-    try:
+    with stage_runtime(params.models.device) as runtime:
         return _run(params, runtime, in_dir, encoder_dir, out_dir, metrics)
-    finally:
-        teardown(runtime)
 
 
 def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:

@@ -89,6 +89,17 @@ def teardown(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def stage_runtime(device: str = "auto") -> Iterator[Runtime]:
+    """The runtime for one stage: the process group is left even when the stage fails, so a
+    torchrun job never hangs on a rank that raised."""
+    runtime = setup_runtime(device)
+    try:
+        yield runtime
+    finally:
+        teardown(runtime)
+
+
 def wrap_ddp(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     if runtime.world_size == 1:
         return model

