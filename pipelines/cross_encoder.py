@@ -18,6 +18,7 @@ import torch
 
 from pipelines.encoders import quiet_transformers
 from pipelines.encoding import autocast, length_batches
+from pipelines.progress import Progress
 
 Segment = tuple[list[int], list[int]]  # special token ids and their token type ids
 
@@ -155,12 +156,14 @@ class Reranker:
     @torch.no_grad()
     def score_tokens(
         self, queries: Sequence[Sequence[int]], products: Sequence[Sequence[int]],
-        priors: Sequence[float],
+        priors: Sequence[float], progress: str | None = None,
     ) -> np.ndarray:  # fmt: skip
         """Scores of pre-tokenised pairs (`pieces` output) with their retriever similarities."""
         joined = [self.pairs.join(q, p) for q, p in zip(queries, products, strict=True)]
         prior = torch.as_tensor(np.asarray(priors, np.float32))
         out = np.zeros(len(joined), np.float32)
+        meter = Progress(progress, len(joined), unit="pairs") if progress else None
+        done = 0
         for index in length_batches([len(ids) for ids, _ in joined], self.batch_size):
             ids, types, mask = self.pairs.pad([joined[i] for i in index])
             with autocast(self.device):
@@ -169,6 +172,9 @@ class Reranker:
                     prior[index].to(self.device),
                 )  # fmt: skip
             out[index] = scores.float().cpu().numpy()
+            done += len(index)
+            if meter:
+                meter.update(done)
         return out
 
     def score(self, query: str, texts: Sequence[str], priors: Sequence[float]) -> np.ndarray:

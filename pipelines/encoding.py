@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipelines.encoders import quiet_transformers
+from pipelines.progress import Progress
 from pipelines.vector_index import exact_top_k
 
 log = logging.getLogger(__name__)
@@ -153,20 +154,16 @@ class Retriever:
         """float32 unit vectors, one row per text, in the order given."""
         rows = tokenize(self.tokenizer, texts, max_len or self.max_len)
         out = np.zeros((len(rows), self.dim), np.float32)
-        started, done, last = time.perf_counter(), 0, time.perf_counter()
+        meter = Progress(progress, len(rows), unit="texts") if progress else None
+        done = 0
         for index in length_batches([len(r) for r in rows], self.batch_size):
             ids, mask = pad([rows[i] for i in index], self.tokenizer.pad_token_id)
             with autocast(self.device):
                 vectors = self.model.embed(ids.to(self.device), mask.to(self.device))
             out[index] = vectors.cpu().numpy()
             done += len(index)
-            if progress and time.perf_counter() - last > 10:
-                last = time.perf_counter()
-                rate = done / (last - started)
-                log.info(
-                    "%s: %d/%d texts, %.0f/s, ETA %.0fs",
-                    progress, done, len(rows), rate, (len(rows) - done) / rate,
-                )  # fmt: skip
+            if meter:
+                meter.update(done)
         return out
 
 

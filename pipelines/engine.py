@@ -120,7 +120,10 @@ class PairScorer:
             texts = [self.catalogue.texts[p] for p in missing]
             self._pieces.update(zip(missing, self.reranker.pairs.pieces(texts), strict=True))
         return self.reranker.score_tokens(
-            [query_pieces[q] for q in queries], [self._pieces[p] for p in positions], priors
+            [query_pieces[q] for q in queries],
+            [self._pieces[p] for p in positions],
+            priors,
+            progress="reranking" if len(positions) > 5000 else None,
         )
 
     @classmethod

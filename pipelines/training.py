@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -30,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.encoding import autocast
+from pipelines.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -211,35 +211,6 @@ class Checkpoints:
     def clear(self) -> None:
         if self.runtime.is_main:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class Progress:
-    """Periodic log lines with rate and ETA (a bar would be garbled in Airflow and DVC logs)."""
-
-    def __init__(self, name: str, total: int, every_s: float = 10.0, start: int = 0) -> None:
-        self.name, self.total, self.every_s = name, total, every_s
-        self.started = time.perf_counter()
-        self.start = start
-        self.last = 0.0
-
-    def update(self, step: int, **values: float) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and step < self.total:
-            return
-        self.last = now
-        done = max(step - self.start, 1)
-        rate = done / (now - self.started)
-        eta = (self.total - step) / rate if rate else math.inf
-        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-        log.info(
-            "%s: step %d/%d %s | %.2f steps/s, ETA %.0fs",
-            self.name,
-            step,
-            self.total,
-            shown,
-            rate,
-            eta,
-        )
 
 
 def train_steps(
