@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BIN
+from tests.conftest import BIN, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker")
@@ -41,9 +41,17 @@ def set_param(project: Path, dotted: str, value) -> None:
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
-def test_repro_runs_once_then_only_what_a_param_feeds(project: Path):
-    first = dvc(project, "repro")
-    assert ran(first.stdout) == set(STAGES)
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> tuple[Path, str]:
+    """One project reproduced once for the module (a full tiny run costs minutes on 2 cores);
+    the tests then change it in file order."""
+    project = copy_project(tmp_path_factory.mktemp("dvc") / "project")
+    return project, dvc(project, "repro").stdout
+
+
+def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
+    project, first = reproduced
+    assert ran(first) == set(STAGES)
     for folder in ("data/ingested", "data/validated", "data/prepared"):
         assert (
             project / folder / ("splits.json" if "prepared" in folder else "manifest.json")
@@ -74,8 +82,9 @@ def test_repro_runs_once_then_only_what_a_param_feeds(project: Path):
     assert "train/contrastive_loss" in plots and "train/listwise_loss" in plots
 
 
-def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(project: Path):
-    dvc(project, "repro")
+def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced):
+    project, _ = reproduced
+    dvc(project, "repro")  # up to date with whatever the tests before changed
     before = json.loads((project / "data/ingested/manifest.json").read_text())
     set_param(project, "ingest.window.end", "2026-10-27")
     assert ran(dvc(project, "repro").stdout) == set(STAGES)

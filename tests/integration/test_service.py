@@ -46,6 +46,14 @@ def run_in(folder: Path, fn, *args):
         os.chdir(here)
 
 
+def shopflow(cwd: Path, env: dict, *args: str) -> str:
+    """Run the CLI; its last line of output."""
+    command = [sys.executable, "-m", "pipelines", "--params", str(ROOT / "params.yaml"), *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"shopflow {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> dict:
     """The tiny synthetic shop's stage outputs and its model saved in a BentoML home."""
@@ -56,17 +64,9 @@ def shop(tmp_path_factory) -> dict:
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
     overrides = [arg for o in ("profile=tiny", *MODEL_OVERRIDES) for arg in ("-S", o)]
-    saved = subprocess.run(
-        [sys.executable, "-m", "pipelines", "--params", str(ROOT / "params.yaml"), *overrides,
-         "save-model"], cwd=work, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    tag = saved.stdout.strip().splitlines()[-1]
-    assert tag.startswith("shopflow:"), saved.stdout + saved.stderr
-    built = subprocess.run(
-        [sys.executable, "-m", "pipelines", "build-bento", "--model", tag], cwd=work, env=env,
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    bento = built.stdout.strip().splitlines()[-1]
+    tag = shopflow(work, env, *overrides, "save-model")
+    assert tag.startswith("shopflow:")
+    bento = shopflow(work, env, "build-bento", "--model", tag)
     return {"work": work, "params": params, "env": env, "tag": tag, "bento": bento}
 
 
