@@ -24,7 +24,7 @@ from pathlib import Path
 
 import anyio
 import bentoml
-from bentoml.exceptions import BadInput
+from bentoml.exceptions import BadInput, BentoMLException, ServiceUnavailable
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -140,7 +140,14 @@ class Shopflow:
         if not pairs:
             return []
         if CFG.adaptive_batching:
-            scores = await self.scorer.to_async.score(pairs)
+            try:
+                scores = await self.scorer.to_async.score(pairs)
+            except BentoMLException:
+                raise  # the scorer's own answer, e.g. 503 when the batcher sheds load
+            except Exception as exc:  # a dropped connection to an overloaded scorer
+                raise ServiceUnavailable(
+                    f"the reranker is overloaded ({type(exc).__name__}); retry later"
+                ) from exc
         else:
             scores = await anyio.to_thread.run_sync(
                 self.engine.score_pairs,

@@ -191,7 +191,7 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(65_536, ge=1024)
     adaptive_batching: bool = True
     max_batch_size: int = Field(256, ge=2, description="(query, product) pairs per batch")
-    max_latency_ms: int = Field(300, ge=1, description="a request's wait + compute budget")
+    max_latency_ms: int = Field(10_000, ge=1, description="a request's wait + compute budget")
     ann_min_items: int = Field(100_000, ge=1, description="HNSW from this catalogue size on")
     batch_size: int = Field(64, ge=1, description="texts per forward pass")
     onnx: Literal["none", "fp32", "int8"] = "none"

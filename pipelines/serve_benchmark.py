@@ -39,13 +39,12 @@ async def drive(base: str, path: str, bodies: list[dict], concurrency: int, seco
     import httpx
 
     latencies: list[float] = []
-    errors = 0
+    errors: dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         stop = time.perf_counter() + seconds
 
         async def worker(offset: int) -> None:
-            nonlocal errors
             i = offset
             while time.perf_counter() < stop:
                 started = time.perf_counter()
@@ -53,7 +52,7 @@ async def drive(base: str, path: str, bodies: list[dict], concurrency: int, seco
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
                 else:
-                    errors += 1
+                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
                 i += concurrency
 
         began = time.perf_counter()
@@ -61,7 +60,8 @@ async def drive(base: str, path: str, bodies: list[dict], concurrency: int, seco
         elapsed = time.perf_counter() - began
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
     return {
-        "requests": len(latencies), "errors": errors,
+        "requests": len(latencies), "errors": sum(errors.values()),
+        "error_statuses": {str(k): v for k, v in sorted(errors.items())},
         "requests_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p95_ms": round(float(np.percentile(ms, 95)), 1),
