@@ -177,16 +177,11 @@ class Shopflow:
             max_price=filters.price.max if filters and filters.price else None,
         )
         started = time.perf_counter()
-
-        def retrieve():
-            bare = engine.embed_queries([query])
-            vectors = engine.embed_queries([engine.history_text(query, recent)]) if recent else bare
-            depth = max(k, engine.candidates if engine.reranker is not None else k)
-            found = engine.retrieve(vectors, depth, engine.catalogue.allowed(chosen))[0]
-            priors = engine.priors(bare[0], [p for p, _ in found]) if found else []
-            return found, list(map(float, priors))
-
-        found, priors = await anyio.to_thread.run_sync(retrieve)
+        found, priors = (
+            await anyio.to_thread.run_sync(
+                lambda: engine.candidates_for([query], k, [recent] if recent else None, chosen)
+            )
+        )[0]
         STAGE_SECONDS.labels(endpoint="search", stage="retrieve").observe(
             time.perf_counter() - started
         )

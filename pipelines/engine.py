@@ -208,14 +208,15 @@ class SearchEngine:
         ]
         return query_text(query, titles, self.history_items)
 
-    def search(
-        self, queries: Sequence[str], k: int = 10, recents: Sequence[Sequence[str]] | None = None,
-        filters: Filters | None = None,
-    ) -> list[list[Hit]]:  # fmt: skip
-        """Top k products per query: retrieve `candidates`, rerank them.
+    def candidates_for(
+        self, queries: Sequence[str], k: int = 10,
+        recents: Sequence[Sequence[str]] | None = None, filters: Filters | None = None,
+    ) -> list[tuple[Candidates, list[float]]]:  # fmt: skip
+        """Per query: the retrieved candidates and their reranker priors (the first half of
+        `search`; the service sends the pairs to its batching scorer, then `merge`s).
 
         With `recents` (a user's latest products), retrieval reads the query and those items;
-        the reranker always reads the bare query, as it was trained.
+        the reranker's prior always reads the bare query, as it was trained.
         """
         if not len(queries):
             return []
@@ -227,15 +228,25 @@ class SearchEngine:
             )
         depth = max(k, self.candidates if self.reranker is not None else k)
         found = self.retrieve(vectors, depth, self.catalogue.allowed(filters))
+        return [
+            (cands, self.priors(vector, [p for p, _ in cands]).tolist() if cands else [])
+            for vector, cands in zip(bare, found, strict=True)
+        ]
+
+    def search(
+        self, queries: Sequence[str], k: int = 10, recents: Sequence[Sequence[str]] | None = None,
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:  # fmt: skip
+        """Top k products per query: retrieve `candidates`, rerank them."""
+        found = self.candidates_for(queries, k, recents, filters)
         flat_q, flat_p, flat_prior = [], [], []
-        for query, vector, cands in zip(queries, bare, found, strict=True):
-            ids = [pid for pid, _ in cands]
-            flat_q += [query] * len(ids)
-            flat_p += ids
-            flat_prior += self.priors(vector, ids).tolist() if ids else []
+        for query, (cands, priors) in zip(queries, found, strict=True):
+            flat_q += [query] * len(cands)
+            flat_p += [pid for pid, _ in cands]
+            flat_prior += priors
         scores = self.score_pairs(flat_q, flat_p, flat_prior)
         out, at = [], 0
-        for cands in found:
+        for cands, _ in found:
             out.append(self.merge(cands, scores[at : at + len(cands)], k))
             at += len(cands)
         return out
