@@ -218,15 +218,10 @@ class Shopflow:
         unknown = engine.catalogue.unknown(product_ids)
         if unknown:
             raise BadInput(str(UnknownProductsError("product_ids", unknown)))
-        ids = list(dict.fromkeys(product_ids))
-
-        def priors():
-            return list(map(float, engine.priors(engine.embed_queries([query])[0], ids)))
-
-        prior = await anyio.to_thread.run_sync(priors)
-        pairs = [Pair(query=query, product_id=p, prior=s) for p, s in zip(ids, prior, strict=True)]
+        cands = await anyio.to_thread.run_sync(engine.rank_candidates, query, product_ids)
+        pairs = [Pair(query=query, product_id=p, prior=s) for p, s in cands]
         scores = await self._scores("rank", pairs)
-        return self._answer(engine.merge(list(zip(ids, prior, strict=True)), scores, len(ids)))
+        return self._answer(engine.merge(cands, scores, len(cands)))
 
 
 async def version(_: Request) -> JSONResponse:

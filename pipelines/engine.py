@@ -5,8 +5,9 @@
 cross-encoder and returns the top k. The reranker stage's evaluation and the BentoML service
 both call it, so the numbers in `metrics/` are the numbers of what is served.
 
-The steps are public (`retrieve`, `score_pairs`, `merge`) because the service runs the
-reranker's `score_pairs` in a batching worker of its own and composes them itself.
+The steps are public (`candidates_for`, `rank_candidates`, `score_pairs`, `merge`) because
+the service runs the reranker's `score_pairs` in a batching worker of its own and composes
+the steps itself.
 
 A serving bundle is one folder (`save_bundle`): the retriever with the catalogue's vectors,
 the reranker (absent when its stage was skipped: the retriever's order is served), the
@@ -263,15 +264,21 @@ class SearchEngine:
         found = self.retrieve(vectors, k, exclude=exclude)
         return [self.merge(c, [s for _, s in c], k) for c in found]
 
+    def rank_candidates(self, query: str, product_ids: Sequence[str]) -> Candidates:
+        """The given products (duplicates dropped) with their priors for `query`: the first
+        half of `rank`, which the service scores in its batching worker."""
+        ids = list(dict.fromkeys(product_ids))
+        if not ids:
+            return []
+        priors = self.priors(self.embed_queries([query])[0], ids)
+        return list(zip(ids, map(float, priors), strict=True))
+
     def rank(self, query: str, product_ids: Sequence[str]) -> list[Hit]:
         """Given products reordered for a query (for shops that keep their own retrieval)."""
-        if not len(product_ids):
-            return []
-        ids = list(dict.fromkeys(product_ids))
-        vector = self.embed_queries([query])[0]
-        priors = self.priors(vector, ids)
-        scores = self.score_pairs([query] * len(ids), ids, priors)
-        return self.merge(list(zip(ids, priors.tolist(), strict=True)), scores, len(ids))
+        cands = self.rank_candidates(query, product_ids)
+        scores = self.score_pairs([query] * len(cands), [p for p, _ in cands],
+                                  [s for _, s in cands])  # fmt: skip
+        return self.merge(cands, scores, len(cands))
 
     # -- bundles -------------------------------------------------------------------------
 
