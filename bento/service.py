@@ -121,7 +121,8 @@ class Shopflow:
             "git_revision": model.info.metadata.get("git_revision", "unknown"),
             "data_hash": model.info.metadata.get("data_hash", "unknown"),
             "created_at": model.info.metadata.get("created_at"),
-            "promoted_at": model.info.metadata.get("promoted_at"),
+            "promoted_at": model.info.metadata.get("promoted_at")
+            or os.environ.get("SHOPFLOW_PROMOTED_AT"),
             "metrics": model.info.metadata.get("metrics", {}),
             "reranker": self.engine.reranker is not None,
             "index": self.engine.index.kind,

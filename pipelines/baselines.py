@@ -82,6 +82,14 @@ def popularity(pairs: pd.DataFrame, sequences: pd.DataFrame) -> pd.Series:
     )
 
 
+def popularity_prior(popular: pd.Series, product_ids: Sequence[str]) -> np.ndarray:
+    """Popularity on a [0, 1] log scale per product (0 for never-interacted products): the
+    prior the retriever adds to recommendations, with a weight fitted on the valid split."""
+    counts = popular.reindex(pd.Index(product_ids), fill_value=0.0).to_numpy(float)
+    top = np.log1p(counts.max()) if len(counts) and counts.max() > 0 else 1.0
+    return (np.log1p(counts) / top).astype(np.float32)
+
+
 def cooccurrence(sequences: pd.DataFrame, popular: pd.Series) -> pd.DataFrame:
     """Top neighbours per item: count(item, next purchase) / sqrt(popularity of the neighbour)."""
     counts: dict[str, Counter] = defaultdict(Counter)

@@ -8,6 +8,7 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -87,6 +88,33 @@ def _serve(params: Params, args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
+def _registry(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.registry import Registry
+
+    registry = Registry(params.promote.registry)
+    if args.what == "history":
+        entries = registry.history()
+        champion = registry.champion()
+        if not entries:
+            print(f"{registry.path}: empty (the first promote stage registers the baseline)")
+        for entry in entries:
+            marker = "*" if champion and entry.id == champion.id else " "
+            print(f"{marker} {entry.summary()}")
+        return
+    champion = registry.champion()
+    if champion is None:
+        print(f"{registry.path}: empty; the champion is the BM25 + popularity baseline")
+        return
+    print(json.dumps(dataclasses.asdict(champion), indent=2))
+
+
+def _rollback(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.deploy import rollback
+
+    entry = rollback(params, to=args.to)
+    print(f"champion is now #{entry.id}: {entry.version} (Bento {entry.bento_tag})")
+
+
 def torch_cuda() -> bool:
     import torch
 
@@ -109,6 +137,22 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "reranker": (
         "fine-tune the cross-encoder reranker (grades + debiased clicks)",
         _stage("reranker"),
+    ),
+    "evaluate": (
+        "A/B evaluation of the challenger against the champion; writes the gate's decision",
+        _stage("evaluate"),
+    ),
+    "promote": (
+        "on a promote verdict: save, build and smoke-test the Bento, then move the champion",
+        _stage("promote"),
+    ),
+    "registry": (
+        "the champion (`registry show`) or the promotion log (`registry history`)",
+        lambda params, args: _registry(params, args),
+    ),
+    "rollback": (
+        "re-point the champion to an earlier model (default: the one before)",
+        lambda params, args: _rollback(params, args),
     ),
     "save-model": (
         "save the current models, catalogue and users as a BentoML model; print its tag",
@@ -162,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
             cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+        if name == "registry":
+            cmd.add_argument("what", choices=["show", "history"], nargs="?", default="show")
+        if name == "rollback":
+            cmd.add_argument(
+                "--to",
+                default=None,
+                help="entry id (#3) or model version; default: the model before",
+            )
         if name in ("serve", "build-bento"):
             cmd.add_argument("--model", default=None, help="BentoML model tag (shopflow:...)")
         if name == "serve":

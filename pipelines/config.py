@@ -179,6 +179,44 @@ class EvaluationConfig(Section):
         True, description="recommenders never return what the user already interacted with"
     )
     significance: float = Field(0.05, gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of every interval")
+    resamples: int = Field(10_000, ge=100, description="bootstrap and permutation resamples")
+    interleaving_sessions: int = Field(10_000, ge=0, description="simulated sessions; 0 = off")
+    power: float = Field(0.8, gt=0, lt=1, description="of the A/B test sized for the CTR gap")
+    latency_queries: int = Field(40, ge=1, description="single-query searches timed per system")
+    head_min_count: int = Field(10, ge=1, description="a head query: seen this often in training")
+    min_slice_queries: int = Field(15, ge=2, description="smaller slices are shown, not gated")
+
+
+class GuardrailMargins(Section):
+    """How much worse than the champion a challenger may be on each guardrail."""
+
+    recall_at_100: float = Field(0.01, ge=0)
+    recommend_hit_at_10: float = Field(0.005, ge=0)
+    coverage: float = Field(0.02, ge=0, description="catalogue coverage@10, absolute")
+    slice_ndcg_at_10: float = Field(0.02, ge=0, description="every slice with enough queries")
+    brand_disparity: float = Field(0.05, ge=0, description="exposure vs relevance, per brand")
+    latency: float = Field(0.5, ge=0, description="relative p95 increase over a model champion")
+    max_p95_latency_ms: float = Field(2000, gt=0, description="absolute p95 budget per query")
+
+
+class GateConfig(Section):
+    """When a challenger replaces the champion (the evaluate stage's decision)."""
+
+    primary: Literal["auto", "search_ndcg@10", "recommend_ndcg@10", "recommend_hit@10"] = "auto"
+    min_gain: float = Field(0.005, ge=0, description="smallest improvement worth a promotion")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    require_interleaving: bool = True
+    margins: GuardrailMargins = GuardrailMargins()
+
+
+class PromoteConfig(Section):
+    """Where the registry lives and how a promoted Bento is smoke-tested."""
+
+    registry: str = ".shopflow/registry"
+    smoke_queries: int = Field(5, ge=1)
+    smoke_p95_ms: float = Field(5000, gt=0)
+    smoke_min_overlap: float = Field(0.8, ge=0, le=1, description="top-10 served vs evaluated")
 
 
 class ServingConfig(Section):
@@ -214,6 +252,8 @@ class Params(Section):
     reranker: RerankerConfig = RerankerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     serving: ServingConfig = ServingConfig()
+    gate: GateConfig = GateConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

@@ -30,6 +30,7 @@ from pipelines.artifacts import files_hash, read_json, write_json
 from pipelines.config import Params
 from pipelines.engine import save_bundle
 from pipelines.errors import StageInputError
+from pipelines.registry import Entry, Registry
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,15 @@ def _test_metrics(models_dir: Path) -> dict:
 
 
 def build_bento(model_tag: str, root: Path = ROOT) -> str:
-    """`bentoml build` of bento/bentofile.yaml with `model_tag` packed; returns the Bento tag."""
+    """`bentoml build` of bento/bentofile.yaml with `model_tag` packed; returns the Bento tag.
+
+    The Bento is labelled with the model's version, so `find_bento` can reuse it."""
     import bentoml
 
     env = {**os.environ, "SHOPFLOW_MODEL": model_tag}
     before = {str(b.tag) for b in bentoml.list()}
-    command = [sys.executable, "-m", "bentoml", "build", "-f", "bento/bentofile.yaml", "."]
+    command = [sys.executable, "-m", "bentoml", "build", "-f", "bento/bentofile.yaml", ".",
+               "--label", f"model_version={model_tag.split(':', 1)[1]}"]  # fmt: skip
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     if done.returncode:
         raise StageInputError(f"bentoml build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -189,6 +193,49 @@ def build_bento(model_tag: str, root: Path = ROOT) -> str:
         tag = next(str(b.tag) for b in bentoml.list() if str(b.tag) not in before)
     log.info("built Bento %s with model %s", tag, model_tag)
     return tag
+
+
+def find_bento(model_tag: str) -> str | None:
+    """The newest Bento in the store built for `model_tag` (None when there is none)."""
+    import bentoml
+
+    version = model_tag.split(":", 1)[1]
+    packing = [b for b in bentoml.list() if b.info.labels.get("model_version") == version]
+    packing.sort(key=lambda b: b.info.creation_time, reverse=True)
+    return str(packing[0].tag) if packing else None
+
+
+def ensure_bento(entry: Entry) -> str:
+    """The Bento of a registry entry: the recorded one if it is in the store, else one that
+    packs its model, else built again from its model (which must still be in the store)."""
+    import bentoml
+
+    try:
+        return str(bentoml.get(entry.bento_tag).tag)
+    except (bentoml.exceptions.NotFound, TypeError, ValueError):
+        pass
+    try:
+        bentoml.models.get(entry.model_tag)
+    except bentoml.exceptions.NotFound:
+        raise StageInputError(
+            f"entry #{entry.id}: neither its Bento {entry.bento_tag} nor its model "
+            f"{entry.model_tag} is in the BentoML store; restore the store or pick another entry"
+        ) from None
+    found = find_bento(entry.model_tag)
+    if found:
+        return found
+    log.info("Bento %s is gone: rebuilding it from %s", entry.bento_tag, entry.model_tag)
+    return build_bento(entry.model_tag)
+
+
+def rollback(params: Params, to: str | int | None = None) -> Entry:
+    """Re-point the champion to an earlier model; rebuild its Bento only if it is gone."""
+    registry = Registry(params.promote.registry)
+    target = registry.rollback_target(to)
+    bento = ensure_bento(target)
+    entry = registry.rollback(target.id, bento_tag=bento)
+    log.info("rolled back: champion #%d is %s (Bento %s)", entry.id, entry.version, bento)
+    return entry
 
 
 def current_model(params: Params) -> str:
@@ -203,10 +250,19 @@ def serve(
 ) -> int:
     """`bentoml serve` on 127.0.0.1: a built `bento`, else the saved `model` (default: the
     current outputs) with the service from this source tree."""
+    env = {**os.environ}
     if bento is None and model is None:
-        model = current_model(params)
+        champion = Registry(params.promote.registry).champion()
+        if champion is not None and champion.kind == "model":
+            bento = ensure_bento(champion)
+            env["SHOPFLOW_PROMOTED_AT"] = champion.at
+            log.info("serving the champion #%d %s", champion.id, champion.version)
+        else:
+            model = current_model(params)
+            log.info("no promoted model yet: serving the current run's outputs (%s)", model)
     port = port or params.serving.port
-    env = {**os.environ} if bento else {**os.environ, "SHOPFLOW_MODEL": model}
+    if not bento:
+        env["SHOPFLOW_MODEL"] = model
     base = f"http://127.0.0.1:{port}"
     print(f"serving {bento or model} on {base} (Ctrl-C stops it). Try:\n"
           f"  curl -s {base}/readyz\n"

@@ -103,6 +103,16 @@ class Retriever:
         self.item_ids: np.ndarray = np.asarray([], dtype=object)
         self.dim = model.dim
         self.item_vectors = np.zeros((0, self.dim), np.float32)
+        # Recommendation adds prior_weight * item_prior (popularity, in [0, 1]) to the cosine.
+        self.item_prior: np.ndarray | None = None
+        self.prior_weight = 0.0
+
+    @property
+    def recommend_bias(self) -> np.ndarray | None:
+        """What recommendation adds to each item's cosine (None: nothing)."""
+        if self.item_prior is None or not self.prior_weight:
+            return None
+        return (self.prior_weight * self.item_prior).astype(np.float32)
 
     def index(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
         """Embed the catalogue once; `search` then ranks all of it."""
@@ -116,6 +126,9 @@ class Retriever:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "item_vectors.npy", self.item_vectors)
         (folder / "item_ids.txt").write_text("\n".join(map(str, self.item_ids)) + "\n")
+        if self.item_prior is not None:
+            np.save(folder / "item_prior.npy", self.item_prior.astype(np.float32))
+            (folder / "prior_weight.txt").write_text(f"{self.prior_weight!r}\n")
 
     def load_index(self, folder: Path, item_ids: Sequence[str] | None = None) -> bool:
         """Load a saved index; with `item_ids`, only if it covers exactly those products."""
@@ -126,19 +139,26 @@ class Retriever:
         if item_ids is not None and saved != [str(i) for i in item_ids]:
             return False
         self.item_ids, self.item_vectors = np.asarray(saved), np.load(vectors_path)
+        if (folder / "item_prior.npy").exists():
+            self.item_prior = np.load(folder / "item_prior.npy")
+            self.prior_weight = float((folder / "prior_weight.txt").read_text())
         return True
 
     def search(
         self, query_texts: Sequence[str], k: int = 100,
-        exclude: Sequence[Sequence[str]] | None = None,
+        exclude: Sequence[Sequence[str]] | None = None, bias: np.ndarray | None = None,
     ) -> list[list[tuple[str, float]]]:  # fmt: skip
-        """Top-k products per query text; `exclude[i]` lists product ids query i must not get."""
-        banned = None
-        if exclude is not None:
-            position = {pid: i for i, pid in enumerate(self.item_ids)}
-            banned = [{position[p] for p in ids if p in position} for ids in exclude]
+        """Top-k products per query text; `exclude[i]` lists product ids query i must not get;
+        `bias` is added to every query's item scores (`recommend_bias` for recommendations)."""
         queries = self.encode(query_texts, "embedding queries", self.query_max_len)
-        return top_k(queries, self.item_vectors, self.item_ids, k, banned)
+        return top_k(queries, self.item_vectors, self.item_ids, k, self.banned(exclude), bias)
+
+    def banned(self, exclude: Sequence[Sequence[str]] | None) -> list[set[int]] | None:
+        """Item positions per query from product ids (unknown ids are ignored)."""
+        if exclude is None:
+            return None
+        position = {pid: i for i, pid in enumerate(self.item_ids)}
+        return [{position[p] for p in ids if p in position} for ids in exclude]
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", **options: int) -> Retriever:
@@ -176,10 +196,11 @@ def autocast(device: torch.device):
 
 def top_k(
     queries: np.ndarray, items: np.ndarray, item_ids: Sequence[str], k: int = 100,
-    exclude: Sequence[set[int]] | None = None,
+    exclude: Sequence[set[int]] | None = None, bias: np.ndarray | None = None,
 ) -> list[list[tuple[str, float]]]:  # fmt: skip
-    """Exact top-k by inner product as (item id, score); `exclude[i]` holds item positions
-    that query i must not get back (e.g. already bought)."""
+    """Exact top-k by inner product (+ `bias`) as (item id, score); `exclude[i]` holds item
+    positions that query i must not get back (e.g. already bought)."""
     ids = np.asarray(item_ids)
     banned = [list(e) for e in exclude] if exclude is not None else None
-    return [[(ids[i], s) for i, s in row] for row in exact_top_k(queries, items, k, None, banned)]
+    hits = exact_top_k(queries, items, k, None, banned, bias)
+    return [[(ids[i], s) for i, s in row] for row in hits]

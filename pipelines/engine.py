@@ -130,7 +130,7 @@ class PairScorer:
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu") -> PairScorer:
         info = read_bundle_info(bundle)
-        return cls(load_reranker(Path(bundle), info["settings"], device),
+        return cls(load_reranker(Path(bundle) / "reranker", info["settings"], device),
                    Catalogue(pd.read_parquet(Path(bundle) / "catalogue.parquet")))  # fmt: skip
 
 
@@ -171,10 +171,10 @@ class SearchEngine:
 
     def retrieve(
         self, vectors: np.ndarray, depth: int, allowed: np.ndarray | None = None,
-        exclude: Sequence[Sequence[str]] | None = None,
+        exclude: Sequence[Sequence[str]] | None = None, bias: np.ndarray | None = None,
     ) -> list[Candidates]:  # fmt: skip
         banned = [self.catalogue.positions(e) for e in exclude] if exclude is not None else None
-        hits = self.index.search(vectors, depth, allowed, banned)
+        hits = self.index.search(vectors, depth, allowed, banned, bias)
         return [[(self.catalogue.ids[p], s) for p, s in row] for row in hits]
 
     def priors(self, query_vector: np.ndarray, product_ids: Sequence[str]) -> np.ndarray:
@@ -256,12 +256,13 @@ class SearchEngine:
         self, recents: Sequence[Sequence[str]], k: int = 10,
         exclude: Sequence[Sequence[str]] | None = None,
     ) -> list[list[Hit]]:  # fmt: skip
-        """Next products for each history (latest last): the user tower, nearest products,
-        never one in `exclude` (what the user already bought)."""
+        """Next products for each history (latest last): the user tower's nearest products
+        plus the retriever's fitted popularity prior, never one in `exclude` (what the user
+        already bought)."""
         if not len(recents):
             return []
         vectors = self.embed_queries([self.history_text(None, r) for r in recents])
-        found = self.retrieve(vectors, k, exclude=exclude)
+        found = self.retrieve(vectors, k, exclude=exclude, bias=self.retriever.recommend_bias)
         return [self.merge(c, [s for _, s in c], k) for c in found]
 
     def rank_candidates(self, query: str, product_ids: Sequence[str]) -> Candidates:
@@ -283,6 +284,35 @@ class SearchEngine:
     # -- bundles -------------------------------------------------------------------------
 
     @classmethod
+    def assemble(
+        cls, retriever_dir: Path, reranker_dir: Path, products: pd.DataFrame, settings: dict,
+        device: str = "cpu", users: pd.DataFrame | None = None, info: dict | None = None,
+        item_prior: np.ndarray | None = None,
+    ) -> SearchEngine:  # fmt: skip
+        """An engine from model folders over `products`. The saved product vectors are used
+        when they are of exactly these products; otherwise the catalogue is embedded again
+        (a champion evaluated on tonight's catalogue), and the recommendation prior is the
+        fitted weight times `item_prior` (tonight's popularity, aligned with `products`)."""
+        catalogue = Catalogue(products)
+        retriever = Retriever.load(
+            retriever_dir, device, max_len=settings["max_item_len"],
+            query_max_len=settings["max_query_len"], batch_size=settings["batch_size"],
+        )  # fmt: skip
+        if not retriever.load_index(retriever_dir / "index", catalogue.ids.tolist()):
+            log.info("%s: product vectors are of another catalogue; embedding %d products",
+                     retriever_dir, len(catalogue))  # fmt: skip
+            retriever.index(catalogue.ids.tolist(), catalogue.texts)
+            weight = retriever_dir / "index" / "prior_weight.txt"
+            if item_prior is not None and weight.exists():
+                retriever.item_prior = item_prior
+                retriever.prior_weight = float(weight.read_text())
+        return cls(
+            retriever, load_reranker(reranker_dir, settings, device), catalogue,
+            candidates=settings["candidates"], history_items=settings["history_items"],
+            ann_min_items=settings["ann_min_items"], users=users, info=info,
+        )  # fmt: skip
+
+    @classmethod
     def load(
         cls, bundle: str | Path, device: str = "cpu", runtime: str | None = None
     ) -> SearchEngine:
@@ -291,21 +321,11 @@ class SearchEngine:
         bundle = Path(bundle)
         info = read_bundle_info(bundle)
         settings = info["settings"]
-        catalogue = Catalogue(pd.read_parquet(bundle / "catalogue.parquet"))
-        retriever = Retriever.load(
-            bundle / "retriever", device, max_len=settings["max_item_len"],
-            query_max_len=settings["max_query_len"], batch_size=settings["batch_size"],
-        )  # fmt: skip
-        if not retriever.load_index(bundle / "retriever" / "index", catalogue.ids.tolist()):
-            raise StageInputError(f"{bundle}: the product vectors do not match the catalogue")
-        reranker = load_reranker(bundle, settings, device)
+        products = pd.read_parquet(bundle / "catalogue.parquet")
         users_path = bundle / "users.parquet"
         users = pd.read_parquet(users_path) if users_path.exists() else None
-        engine = cls(
-            retriever, reranker, catalogue, candidates=settings["candidates"],
-            history_items=settings["history_items"], ann_min_items=settings["ann_min_items"],
-            users=users, info=info,
-        )  # fmt: skip
+        engine = cls.assemble(bundle / "retriever", bundle / "reranker", products, settings,
+                              device, users=users, info=info)  # fmt: skip
         runtime = runtime or settings.get("onnx", "none")
         if runtime in ("fp32", "int8"):
             from pipelines.onnx_runtime import use_onnx
@@ -313,8 +333,8 @@ class SearchEngine:
             use_onnx(engine, bundle / "onnx" / runtime)
         log.info(
             "serving bundle %s: %d products (%s search), reranker %s, %d users, %s runtime",
-            bundle, len(catalogue), engine.index.kind,
-            "on" if reranker is not None else "off (skipped stage)", len(engine.users),
+            bundle, len(engine.catalogue), engine.index.kind,
+            "on" if engine.reranker is not None else "off (skipped stage)", len(engine.users),
             f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
         )  # fmt: skip
         return engine
@@ -327,12 +347,12 @@ def read_bundle_info(bundle: str | Path) -> dict:
     return read_json(path)
 
 
-def load_reranker(bundle: Path, settings: dict, device: str) -> Reranker | None:
-    """The bundle's reranker, or None when its stage was skipped (no search data)."""
-    if not (bundle / "reranker" / "config.json").exists():
+def load_reranker(folder: Path, settings: dict, device: str) -> Reranker | None:
+    """The reranker in `folder`, or None when its stage was skipped (no search data)."""
+    if not (folder / "config.json").exists():
         return None
     return Reranker.load(
-        bundle / "reranker", device, max_len=settings["rerank_max_len"],
+        folder, device, max_len=settings["rerank_max_len"],
         max_query_len=settings["rerank_max_query_len"], batch_size=settings["batch_size"],
     )  # fmt: skip
 

@@ -101,3 +101,71 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
         "p_wilcoxon": float(stats.wilcoxon(a, b).pvalue),
         "n": len(a),
     }
+
+
+# -- beyond accuracy: who gets shown ----------------------------------------------------------
+
+
+def exposure(lists: Sequence[Sequence[str]], depth: int = 10) -> pd.Series:
+    """Attention each product receives over all lists: Σ 1/log2(rank + 1) within `depth`.
+
+    The logarithmic discount is NDCG's, the usual model of how attention decays down a list
+    (Singh & Joachims, KDD 2018)."""
+    weights = _discounts(depth)
+    totals: dict[str, float] = {}
+    for ranked in lists:
+        for rank, pid in enumerate(list(ranked)[:depth]):
+            totals[pid] = totals.get(pid, 0.0) + weights[rank]
+    return pd.Series(totals, dtype=float)
+
+
+def coverage(lists: Sequence[Sequence[str]], n_products: int, depth: int = 10) -> float:
+    """Share of the catalogue that appears in at least one top-`depth` list."""
+    shown = {pid for ranked in lists for pid in list(ranked)[:depth]}
+    return len(shown) / n_products if n_products else 0.0
+
+
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative values (0: equal exposure, → 1: one product gets all)."""
+    x = np.sort(np.asarray(values, float))
+    if len(x) == 0 or x.sum() == 0:
+        return 0.0
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def exposure_gini(
+    lists: Sequence[Sequence[str]], catalogue: Sequence[str], depth: int = 10
+) -> float:
+    """Gini of exposure over the whole catalogue (never-shown products count as zero)."""
+    shown = exposure(lists, depth)
+    return gini(shown.reindex(pd.Index(catalogue).unique(), fill_value=0.0).to_numpy())
+
+
+def group_shares(amounts: pd.Series, group_of: Mapping[str, str]) -> pd.Series:
+    """Amounts summed per group (e.g. brand) as shares of the total."""
+    if amounts.empty or amounts.sum() == 0:
+        return pd.Series(dtype=float)
+    groups = amounts.groupby([group_of.get(p, "(unknown)") for p in amounts.index]).sum()
+    return (groups / groups.sum()).sort_values(ascending=False)
+
+
+def disparity(exposure_shares: pd.Series, merit_shares: pd.Series) -> float:
+    """Total variation distance between each group's share of exposure and its share of merit
+    (relevant items): 0 when every brand is shown in proportion to how often it is relevant."""
+    groups = exposure_shares.index.union(merit_shares.index)
+    a = exposure_shares.reindex(groups, fill_value=0.0)
+    b = merit_shares.reindex(groups, fill_value=0.0)
+    return float(0.5 * (a - b).abs().sum())
+
+
+def novelty(lists: Sequence[Sequence[str]], popularity: pd.Series, depth: int = 10) -> float:
+    """Mean self-information −log2 p(item) of recommended items, p from training popularity
+    (add-one smoothed): higher means less obvious recommendations."""
+    total = float(popularity.sum()) + len(popularity) + 1
+    bits = [
+        -np.log2((float(popularity.get(pid, 0.0)) + 1) / total)
+        for ranked in lists
+        for pid in list(ranked)[:depth]
+    ]
+    return float(np.mean(bits)) if bits else 0.0

@@ -25,9 +25,9 @@ Hits = list[list[tuple[int, float]]]  # per query: (catalogue position, score), 
 
 def exact_top_k(
     queries: np.ndarray, items: np.ndarray, k: int, allowed: np.ndarray | None = None,
-    exclude: Sequence[Sequence[int]] | None = None,
+    exclude: Sequence[Sequence[int]] | None = None, bias: np.ndarray | None = None,
 ) -> Hits:  # fmt: skip
-    """Exact top-k by inner product, in chunks of 1,024 queries.
+    """Exact top-k by inner product (+ a per-item `bias`), in chunks of 1,024 queries.
 
     `allowed`: a boolean mask over items (None: all); `exclude[i]`: positions query i must not
     get back. Fewer than k hits come back when fewer items are eligible.
@@ -38,6 +38,8 @@ def exact_top_k(
         return [[] for _ in range(len(queries))]
     for start in range(0, len(queries), 1024):
         scores = queries[start : start + 1024] @ items.T
+        if bias is not None:
+            scores += bias
         if allowed is not None:
             scores[:, ~allowed] = -np.inf
         if exclude is not None:
@@ -80,10 +82,13 @@ class VectorIndex:
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-        exclude: Sequence[Sequence[int]] | None = None,
+        exclude: Sequence[Sequence[int]] | None = None, bias: np.ndarray | None = None,
     ) -> Hits:  # fmt: skip
+        """Top k by inner product plus `bias` (a per-item prior such as popularity)."""
         if self.hnsw is None:
-            return exact_top_k(queries, self.vectors, k, allowed, exclude)
+            return exact_top_k(queries, self.vectors, k, allowed, exclude, bias)
+        if bias is not None:
+            return self._biased(queries, k, allowed, exclude, bias)
         n_excluded = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(len(self), 4 * k + n_excluded)
         scores, positions = self.hnsw.search(np.ascontiguousarray(queries, np.float32), fetch)
@@ -99,6 +104,24 @@ class VectorIndex:
                 hits = exact_top_k(queries[i : i + 1], self.vectors, k, allowed,
                                    [list(banned)])[0]  # fmt: skip
             out.append(hits)
+        return out
+
+    def _biased(self, queries, k, allowed, exclude, bias) -> Hits:
+        """HNSW neighbours ∪ the items with the largest bias, rescored exactly: the biased
+        top k is among them unless an item is both far down the graph and low in bias."""
+        fetch = min(len(self), 4 * k + max((len(e) for e in exclude), default=0) if exclude
+                    else 4 * k)  # fmt: skip
+        _, positions = self.hnsw.search(np.ascontiguousarray(queries, np.float32), fetch)
+        by_bias = np.argpartition(-bias, fetch - 1)[:fetch]
+        out: Hits = []
+        for i, row in enumerate(positions):
+            pool = np.unique(np.concatenate([row[row >= 0], by_bias]))
+            mask = np.zeros(len(self), bool)
+            mask[pool] = True
+            if allowed is not None:
+                mask &= allowed
+            banned = [list(exclude[i])] if exclude else None
+            out.append(exact_top_k(queries[i : i + 1], self.vectors, k, mask, banned, bias)[0])
         return out
 
 

@@ -48,9 +48,8 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(
-        ROOT / "pipelines", dest / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for folder in ("pipelines", "bento"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
     (dest / "params.yaml").write_text(text)
     run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731

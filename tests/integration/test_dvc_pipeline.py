@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.registry import BASELINE_VERSION, Registry
 from tests.conftest import BIN, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker")
+STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker",
+          "evaluate", "promote")  # fmt: skip
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # stages call `python`
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stages call `python`
+           "BENTOML_HOME": str(project.parent / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}  # fmt: skip
     result = subprocess.run(
         [str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
@@ -63,7 +66,8 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert again.stdout.count("didn't change, skipping") == len(STAGES)
 
     set_param(project, "prepare.history_length", 5)  # the corpus is unchanged: pretrain is skipped
-    assert ran(dvc(project, "repro").stdout) == {"prepare", "baselines", "retriever", "reranker"}
+    assert ran(dvc(project, "repro").stdout) == {
+        "prepare", "baselines", "retriever", "reranker", "evaluate", "promote"}  # fmt: skip
 
     set_param(project, "validate.max_title_chars", 900)  # validate re-runs; its output is unchanged
     assert ran(dvc(project, "repro").stdout) == {"validate"}
@@ -74,6 +78,14 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert data["metrics/validate.json"]["data"]["passed"] is True
     assert data["metrics/prepare.json"]["data"]["pairs"]["test"]["rows"] > 0
     assert data["metrics/retriever.json"]["data"]["test"]["search"]["n"] > 0
+    evaluate = data["metrics/evaluate.json"]["data"]
+    assert evaluate["promote"] in (0, 1) and evaluate["primary"]["n"] > 0
+    decision = json.loads((project / "reports/decision.json").read_text())
+    assert decision["verdict"] in ("promote", "reject") and decision["reasons"]
+    assert data["metrics/promote.json"]["data"]["verdict"] == decision["verdict"]
+    registry = Registry(project / ".shopflow/registry")  # the first run registered the baseline
+    assert registry.history()[0].version == BASELINE_VERSION
+    assert registry.champion().kind == ("model" if decision["verdict"] == "promote" else "baseline")
     reranker = data["metrics/reranker.json"]["data"]
     assert set(reranker["compare"]) == {"vs_bm25", "vs_zero_shot_encoder", "vs_retriever"}
     assert reranker["propensity"]["1"] == 1.0

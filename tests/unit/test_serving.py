@@ -55,6 +55,23 @@ def test_hnsw_index_agrees_with_exact_search_and_falls_back_for_narrow_filters()
     assert VectorIndex(items, ann_min_items=10_000).kind == "exact"
 
 
+def test_a_per_item_bias_reorders_exact_and_hnsw_search_alike():
+    items = unit_vectors(3000, 32)
+    queries = unit_vectors(20, 32, seed=3)
+    bias = np.zeros(3000, np.float32)
+    bias[[42, 4242 % 3000]] = 5.0  # two "best-sellers" that outweigh any cosine
+    exact = exact_top_k(queries, items, 10, bias=bias)
+    assert all({p for p, _ in row[:2]} == {42, 4242 % 3000} for row in exact)
+    hnsw = VectorIndex(items, ann_min_items=1000).search(queries, 10, exclude=[[42]] * 20,
+                                                          bias=bias)  # fmt: skip
+    assert all(row[0][0] == 4242 % 3000 and 42 not in {p for p, _ in row} for row in hnsw)
+    rest = [
+        len({p for p, _ in h[1:]} & {p for p, _ in e[2:]}) / 8
+        for h, e in zip(hnsw, exact, strict=True)
+    ]  # below the best-sellers, the graph finds the exact neighbours
+    assert np.mean(rest) > 0.8
+
+
 def test_catalogue_filters_by_category_prefix_and_price():
     products = pd.DataFrame({
         "product_id": ["a", "b", "c", "d"], "title": ["A", "B", "C", "D"],

@@ -1,0 +1,130 @@
+"""Evaluate → promote → rollback for real: BentoML store, Bento builds, loopback smoke tests.
+
+Uses the session's trained tiny shop (tests/integration/conftest.py). The gate's rules are
+unit-tested (tests/unit/test_gate.py); here the real evaluate stage decides against the
+baseline, and the promotion mechanics are driven with decisions whose verdict is set, so
+that each path (killed promotion, reuse, stale decision, rollback) runs every time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.artifacts import read_json, write_json
+from pipelines.registry import BASELINE_VERSION, Registry
+from tests.conftest import ROOT
+from tests.integration.conftest import MODEL_OVERRIDES
+
+pytestmark = pytest.mark.integration
+
+KILLED_AFTER_BUILD = """
+import os, signal, sys
+import pipelines.promote as promote
+from pipelines.cli import main
+def die(*args, **kwargs):  # killed after save + build, before the smoke test and the commit
+    os.kill(os.getpid(), signal.SIGKILL)
+promote.smoke_test = die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli(shop: dict, registry: Path, *args: str, script: str | None = None):
+    overrides = ["profile=tiny", *MODEL_OVERRIDES, f"promote.registry={registry}"]
+    options = ["--params", str(ROOT / "params.yaml")]
+    options += [arg for o in overrides for arg in ("-S", o)]
+    head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "pipelines"]
+    return subprocess.run([*head, *options, *args], cwd=shop["work"], env=shop["env"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def bentos(shop: dict) -> set[str]:
+    listed = subprocess.run([sys.executable, "-m", "bentoml", "list", "-o", "json"],
+                            env=shop["env"], capture_output=True, text=True, check=True)  # fmt: skip
+    return {b["tag"] for b in json.loads(listed.stdout)}
+
+
+def set_verdict(shop: dict, verdict: str, champion_entry: int | None) -> None:
+    path = shop["work"] / "reports/decision.json"
+    decision = read_json(path)
+    decision["verdict"] = verdict
+    decision["champion"]["entry"] = champion_entry
+    write_json(path, decision)
+
+
+def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path):
+    registry_dir = tmp_path / "registry"
+    registry = Registry(registry_dir)
+
+    # 1. the real A/B evaluation against the first champion, the BM25 + popularity baseline
+    done = cli(shop, registry_dir, "evaluate")
+    assert done.returncode == 0, done.stderr
+    decision = read_json(shop["work"] / "reports/decision.json")
+    assert decision["champion"]["version"] == BASELINE_VERSION
+    assert decision["verdict"] in {"promote", "reject"} and decision["reasons"]
+    names = [c["name"] for c in decision["checks"]]
+    assert names[:3] == ["primary gain", "significance", "interleaving"]
+    assert {
+        "guardrail search recall@100",
+        "guardrail recommend hit@10",
+        "guardrail brand exposure disparity",
+        "guardrail search p95 latency ms",
+    } <= set(names)
+    assert decision["interleaving"]["sessions"] > 0 and decision["power"]["sessions_per_arm"] > 0
+    assert any(key.startswith("category=") for key in decision["slices"])
+    headline = read_json(shop["work"] / "metrics/evaluate.json")
+    assert headline["promote"] == int(decision["verdict"] == "promote")
+    assert (shop["work"] / "data/evaluation/challenger_search.parquet").exists()
+
+    # 2. a promotion killed after the Bento is built leaves the baseline as champion ...
+    set_verdict(shop, "promote", None)
+    before = bentos(shop)
+    killed = cli(shop, registry_dir, "promote", script=KILLED_AFTER_BUILD)
+    assert killed.returncode == -9
+    assert registry.champion().version == BASELINE_VERSION and len(registry.history()) == 1
+    built = bentos(shop)
+    # ... and the rerun reuses what exists, smoke-tests it and only then moves the champion
+    done = cli(shop, registry_dir, "promote")
+    assert done.returncode == 0, done.stderr
+    first = registry.champion()
+    assert (first.id, first.action, first.kind) == (2, "promote", "model")
+    assert first.bento_tag in built and bentos(shop) == built and len(built) <= len(before) + 1
+    outcome = read_json(shop["work"] / "metrics/promote.json")
+    assert outcome["promoted"] == 1 and outcome["smoke_test"]["passed"]
+    assert outcome["smoke_test"]["top10_overlap"] >= 0.8
+
+    # 3. a second model (other serving settings: another version) promoted over the first
+    set_verdict(shop, "promote", first.id)
+    done = cli(shop, registry_dir, "-S", "serving.batch_size=32", "promote")
+    assert done.returncode == 0, done.stderr
+    second = registry.champion()
+    assert second.id == 3 and second.version != first.version and second.previous == first.id
+
+    # 4. a decision made against an earlier champion never promotes
+    stale = cli(shop, registry_dir, "-S", "serving.batch_size=16", "promote")
+    assert stale.returncode == 2 and "re-run evaluate" in stale.stderr
+    assert registry.champion() == second
+
+    # 5. rollback re-points to the first model's Bento, rebuilding nothing, and logs it
+    count = len(bentos(shop))
+    done = cli(shop, registry_dir, "rollback")
+    assert done.returncode == 0, done.stderr
+    back = registry.champion()
+    assert (back.id, back.action, back.version, back.bento_tag) == (
+        4, "rollback", first.version, first.bento_tag)  # fmt: skip
+    assert len(bentos(shop)) == count
+    history = cli(shop, registry_dir, "registry", "history").stdout
+    assert "rollback" in history and history.count("promote") == 2
+    assert json.loads(cli(shop, registry_dir, "registry", "show").stdout)["id"] == 4
+
+    # 6. the same models evaluated against that champion (from the store) are not promoted
+    done = cli(shop, registry_dir, "evaluate")
+    assert done.returncode == 0, done.stderr
+    again = read_json(shop["work"] / "reports/decision.json")
+    assert again["champion"] == {**again["champion"], "entry": 4, "kind": "model"}
+    assert again["verdict"] == "reject" and again["primary"]["difference"] == 0.0
+    assert again["reasons"][0].startswith("primary gain")
