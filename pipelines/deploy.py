@@ -110,7 +110,9 @@ def save_model(
             **(metadata or {}),
         }
         with bentoml.models.create(
-            tag, labels={"source": params.ingest.source, **(labels or {})},
+            tag, labels={"source": params.ingest.source, "model_version": version,
+                         "data_hash": meta["data_hash"], "git_revision": meta["git_revision"],
+                         **(labels or {})},
             metadata=meta, module="shopflow",
         ) as model:  # fmt: skip
             for path in staging.iterdir():
