@@ -156,7 +156,7 @@ def champion_system(
 
 
 @dataclass
-class TestSplit:
+class HeldOut:
     products: pd.DataFrame
     qrels: dict[str, dict[str, float]]
     histories: list[list[str]]
@@ -169,7 +169,7 @@ class TestSplit:
         return list(self.qrels)
 
 
-def test_split(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: Path) -> TestSplit:
+def held_out(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: Path) -> HeldOut:
     judged = tables.get("judgments")
     qrels = {}
     if judged is not None and (judged["split"] == "test").any():
@@ -190,10 +190,10 @@ def test_split(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: P
         raise StageInputError(f"{popular_path}: missing; run the baselines stage first")
     popular = pd.read_parquet(popular_path).set_index("product_id")["score"]
     exclude = histories if params.evaluation.exclude_history else None
-    return TestSplit(tables["products"], qrels, histories, targets, exclude, popular)
+    return HeldOut(tables["products"], qrels, histories, targets, exclude, popular)
 
 
-def score_system(system: System, split: TestSplit, params: Params) -> dict:
+def score_system(system: System, split: HeldOut, params: Params) -> dict:
     """Per-query tables and top-10 lists of one system."""
     out: dict = {}
     if split.qrels:
@@ -224,7 +224,7 @@ def time_searches(systems: dict[str, System], queries: Sequence[str]) -> dict[st
     }  # fmt: skip
 
 
-def query_slices(split: TestSplit, tables: dict[str, pd.DataFrame], params: Params) -> pd.DataFrame:
+def query_slices(split: HeldOut, tables: dict[str, pd.DataFrame], params: Params) -> pd.DataFrame:
     """Per judged query: its top category, head/tail, and whether it needs a cold product."""
     products = split.products
     top_of = dict(
@@ -243,6 +243,7 @@ def query_slices(split: TestSplit, tables: dict[str, pd.DataFrame], params: Para
     if sequences is not None and len(sequences):
         warm |= set(sequences.loc[sequences["split"] == "train", "product_id"])
     has_logs = bool(warm)
+    has_categories = any(v != "(none)" for v in top_of.values())
     rows = []
     for query, judged in split.qrels.items():
         relevant = [p for p, g in judged.items() if g >= params.evaluation.relevant_at]
@@ -250,7 +251,10 @@ def query_slices(split: TestSplit, tables: dict[str, pd.DataFrame], params: Para
         rows.append(
             {
                 "query": query,
-                "category": tops.most_common(1)[0][0] if tops else "(no relevant product)",
+                "category": (
+                    (tops.most_common(1)[0][0] if tops else "(no relevant product)")
+                    if has_categories else None
+                ),
                 "traffic": (
                     ("head" if counts[query] >= params.evaluation.head_min_count else "tail")
                     if counts else None
@@ -265,7 +269,7 @@ def query_slices(split: TestSplit, tables: dict[str, pd.DataFrame], params: Para
 
 
 def click_model(
-    tables: dict[str, pd.DataFrame], split: TestSplit, params: Params
+    tables: dict[str, pd.DataFrame], split: HeldOut, params: Params
 ) -> interleaving.ClickModel:
     if params.ingest.source == "synthetic":
         return interleaving.synthetic_click_model()
@@ -292,14 +296,14 @@ def click_model(
     return interleaving.assumed_click_model(max_grade)
 
 
-def beyond_accuracy(scored: dict, split: TestSplit, params: Params) -> dict:
+def beyond_accuracy(scored: dict, split: HeldOut, params: Params) -> dict:
     products = split.products
     ids = products["product_id"].tolist()
     out: dict = {}
     if "search_lists" in scored:
         lists = scored["search_lists"]
-        brand_of = dict(zip(products["product_id"], products["brand"].fillna("(none)"),
-                            strict=True))  # fmt: skip
+        brands = products.get("brand", pd.Series([None] * len(products))).fillna("(none)")
+        brand_of = dict(zip(products["product_id"], brands, strict=True))
         relevant = pd.Series(
             [1.0 for j in split.qrels.values() for g in j.values()
              if g >= params.evaluation.relevant_at],
@@ -311,7 +315,10 @@ def beyond_accuracy(scored: dict, split: TestSplit, params: Params) -> dict:
         out["search"] = {
             "coverage@10": rank_metrics.coverage(lists, len(ids), TOP),
             "exposure_gini": rank_metrics.exposure_gini(lists, ids, TOP),
-            "brand_disparity": rank_metrics.disparity(exposure_shares, merit_shares),
+            # None: a catalogue without brands has no brand exposure to compare
+            "brand_disparity": rank_metrics.disparity(exposure_shares, merit_shares)
+            if (brands != "(none)").any()
+            else None,
             "brand_exposure_top5": exposure_shares.head(5).round(4).to_dict(),
         }
     if "recommend_lists" in scored:
@@ -332,7 +339,7 @@ def means(frame: pd.DataFrame) -> dict[str, float]:
 # -- the comparison ----------------------------------------------------------------------
 
 
-def primary_metric(params: Params, split: TestSplit) -> tuple[str, str]:
+def primary_metric(params: Params, split: HeldOut) -> tuple[str, str]:
     """(task, column) of the primary metric."""
     choice = params.gate.primary
     if choice == "auto":
@@ -378,9 +385,11 @@ def guardrails(
                               note=f"{len(rows)} queries")  # fmt: skip
         rails.append(Guardrail("search coverage@10", extra_chal["search"]["coverage@10"],
                                extra_champ["search"]["coverage@10"], m.coverage))  # fmt: skip
-        rails.append(Guardrail("brand exposure disparity", extra_chal["search"]["brand_disparity"],
-                               extra_champ["search"]["brand_disparity"], m.brand_disparity,
-                               higher_is_better=False))  # fmt: skip
+        if extra_chal["search"]["brand_disparity"] is not None:
+            rails.append(Guardrail("brand exposure disparity",
+                                   extra_chal["search"]["brand_disparity"],
+                                   extra_champ["search"]["brand_disparity"], m.brand_disparity,
+                                   higher_is_better=False))  # fmt: skip
         baseline = champion_kind == "baseline"
         rails.append(
             Guardrail(
@@ -413,7 +422,7 @@ def run(
     started = time.perf_counter()
     ev = params.evaluation
     tables = load_prepared(in_dir)
-    split = test_split(tables, params, models_dir / "baselines")
+    split = held_out(tables, params, models_dir / "baselines")
     if not (models_dir / "retriever" / "config.json").exists():
         raise StageInputError(f"{models_dir / 'retriever'}: no challenger; run the retriever stage")
     registry = Registry(params.promote.registry)
