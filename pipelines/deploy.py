@@ -257,6 +257,7 @@ def serve(
         champion = Registry(params.promote.registry).champion()
         if champion is not None and champion.kind == "model":
             bento = ensure_bento(champion)
+            env["SHOPFLOW_MODEL"] = champion.model_tag
             env["SHOPFLOW_PROMOTED_AT"] = champion.at
             log.info("serving the champion #%d %s", champion.id, champion.version)
         else:

@@ -73,7 +73,7 @@ def run(
                  champion.version, "; ".join(decision["reasons"]))  # fmt: skip
         return _finish(metrics, outcome, champion, reasons=decision["reasons"])
 
-    tag = save_model(params, models_dir, prepared_dir, labels={"stage": "challenger"},
+    tag = save_model(params, models_dir, prepared_dir,
                      metadata={"decision": _decision_summary(decision)})  # fmt: skip
     version = tag.split(":", 1)[1]
     if champion.version == version:
@@ -86,7 +86,7 @@ def run(
         log.info("reusing Bento %s, already built for %s", bento, tag)
     else:
         bento = build_bento(tag)
-    smoke = smoke_test(bento, version, params, evaluation_dir)
+    smoke = smoke_test(bento, tag, params, evaluation_dir)
     outcome["smoke_test"] = smoke
     if not smoke["passed"]:
         _finish(metrics, outcome | {"bento": bento}, champion, reasons=smoke["failures"])
@@ -145,10 +145,11 @@ def _finish(
     return outcome
 
 
-def smoke_test(bento: str, version: str, params: Params, evaluation_dir: Path) -> dict:
+def smoke_test(bento: str, model_tag: str, params: Params, evaluation_dir: Path) -> dict:
     """Serve `bento` on loopback and check what it answers; never raises for a bad answer."""
     import httpx
 
+    version = model_tag.split(":", 1)[1]
     cfg = params.promote
     failures: list[str] = []
     timings: list[float] = []
@@ -157,7 +158,9 @@ def smoke_test(bento: str, version: str, params: Params, evaluation_dir: Path) -
     port = free_port()
     log.info("smoke test: serving %s on 127.0.0.1:%d", bento, port)
     try:
-        with RunningService(bento, port) as base, httpx.Client(base_url=base, timeout=60) as client:
+        # SHOPFLOW_MODEL pinned: a value left in the environment must not pick another model
+        service = RunningService(bento, port, env={"SHOPFLOW_MODEL": model_tag})
+        with service as base, httpx.Client(base_url=base, timeout=60) as client:
 
             def post(path: str, body: dict) -> httpx.Response:
                 started = time.perf_counter()
