@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -207,6 +208,27 @@ def find_bento(model_tag: str) -> str | None:
     return str(packing[0].tag) if packing else None
 
 
+def packed_model(bento_tag: str, env: dict[str, str] | None = None) -> str:
+    """The model a Bento was built for (its `model_version` label).
+
+    The service declares its model by tag, and `bentoml serve <bento>` on a machine resolves
+    that tag in the local store: without this pin, "shopflow:latest" would be the newest
+    model saved there, not the one packed in the Bento (measured: a Bento served the model
+    of a later promotion). In a container the Bento's own store holds only its model.
+    Asked through the CLI, so that `env`'s BENTOML_HOME is the store read.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", bento_tag, "-o", "json"],
+        env=env or dict(os.environ), capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode:
+        raise StageInputError(f"Bento {bento_tag} is not in the store: {done.stderr[-500:]}")
+    version = (json.loads(done.stdout).get("labels") or {}).get("model_version")
+    if not version:
+        raise StageInputError(f"Bento {bento_tag} was not built by shopflow (no model_version)")
+    return f"{MODEL_NAME}:{version}"
+
+
 def ensure_bento(entry: Entry) -> str:
     """The Bento of a registry entry: the recorded one if it is in the store, else one that
     packs its model, else built again from its model (which must still be in the store)."""
@@ -257,15 +279,13 @@ def serve(
         champion = Registry(params.promote.registry).champion()
         if champion is not None and champion.kind == "model":
             bento = ensure_bento(champion)
-            env["SHOPFLOW_MODEL"] = champion.model_tag
             env["SHOPFLOW_PROMOTED_AT"] = champion.at
             log.info("serving the champion #%d %s", champion.id, champion.version)
         else:
             model = current_model(params)
             log.info("no promoted model yet: serving the current run's outputs (%s)", model)
     port = port or params.serving.port
-    if not bento:
-        env["SHOPFLOW_MODEL"] = model
+    env["SHOPFLOW_MODEL"] = packed_model(bento) if bento else model
     base = f"http://127.0.0.1:{port}"
     print(f"serving {bento or model} on {base} (Ctrl-C stops it). Try:\n"
           f"  curl -s {base}/readyz\n"
@@ -287,6 +307,8 @@ class RunningService:
     ) -> None:  # fmt: skip
         self.target, self.port, self.cwd = target, port, cwd
         self.env = {**os.environ, **(env or {})}
+        if target != SERVICE:  # a Bento: serve the model it was built with, whatever the env
+            self.env["SHOPFLOW_MODEL"] = packed_model(target, self.env)
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"shopflow-serve-{port}.log"
         self.ready_timeout_s = ready_timeout_s
         self.base = f"http://127.0.0.1:{port}"

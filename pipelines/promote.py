@@ -158,9 +158,7 @@ def smoke_test(bento: str, model_tag: str, params: Params, evaluation_dir: Path)
     port = free_port()
     log.info("smoke test: serving %s on 127.0.0.1:%d", bento, port)
     try:
-        # SHOPFLOW_MODEL pinned: a value left in the environment must not pick another model
-        service = RunningService(bento, port, env={"SHOPFLOW_MODEL": model_tag})
-        with service as base, httpx.Client(base_url=base, timeout=60) as client:
+        with RunningService(bento, port) as base, httpx.Client(base_url=base, timeout=60) as client:
 
             def post(path: str, body: dict) -> httpx.Response:
                 started = time.perf_counter()
