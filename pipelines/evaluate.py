@@ -268,9 +268,14 @@ def query_slices(split: HeldOut, tables: dict[str, pd.DataFrame], params: Params
     return pd.DataFrame(rows)
 
 
+MIN_JUDGED_IMPRESSIONS = 1000  # fewer logged impressions of judged products: γ not fitted
+
+
 def click_model(
     tables: dict[str, pd.DataFrame], split: HeldOut, params: Params
 ) -> interleaving.ClickModel:
+    """The simulator's own users; else a PBM fitted on the logs (θ by EM, γ per grade from
+    logged impressions of judged products); else the assumed one (see `interleaving`)."""
     if params.ingest.source == "synthetic":
         return interleaving.synthetic_click_model()
     judged = tables.get("judgments")
@@ -283,7 +288,7 @@ def click_model(
         keys = pd.MultiIndex.from_frame(pairs[["query", "product_id"]])
         matched = grades.reindex(keys).to_numpy()
         known = ~np.isnan(matched)
-        if known.sum() >= 1000:
+        if known.sum() >= MIN_JUDGED_IMPRESSIONS:
             try:
                 propensity = estimate_propensities(pairs, params.reranker.max_position)
             except StageInputError as exc:
