@@ -79,7 +79,7 @@ bench-train: setup ## training samples/s and tokens/s per model and profile (+ M
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
 	$(BIN)/python -m pipelines bench serve
 
-serve: setup ## serve the current run's model (BentoML) on 127.0.0.1:3000; prints curl examples
+serve: setup ## serve the champion's Bento (before any promotion: the current run's model) on 127.0.0.1:3000
 	$(BIN)/python -m pipelines serve
 
 bento: setup ## build a Bento of the service with the current run's model; prints its tag
