@@ -185,12 +185,9 @@ def evaluate(
 
 def summarize(per_query: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
     """Means of every metric column, and how many queries/examples they are over."""
-    summary = {}
-    for name, frame in per_query.items():
-        numbers = frame.select_dtypes("number")
-        summary[name] = {m: round(float(numbers[m].mean()), 4) for m in numbers.columns}
-        summary[name]["n"] = len(frame)
-    return summary
+    return {
+        name: {**rank_metrics.means(frame), "n": len(frame)} for name, frame in per_query.items()
+    }
 
 
 def run(

@@ -141,8 +141,14 @@ class Retriever:
         self.item_ids, self.item_vectors = np.asarray(saved), np.load(vectors_path)
         if (folder / "item_prior.npy").exists():
             self.item_prior = np.load(folder / "item_prior.npy")
-            self.prior_weight = float((folder / "prior_weight.txt").read_text())
+            self.prior_weight = self.saved_prior_weight(folder) or 0.0
         return True
+
+    @staticmethod
+    def saved_prior_weight(folder: Path) -> float | None:
+        """The recommendation prior's weight saved with an index (None: none was fitted)."""
+        path = folder / "prior_weight.txt"
+        return float(path.read_text()) if path.exists() else None
 
     def search(
         self, query_texts: Sequence[str], k: int = 100,

@@ -239,15 +239,23 @@ class SearchEngine:
         filters: Filters | None = None,
     ) -> list[list[Hit]]:  # fmt: skip
         """Top k products per query: retrieve `candidates`, rerank them."""
-        found = self.candidates_for(queries, k, recents, filters)
+        return self.rerank(queries, self.candidates_for(queries, k, recents, filters), k)
+
+    def rerank(
+        self, queries: Sequence[str], found: Sequence[tuple[Candidates, list[float]]], k: int,
+        limit: int | None = None,
+    ) -> list[list[Hit]]:  # fmt: skip
+        """Each query's first `limit` candidates (all when None), from `candidates_for`, scored
+        in one reranker batch; the top k of them."""
+        heads = [(cands[:limit], priors[:limit]) for cands, priors in found]
         flat_q, flat_p, flat_prior = [], [], []
-        for query, (cands, priors) in zip(queries, found, strict=True):
+        for query, (cands, priors) in zip(queries, heads, strict=True):
             flat_q += [query] * len(cands)
             flat_p += [pid for pid, _ in cands]
             flat_prior += priors
         scores = self.score_pairs(flat_q, flat_p, flat_prior)
         out, at = [], 0
-        for cands, _ in found:
+        for cands, _ in heads:
             out.append(self.merge(cands, scores[at : at + len(cands)], k))
             at += len(cands)
         return out
@@ -302,10 +310,10 @@ class SearchEngine:
             log.info("%s: product vectors are of another catalogue; embedding %d products",
                      retriever_dir, len(catalogue))  # fmt: skip
             retriever.index(catalogue.ids.tolist(), catalogue.texts)
-            weight = retriever_dir / "index" / "prior_weight.txt"
-            if item_prior is not None and weight.exists():
+            weight = Retriever.saved_prior_weight(retriever_dir / "index")
+            if item_prior is not None and weight is not None:
                 retriever.item_prior = item_prior
-                retriever.prior_weight = float(weight.read_text())
+                retriever.prior_weight = weight
         return cls(
             retriever, load_reranker(reranker_dir, settings, device), catalogue,
             candidates=settings["candidates"], history_items=settings["history_items"],

@@ -71,19 +71,11 @@ class ModelSystem:
         engine = self.engine
         found = engine.candidates_for(queries, k=DEPTH)
         n_rerank = engine.candidates if engine.reranker is not None else 0
-        flat_q, flat_p, flat_prior = [], [], []
-        for query, (cands, priors) in zip(queries, found, strict=True):
-            flat_q += [query] * len(cands[:n_rerank])
-            flat_p += [pid for pid, _ in cands[:n_rerank]]
-            flat_prior += priors[:n_rerank]
-        scores = engine.score_pairs(flat_q, flat_p, flat_prior) if flat_p else []
-        out, at = {}, 0
-        for query, (cands, _) in zip(queries, found, strict=True):
-            head = cands[:n_rerank]
-            reranked = engine.merge(head, scores[at : at + len(head)], len(head)) if head else []
-            at += len(head)
-            out[query] = [h.product_id for h in reranked] + [p for p, _ in cands[n_rerank:]]
-        return out
+        heads = engine.rerank(queries, found, n_rerank, limit=n_rerank)
+        return {
+            query: [h.product_id for h in head] + [p for p, _ in cands[n_rerank:]]
+            for query, head, (cands, _) in zip(queries, heads, found, strict=True)
+        }
 
     def recommend(
         self, histories: Sequence[Sequence[str]], exclude: Sequence[Sequence[str]] | None
@@ -309,14 +301,12 @@ def beyond_accuracy(scored: dict, split: HeldOut, params: Params) -> dict:
         lists = scored["search_lists"]
         brands = products.get("brand", pd.Series([None] * len(products))).fillna("(none)")
         brand_of = dict(zip(products["product_id"], brands, strict=True))
-        relevant = pd.Series(
-            [1.0 for j in split.qrels.values() for g in j.values()
-             if g >= params.evaluation.relevant_at],
-            index=[p for j in split.qrels.values() for p, g in j.items()
-                   if g >= params.evaluation.relevant_at], dtype=float,
+        relevant = Counter(
+            p for judged in split.qrels.values() for p, g in judged.items()
+            if g >= params.evaluation.relevant_at
         )  # fmt: skip
         exposure_shares = rank_metrics.group_shares(rank_metrics.exposure(lists, TOP), brand_of)
-        merit_shares = rank_metrics.group_shares(relevant.groupby(level=0).sum(), brand_of)
+        merit_shares = rank_metrics.group_shares(pd.Series(relevant, dtype=float), brand_of)
         out["search"] = {
             "coverage@10": rank_metrics.coverage(lists, len(ids), TOP),
             "exposure_gini": rank_metrics.exposure_gini(lists, ids, TOP),
@@ -334,11 +324,6 @@ def beyond_accuracy(scored: dict, split: HeldOut, params: Params) -> dict:
             "novelty": rank_metrics.novelty(lists, split.popular, TOP),
         }
     return out
-
-
-def means(frame: pd.DataFrame) -> dict[str, float]:
-    numbers = frame.select_dtypes("number")
-    return {m: round(float(numbers[m].mean()), 4) for m in numbers.columns}
 
 
 # -- the comparison ----------------------------------------------------------------------
@@ -416,7 +401,7 @@ def guardrails(
 def baseline_means(baselines_dir: Path) -> dict:
     out = {}
     for path in sorted((baselines_dir / "eval").glob("*.parquet")):
-        out[path.stem] = means(pd.read_parquet(path))
+        out[path.stem] = rank_metrics.means(pd.read_parquet(path))
     return out
 
 
@@ -491,7 +476,7 @@ def run(
     log.info("decision: %s — %s", decision["verdict"].upper(), "; ".join(decision["reasons"]))
 
     summary = {
-        name: {t: means(s[t]) for t in ("search", "recommend") if t in s}
+        name: {t: rank_metrics.means(s[t]) for t in ("search", "recommend") if t in s}
         for name, s in scored.items()
     }
     result = {

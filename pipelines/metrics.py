@@ -71,6 +71,12 @@ def next_item(
     return pd.DataFrame(rows)
 
 
+def means(frame: pd.DataFrame) -> dict[str, float]:
+    """Mean of every numeric column of a per-query table, rounded for reports."""
+    numbers = frame.select_dtypes("number")
+    return {m: round(float(numbers[m].mean()), 4) for m in numbers.columns}
+
+
 def qrels_from(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
     qrels: dict[str, dict[str, float]] = {}
     for query, pid, rel in judgments[["query", "product_id", "relevance"]].itertuples(index=False):

@@ -22,6 +22,7 @@ Writes the retriever (`data/models/retriever`, with per-query test scores in `ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +110,18 @@ def click_examples(
     return pd.DataFrame(rows, columns=["query_text", "positive", "negative", "source"])
 
 
+def history_texts(
+    histories: Sequence[Sequence[str]], titles: dict[str, str], history_items: int
+) -> list[str]:
+    """The query tower's input for recommendation: the titles of each history's latest items."""
+    return [query_text(None, [titles.get(p, "") for p in h], history_items) for h in histories]
+
+
 def purchase_examples(
     sequences: pd.DataFrame, titles: dict[str, str], history_items: int
 ) -> pd.DataFrame:
     """Recent items alone → the product bought next (the recommendation task)."""
-    texts = [
-        query_text(None, [titles.get(p, "") for p in h], history_items)
-        for h in sequences["history"]
-    ]
+    texts = history_texts(sequences["history"], titles, history_items)
     return pd.DataFrame(
         {"query_text": texts, "positive": sequences["product_id"].to_numpy(),
          "negative": None, "source": "purchases"}
@@ -212,8 +217,7 @@ def fit_prior_weight(retriever: Retriever, tables: dict[str, pd.DataFrame], para
     if len(valid) > MAX_VALID_HISTORIES:
         valid = valid.sample(MAX_VALID_HISTORIES, random_state=params.seed)
     titles = dict(zip(tables["products"]["product_id"], tables["products"]["title"], strict=True))
-    texts = [query_text(None, [titles.get(p, "") for p in h], params.retriever.history_items)
-             for h in valid["history"]]  # fmt: skip
+    texts = history_texts(valid["history"], titles, params.retriever.history_items)
     vectors = retriever.encode(texts, "embedding valid histories", retriever.query_max_len)
     banned = retriever.banned([list(h) for h in valid["history"]])
     targets = valid["product_id"].tolist()
@@ -247,10 +251,7 @@ def evaluate(retriever: Retriever, tables: dict[str, pd.DataFrame], params: Para
     if sequences is not None and (sequences["split"] == "test").any():
         test = sequences[sequences["split"] == "test"]
         titles = dict(zip(products["product_id"], products["title"], strict=True))
-        texts = [
-            query_text(None, [titles.get(p, "") for p in h], params.retriever.history_items)
-            for h in test["history"]
-        ]
+        texts = history_texts(test["history"], titles, params.retriever.history_items)
         exclude = [list(h) for h in test["history"]] if params.evaluation.exclude_history else None
         hits = retriever.search(texts, k=10, exclude=exclude, bias=retriever.recommend_bias)
         out["recommend"] = rank_metrics.next_item(

@@ -87,10 +87,10 @@ class VectorIndex:
         """Top k by inner product plus `bias` (a per-item prior such as popularity)."""
         if self.hnsw is None:
             return exact_top_k(queries, self.vectors, k, allowed, exclude, bias)
-        if bias is not None:
-            return self._biased(queries, k, allowed, exclude, bias)
         n_excluded = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(len(self), 4 * k + n_excluded)
+        if bias is not None:
+            return self._biased(queries, k, fetch, allowed, exclude, bias)
         scores, positions = self.hnsw.search(np.ascontiguousarray(queries, np.float32), fetch)
         out: Hits = []
         for i, (row_scores, row_positions) in enumerate(zip(scores, positions, strict=True)):
@@ -106,11 +106,10 @@ class VectorIndex:
             out.append(hits)
         return out
 
-    def _biased(self, queries, k, allowed, exclude, bias) -> Hits:
-        """HNSW neighbours ∪ the items with the largest bias, rescored exactly: the biased
-        top k is among them unless an item is both far down the graph and low in bias."""
-        fetch = min(len(self), 4 * k + max((len(e) for e in exclude), default=0) if exclude
-                    else 4 * k)  # fmt: skip
+    def _biased(self, queries, k, fetch, allowed, exclude, bias) -> Hits:
+        """HNSW neighbours ∪ the items with the largest bias (`fetch` of each), rescored
+        exactly: the biased top k is among them unless an item is both far down the graph
+        and low in bias."""
         _, positions = self.hnsw.search(np.ascontiguousarray(queries, np.float32), fetch)
         by_bias = np.argpartition(-bias, fetch - 1)[:fetch]
         out: Hits = []
