@@ -59,9 +59,7 @@ def run(
     params: Params, decision_path: Path = DECISION, models_dir: Path = MODELS,
     prepared_dir: Path = PREPARED, evaluation_dir: Path = EVALUATION, metrics: Path = METRICS,
 ) -> dict:  # fmt: skip
-    if not decision_path.exists():
-        raise StageInputError(f"{decision_path}: no decision; run the evaluate stage first")
-    decision = read_json(decision_path)
+    decision = read_decision(decision_path)
     registry = Registry(params.promote.registry)
     baseline_metrics = decision["metrics"].get("champion", {}) if decision["champion"][
         "kind"] == "baseline" else {}  # fmt: skip
@@ -115,6 +113,27 @@ def run(
     log.info("promoted %s (Bento %s) as champion #%d, replacing #%d %s", tag, bento, entry.id,
              champion.id, champion.version)  # fmt: skip
     return _finish(metrics, outcome | {"promoted": 1, "bento": bento}, entry)
+
+
+REQUIRED = ("verdict", "reasons", "champion", "metrics", "primary")
+
+
+def read_decision(path: Path) -> dict:
+    """The evaluate stage's decision, or an error naming what is wrong with the file."""
+    if not path.exists():
+        raise StageInputError(f"{path}: no decision; run the evaluate stage first")
+    try:
+        decision = read_json(path)
+    except ValueError as exc:
+        raise StageInputError(f"{path}: not JSON ({exc}); re-run the evaluate stage") from None
+    missing = [k for k in REQUIRED if not isinstance(decision, dict) or k not in decision]
+    if missing:
+        raise StageInputError(f"{path}: not a decision of the evaluate stage (no {missing})")
+    if decision["verdict"] not in ("promote", "reject"):
+        raise StageInputError(f"{path}: verdict {decision['verdict']!r} is not promote or reject")
+    if not {"entry", "kind", "label"} <= set(decision["champion"]):
+        raise StageInputError(f"{path}: champion lacks entry, kind or label")
+    return decision
 
 
 def _check_not_stale(decision: dict, champion: Entry) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import signal
 import subprocess
 import sys
@@ -137,3 +138,27 @@ def test_concurrent_writers_are_serialised(tmp_path):
     assert len(history) == 21 and [e.id for e in history] == list(range(1, 22))
     assert len({e.version for e in history}) == 21
     assert not list(Path(tmp_path).glob(".registry-*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (None, "no decision; run the evaluate stage"),
+        ("garbage", "not JSON"),
+        ("[]", "not a decision of the evaluate stage"),
+        ('{"verdict": "promote", "reasons": []}', "no ['champion', 'metrics', 'primary']"),
+        ('{"verdict": "maybe", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
+         "verdict 'maybe'"),
+        ('{"verdict": "reject", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
+         "champion lacks"),
+    ],
+)  # fmt: skip
+def test_promote_names_what_is_wrong_with_a_decision_file(tmp_path, text, says):
+    from pipelines.errors import StageInputError
+    from pipelines.promote import read_decision
+
+    path = tmp_path / "decision.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(StageInputError, match=re.escape(says)):
+        read_decision(path)
