@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup run test lint format bench bench-train bench-serve serve bento lock clean
+.PHONY: help setup browser run test lint format bench bench-train bench-serve bench-drift serve bento lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,7 +56,18 @@ run: setup ## run the pipeline on the embedded synthetic shop (dvc repro)
 	@echo "== done: tables under data/, Data Docs at reports/validation/data_docs/index.html"
 	@$(BIN)/python -m pipelines metrics
 
-test: setup ## lint and run the whole test suite (what CI runs)
+# Debian's chromium renders the HTML reports in the tests (headless, offline). Installed when
+# missing and we may (root); otherwise those tests skip and say why.
+browser: ## headless Chromium for the report-rendering tests (Debian's chromium package)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing Debian's chromium for the report-rendering tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	    echo "== chromium could not be installed: the report-rendering tests will skip"; \
+	  else echo "== no chromium (install Debian's chromium package): the report-rendering tests will skip"; fi; }
+
+test: setup browser ## lint and run the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -75,6 +86,9 @@ bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on
 
 bench-train: setup ## training samples/s and tokens/s per model and profile (+ MFU on a GPU)
 	$(BIN)/python -m pipelines bench train
+
+bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
+	$(BIN)/python -m pipelines bench drift
 
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
 	$(BIN)/python -m pipelines bench serve

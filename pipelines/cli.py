@@ -58,6 +58,10 @@ def _bench(params: Params, args: argparse.Namespace) -> None:
         from pipelines.serve_benchmark import serve_throughput
 
         serve_throughput(params, tuple(args.concurrency), seconds=args.seconds)
+    elif args.what == "drift":
+        from pipelines.drift_benchmark import drift_sensitivity
+
+        drift_sensitivity(params)
     elif args.what == "simulate":
         benchmarks.simulate_throughput(params)
     elif args.what == "train":
@@ -138,6 +142,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "fine-tune the cross-encoder reranker (grades + debiased clicks)",
         _stage("reranker"),
     ),
+    "drift": (
+        "Evidently drift check of the latest day against the champion's training window",
+        _stage("drift"),
+    ),
     "evaluate": (
         "A/B evaluation of the challenger against the champion; writes the gate's decision",
         _stage("evaluate"),
@@ -197,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
             cmd.add_argument(
-                "what", choices=["ingest", "simulate", "train", "serve"], help="which one"
+                "what", choices=["ingest", "simulate", "train", "serve", "drift"], help="which one"
             )
             cmd.add_argument("--seconds", type=float, default=20.0, help="serve: per cell")
             cmd.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32],

@@ -56,7 +56,7 @@ class IngestConfig(Section):
     max_quarantine_share: float = Field(0.01, ge=0, le=1)
 
 
-class DriftConfig(Section):
+class InjectedDrift(Section):
     """Injected drift from `start` on; every magnitude 0 means off."""
 
     start: dt.date | None = None
@@ -75,7 +75,7 @@ class SyntheticConfig(Section):
     judged_queries_per_day: int = Field(40, ge=0)
     pii_query_rate: float = Field(0.002, ge=0, le=1)
     candidate_pool: int = Field(120, ge=10)
-    drift: DriftConfig = DriftConfig()
+    drift: InjectedDrift = InjectedDrift()
 
 
 class ValidateConfig(Section):
@@ -219,6 +219,50 @@ class PromoteConfig(Section):
     smoke_min_overlap: float = Field(0.8, ge=0, le=1, description="top-10 served vs evaluated")
 
 
+class DriftThresholds(Section):
+    """Effect sizes above which a feature has drifted. Effect sizes, not p-values: on a big
+    shop every difference is significant, and a p-value test would fire every night."""
+
+    numeric: float = Field(0.1, gt=0, description="Wasserstein distance / reference std")
+    categorical: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon distance")
+    proportion: float = Field(0.1, gt=0, description="Cohen's h of a rate (CTR per position)")
+    embedding: float = Field(0.55, gt=0.5, le=1, description="domain classifier ROC AUC")
+    prediction: float = Field(
+        0.15, gt=0, description="Wasserstein / std of the champion's score on sampled queries"
+    )
+
+
+class DriftAlerts(Section):
+    """Changes too large or too broad to be the world changing: a broken data pipeline."""
+
+    drift_share: float = Field(0.5, gt=0, le=1, description="share of features drifted at once")
+    min_drifted: int = Field(
+        3,
+        ge=1,
+        description="... and at least this many (a source with 4 features is not broken"
+        " because 2 moved)",
+    )
+    ctr_drop: float = Field(0.5, gt=0, le=1, description="relative fall of the overall CTR")
+
+
+class DriftCheckConfig(Section):
+    """The drift stage: the champion's training window against the latest days."""
+
+    current_days: int = Field(1, ge=1, description="the latest days checked (the current window)")
+    min_rows: int = Field(300, ge=10, description="fewer current values: insufficient data")
+    max_reference_rows: int = Field(50_000, ge=100, description="rows sampled per feature group")
+    text_sample: int = Field(1000, ge=50, description="queries embedded and scored per window")
+    new_product_days: int = Field(7, ge=1, description="a product is new this long after launch")
+    ctr_positions: int = Field(5, ge=1, description="CTR drift checked at positions 1..this")
+    thresholds: DriftThresholds = DriftThresholds()
+    alerts: DriftAlerts = DriftAlerts()
+    cooldown_days: int = Field(7, ge=0, description="the same drift retrains once in this time")
+    cooldown_growth: float = Field(
+        1.5, ge=1, description="... unless a feature's score grew by this factor"
+    )
+    history: str = Field(".shopflow/drift", description="decisions of past nights (cool-down)")
+
+
 class ServingConfig(Section):
     """The BentoML service: limits of a request, the reranker's adaptive batching, the index."""
 
@@ -254,6 +298,7 @@ class Params(Section):
     serving: ServingConfig = ServingConfig()
     gate: GateConfig = GateConfig()
     promote: PromoteConfig = PromoteConfig()
+    drift: DriftCheckConfig = DriftCheckConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

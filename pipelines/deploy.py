@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ SERVICE = "bento.service:Shopflow"
 ROOT = Path(__file__).resolve().parent.parent  # the project: bento/ and bentofile live here
 MODELS = Path("data/models")
 PREPARED = Path("data/prepared")
+DRIFT_REFERENCE = Path("data/drift/reference")  # the drift stage's view of the training days
 
 
 def bundle_settings(params: Params) -> dict:
@@ -81,8 +83,11 @@ def tree_hash(folder: Path) -> str:
 def save_model(
     params: Params, models_dir: Path = MODELS, prepared_dir: Path = PREPARED,
     labels: dict[str, str] | None = None, metadata: dict | None = None,
+    drift_reference: Path = DRIFT_REFERENCE,
 ) -> str:  # fmt: skip
-    """Save the current stage outputs as a BentoML model; returns its tag."""
+    """Save the current stage outputs as a BentoML model; returns its tag. The model carries
+    the drift reference of its training days, so that later drift checks compare against
+    what it was trained on however old it gets."""
     import bentoml
 
     with tempfile.TemporaryDirectory(prefix="shopflow-bundle-") as tmp:
@@ -92,6 +97,13 @@ def save_model(
             staging, retriever_dir=models_dir / "retriever", reranker_dir=models_dir / "reranker",
             prepared_dir=prepared_dir, settings=bundle_settings(params), info=info,
         )  # fmt: skip
+        if (drift_reference / "window.json").exists():
+            from pipelines.drift import REFERENCE
+
+            shutil.copytree(drift_reference, staging / REFERENCE)
+        else:
+            log.warning("%s is missing: the model is saved without a drift reference (drift "
+                        "checks will use each night's training days)", drift_reference)  # fmt: skip
         if params.serving.onnx != "none":
             choose_onnx(staging, params, prepared_dir)
         version = tree_hash(staging)

@@ -193,6 +193,11 @@ class Retriever:
         return out
 
 
+def device_of(params) -> str:
+    """The device inference runs on: CUDA when present unless `models.device` is cpu."""
+    return "cuda" if params.models.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; nothing on CPU (fp32 there)."""
     if device.type == "cuda":

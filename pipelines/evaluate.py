@@ -37,6 +37,7 @@ from pipelines.artifacts import files_hash, staged_dir, write_json, write_parque
 from pipelines.baselines import BM25, popularity_prior, without_history
 from pipelines.config import Params
 from pipelines.deploy import bundle_settings, git_revision
+from pipelines.encoding import device_of
 from pipelines.engine import SearchEngine
 from pipelines.errors import StageInputError
 from pipelines.features import product_text
@@ -112,12 +113,6 @@ class BaselineSystem:
 
 
 System = ModelSystem | BaselineSystem
-
-
-def device_of(params: Params) -> str:
-    import torch
-
-    return "cuda" if params.models.device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def champion_system(

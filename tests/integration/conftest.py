@@ -1,7 +1,8 @@
 """The trained tiny shop that the service and promotion tests share (one training per session).
 
 The synthetic shop on the tiny profile, the packaged MiniLM encoder (no pretrain-adapt), a
-few fine-tuning steps; saved to a throwaway BentoML home and built into a Bento.
+few fine-tuning steps; saved (with its drift reference) to a throwaway BentoML home and built
+into a Bento.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import baselines, ingest, prepare, pretrain, reranker, retriever, validate
+from pipelines import (
+    baselines,
+    drift,
+    ingest,
+    prepare,
+    pretrain,
+    reranker,
+    retriever,
+    validate,
+)
 from tests.conftest import ROOT, tiny_params
 
 MODEL_OVERRIDES = (
@@ -45,7 +55,7 @@ def shop(tmp_path_factory) -> dict:
     """The tiny synthetic shop's stage outputs and its model saved in a BentoML home."""
     work = tmp_path_factory.mktemp("shop")
     params = tiny_params(*MODEL_OVERRIDES)
-    for stage in (ingest, validate, prepare, baselines, pretrain, retriever, reranker):
+    for stage in (ingest, validate, drift, prepare, baselines, pretrain, retriever, reranker):
         run_in(work, stage.run, params)
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip

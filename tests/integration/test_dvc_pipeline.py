@@ -15,8 +15,8 @@ from pipelines.registry import BASELINE_VERSION, Registry
 from tests.conftest import BIN, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker",
-          "evaluate", "promote")  # fmt: skip
+STAGES = ("ingest", "validate", "drift", "prepare", "baselines", "pretrain", "retriever",
+          "reranker", "evaluate", "promote")  # fmt: skip
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -83,6 +83,10 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     decision = json.loads((project / "reports/decision.json").read_text())
     assert decision["verdict"] in ("promote", "reject") and decision["reasons"]
     assert data["metrics/promote.json"]["data"]["verdict"] == decision["verdict"]
+    checked = json.loads((project / "reports/drift.json").read_text())
+    assert data["metrics/drift.json"]["data"]["decision"] == checked["decision"]
+    assert checked["reference"]["source"].startswith("tonight's training days")  # no model yet
+    assert (project / "reports/drift/index.html").exists()
     registry = Registry(project / ".shopflow/registry")  # the first run registered the baseline
     assert registry.history()[0].version == BASELINE_VERSION
     assert registry.champion().kind == ("model" if decision["verdict"] == "promote" else "baseline")

@@ -128,3 +128,14 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     assert again["champion"] == {**again["champion"], "entry": 4, "kind": "model"}
     assert again["verdict"] == "reject" and again["primary"]["difference"] == 0.0
     assert again["reasons"][0].startswith("primary gain")
+
+    # 7. the drift check now compares against that champion's own training window, through
+    # its own encoder and reranker (the reference travelled inside its bundle)
+    done = cli(shop, registry_dir, "drift")
+    assert done.returncode == 0, done.stderr
+    checked = read_json(shop["work"] / "reports/drift.json")
+    assert checked["reference"]["source"] == f"champion #4 ({first.model_tag})"
+    assert checked["probe"].startswith("model ")
+    assert checked["decision"] in {"none", "retrain", "alert", "insufficient_data"}
+    measured = {f["name"] for f in checked["features"] if f["status"] == "measured"}
+    assert {"query_embedding", "champion_score", "click_category", "ctr"} <= measured
