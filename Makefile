@@ -53,7 +53,7 @@ setup: $(VENV)/.installed ## create the virtualenv and install everything (idemp
 
 run: setup ## run the pipeline on the embedded synthetic shop (dvc repro)
 	$(BIN)/dvc repro
-	@echo "== done: tables under data/, Data Docs at reports/validation/data_docs/index.html"
+	@echo "== done: tables under data/, Data Docs at reports/validation/data_docs/index.html, drift at reports/drift/index.html, the A/B decision in reports/decision.json"
 	@$(BIN)/python -m pipelines metrics
 
 # Debian's chromium renders the HTML reports in the tests (headless, offline). Installed when

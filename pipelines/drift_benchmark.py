@@ -110,6 +110,7 @@ def summarize_drift(rows: list[dict]) -> dict:
         "delay_days": flagged[0] if flagged else None,
         "decisions": [r["decision"] for r in rows],
         "features": dict(sorted(features.items(), key=lambda kv: -kv[1])),
+        "median_scores": pd.DataFrame([r["scores"] for r in rows]).median().round(4).to_dict(),
     }
 
 
