@@ -56,7 +56,7 @@ from pipelines import behaviour
 from pipelines.artifacts import read_json, staged_dir, write_json, write_parquet
 from pipelines.config import DriftCheckConfig, Params
 from pipelines.errors import StageInputError
-from pipelines.registry import Entry, Registry
+from pipelines.registry import Registry, champion_bundle
 
 log = logging.getLogger(__name__)
 
@@ -557,21 +557,6 @@ def tonight_reference(events: pd.DataFrame, products: pd.DataFrame, params: Para
     norms = behaviour.Norms.of(products, found)
     window = observe("reference", events, products, days, norms, cfg, params.seed)
     return Reference(window, norms, "tonight's training days")
-
-
-def champion_bundle(entry: Entry | None) -> Path | None:
-    """The champion's bundle in the BentoML store (None for the baseline)."""
-    if entry is None or entry.kind == "baseline":
-        return None
-    import bentoml
-
-    try:
-        return Path(bentoml.models.get(entry.model_tag).path)
-    except bentoml.exceptions.NotFound:
-        raise StageInputError(
-            f"the champion #{entry.id} ({entry.model_tag}) is not in the BentoML model store: "
-            "restore the store, or `shopflow rollback --to` a model that is there"
-        ) from None
 
 
 def run(

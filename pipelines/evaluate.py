@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,7 +42,14 @@ from pipelines.errors import StageInputError
 from pipelines.features import product_text
 from pipelines.gate import Guardrail, decide
 from pipelines.prepare import load_prepared
-from pipelines.registry import BASELINE_VERSION, Entry, Registry, now, params_hash
+from pipelines.registry import (
+    BASELINE_VERSION,
+    Entry,
+    Registry,
+    champion_bundle,
+    now,
+    params_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +124,9 @@ System = ModelSystem | BaselineSystem
 def champion_system(
     entry: Entry | None, products: pd.DataFrame, popular: pd.Series, params: Params
 ) -> System:
-    if entry is None or entry.kind == "baseline":
+    bundle = champion_bundle(entry)
+    if bundle is None:
         return BaselineSystem(products, popular)
-    import bentoml
-
-    try:
-        bundle = Path(bentoml.models.get(entry.model_tag).path)
-    except bentoml.exceptions.NotFound:
-        raise StageInputError(
-            f"the champion #{entry.id} ({entry.model_tag}) is not in the BentoML model store "
-            f"(BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')}): restore the store, "
-            "or `shopflow rollback --to` a model that is there"
-        ) from None
     from pipelines.engine import read_bundle_info
 
     settings = read_bundle_info(bundle)["settings"]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.errors import ShopflowError
+from pipelines.errors import ShopflowError, StageInputError
 
 FILE = "registry.json"
 LOCK = "registry.lock"
@@ -76,6 +76,23 @@ class Entry:
     def summary(self) -> str:
         what = self.bento_tag or self.model_tag or "BM25 + popularity (rebuilt nightly)"
         return f"#{self.id} {self.action:<9} {self.at}  {self.version}  {what}  {self.reason}"
+
+
+def champion_bundle(entry: Entry | None) -> Path | None:
+    """The champion's model folder in the BentoML store (None for the baseline, which is
+    rebuilt from each night's data)."""
+    if entry is None or entry.kind == "baseline":
+        return None
+    import bentoml
+
+    try:
+        return Path(bentoml.models.get(entry.model_tag).path)
+    except bentoml.exceptions.NotFound:
+        raise StageInputError(
+            f"the champion #{entry.id} ({entry.model_tag}) is not in the BentoML model store "
+            f"(BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')}): restore the store, "
+            "or `shopflow rollback --to` a model that is there"
+        ) from None
 
 
 def now() -> str:
