@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run test lint format bench bench-train bench-serve bench-drift serve bento lock clean
+.PHONY: help setup browser run test lint format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +98,25 @@ serve: setup ## serve the champion's Bento (before any promotion: the current ru
 
 bento: setup ## build a Bento of the service with the current run's model; prints its tag
 	$(BIN)/python -m pipelines build-bento
+
+AIRFLOW_PORT ?= 8080
+# Airflow on this machine: SQLite under .airflow/, the DAGs in dags/, servers on 127.0.0.1 only,
+# as many parallel tasks as cores. The DAGs run the project they sit in (SHOPFLOW_PROJECT).
+AIRFLOW_ENV := AIRFLOW_HOME=$(abspath .airflow) AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__PARALLELISM=$(shell nproc) \
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	SHOPFLOW_PROJECT=$(abspath .) PYTHONPATH=$(abspath .)
+airflow: setup ## Airflow standalone on 127.0.0.1:8080 with the nightly and deploy DAGs (Ctrl-C stops it)
+	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate >/dev/null
+	@$(AIRFLOW_ENV) $(BIN)/airflow pools set gpu 1 "one training task at a time (params airflow.gpu_pool)" >/dev/null
+	@echo "== Airflow UI and REST API: http://127.0.0.1:$(AIRFLOW_PORT) (user admin; password in .airflow/simple_auth_manager_passwords.json.generated once started)"
+	@echo "== DAGs start paused: unpause shopflow_nightly to run it at params airflow.schedule (UTC)"
+	$(AIRFLOW_ENV) exec $(BIN)/airflow standalone
+
+dag-test: setup ## one full run of the nightly DAG for DATE=YYYY-MM-DD, no server (airflow dags test)
+	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD (the night: the data window's last day)"; exit 2; }
+	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate >/dev/null
+	$(AIRFLOW_ENV) $(BIN)/airflow dags test shopflow_nightly $(DATE)
 
 lock: setup ## regenerate the pinned part of constraints.txt from the current venv
 	@{ sed '/^# The rest is the lock/q' constraints.txt; \

@@ -92,6 +92,16 @@ def _serve(params: Params, args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
+def _deploy(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.deploy import deploy_champion, stop_local
+
+    if args.stop:
+        stopped = stop_local(Path(params.deploy.state))
+        print(json.dumps(stopped or {"stopped": False, "why": "no local service recorded"}))
+        return
+    print(json.dumps(deploy_champion(params)))
+
+
 def _registry(params: Params, args: argparse.Namespace) -> None:
     from pipelines.registry import Registry
 
@@ -170,6 +180,11 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "build a Bento (service + model; default: the current outputs); print its tag",
         _build_bento,
     ),
+    "deploy": (
+        "deploy the champion's Bento (params deploy.target: local serve or BentoCloud); "
+        "--stop stops the local one",
+        _deploy,
+    ),
     "serve": ("serve a Bento or a saved model (default: the current outputs) on 127.0.0.1", _serve),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="entry id (#3) or model version; default: the model before",
             )
+        if name == "deploy":
+            cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
         if name in ("serve", "build-bento"):
             cmd.add_argument("--model", default=None, help="BentoML model tag (shopflow:...)")
         if name == "serve":

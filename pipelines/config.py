@@ -281,6 +281,48 @@ class ServingConfig(Section):
     port: int = Field(3000, ge=1, le=65535)
 
 
+class DeployConfig(Section):
+    """Where the deploy DAG puts a new champion's Bento."""
+
+    target: Literal["local", "bentocloud"] = Field(
+        "local", description="local: `bentoml serve` on 127.0.0.1; bentocloud: `bentoml deploy`"
+    )
+    name: str = Field("shopflow", min_length=1, description="the BentoCloud deployment's name")
+    state: str = Field(".shopflow/service", description="the local service's pid, port and log")
+
+
+class AirflowConfig(Section):
+    """The nightly DAG's schedule and its operational knobs; no stage reads these, so changing
+    one re-runs nothing."""
+
+    schedule: str | None = Field(
+        "0 2 * * *", min_length=1, description="cron (UTC); null: triggered runs only"
+    )
+    max_model_age_days: int = Field(7, ge=1, description="retrain at least this often")
+    retries: int = Field(2, ge=0)
+    retry_delay_minutes: float = Field(5, gt=0, description="doubled at each retry")
+    max_retry_delay_minutes: float = Field(60, gt=0)
+    timeout_minutes: dict[str, float] = Field(
+        default_factory=lambda: {"default": 60.0},
+        description="per stage; `default` for the rest",
+    )
+    gpu_pool: str = "gpu"
+    gpu_queue: str = Field("default", description="the Celery queue GPU workers serve")
+    gpu_stages: list[str] = Field(default_factory=lambda: ["pretrain", "retriever", "reranker"])
+    alert_connection: str = Field("shopflow_alerts", description="HTTP webhook connection id")
+
+    @model_validator(mode="after")
+    def _has_default_timeout(self) -> AirflowConfig:
+        if "default" not in self.timeout_minutes:
+            raise ValueError("timeout_minutes needs a `default` entry")
+        if any(v <= 0 for v in self.timeout_minutes.values()):
+            raise ValueError("timeout_minutes values must be positive")
+        return self
+
+    def timeout(self, stage: str) -> float:
+        return self.timeout_minutes.get(stage, self.timeout_minutes["default"])
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -299,6 +341,8 @@ class Params(Section):
     gate: GateConfig = GateConfig()
     promote: PromoteConfig = PromoteConfig()
     drift: DriftCheckConfig = DriftCheckConfig()
+    deploy: DeployConfig = DeployConfig()
+    airflow: AirflowConfig = AirflowConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

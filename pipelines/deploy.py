@@ -13,6 +13,7 @@ source tree, for a saved model.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -20,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +32,7 @@ from pipelines.artifacts import files_hash, read_json, write_json
 from pipelines.config import Params
 from pipelines.engine import save_bundle
 from pipelines.errors import StageInputError
+from pipelines.processes import is_running, started_at, stop_process_tree
 from pipelines.registry import Entry, Registry
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,11 @@ class RunningService:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
+        return self.start()
+
+    def start(self) -> str:
+        """Start the server in its own session (so it outlives whoever started it, until
+        stopped by pid); the base URL once /readyz answers 200."""
         import httpx
 
         command = [sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1",
@@ -357,13 +363,12 @@ class RunningService:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process_tree(self.process.pid)
+            self.process.wait()
         self._log.close()
 
 
@@ -371,3 +376,120 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- the deploy DAG: put the champion where params.deploy says ------------------------------
+
+
+class DeployError(StageInputError):
+    """The new champion could not be deployed; what served before still serves."""
+
+
+def deploy_champion(params: Params) -> dict:
+    """Deploy the registry's champion: `bentoml serve` on 127.0.0.1 (target `local`) or
+    `bentoml deploy` to BentoCloud (target `bentocloud`). Repeating it changes nothing."""
+    champion = Registry(params.promote.registry).champion()
+    if champion is None or champion.kind != "model":
+        raise DeployError(
+            "the champion is the BM25 + popularity baseline: there is no model to deploy yet "
+            "(a night must promote one first)"
+        )
+    bento = ensure_bento(champion)
+    if params.deploy.target == "bentocloud":
+        return deploy_to_bentocloud(bento, params.deploy.name)
+    return serve_locally(bento, champion, params.serving.port, Path(params.deploy.state))
+
+
+def deploy_to_bentocloud(bento: str, name: str) -> dict:
+    """Create the BentoCloud deployment `name`, or roll it to `bento` (needs `bentoml cloud
+    login`; the deployment's scaling and instance type are BentoCloud's settings)."""
+    bentoml = [sys.executable, "-m", "bentoml"]
+    exists = subprocess.run([*bentoml, "deployment", "get", name], capture_output=True, text=True)
+    if exists.returncode == 0:
+        command = [*bentoml, "deployment", "update", name, "--bento", bento]
+    else:
+        command = [*bentoml, "deploy", bento, "-n", name, "--strategy", "RollingUpdate"]
+    log.info("BentoCloud: %s", " ".join(command[2:]))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DeployError(
+            f"`{' '.join(command[2:])}` failed:\n{(done.stderr or done.stdout)[-3000:]}"
+        )
+    return {"target": "bentocloud", "action": "updated" if exists.returncode == 0 else "created",
+            "name": name, "bento": bento}  # fmt: skip
+
+
+def _ready(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_locally(bento: str, champion: Entry, port: int, state_dir: Path) -> dict:
+    """Serve `bento` on 127.0.0.1:`port` in the background, replacing the service started
+    last time (stopped by the pid recorded in `state_dir/service.json`). If the new one does
+    not come up, the previous Bento is started again and the error names why."""
+    import httpx
+
+    state_file = state_dir / "service.json"
+    previous = read_json(state_file) if state_file.exists() else None
+    running = previous and is_running(previous["pid"], previous.get("process_started"))
+    if running and previous["bento"] == bento and _ready(port):
+        log.info("%s already serves on port %d (pid %d)", bento, port, previous["pid"])
+        return {"target": "local", "action": "unchanged", **previous}
+    if running:
+        log.info("stopping %s (pid %d)", previous["bento"], previous["pid"])
+        stop_process_tree(previous["pid"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(tag: str, at: str | None) -> RunningService:
+        service = RunningService(tag, port, env={"SHOPFLOW_PROMOTED_AT": at or ""},
+                                 log_path=state_dir / "service.log")  # fmt: skip
+        service.start()
+        return service
+
+    try:
+        service = start(bento, champion.at)
+        served = httpx.get(f"{service.base}/version", timeout=10).json()
+        if served.get("model_version") != champion.version:
+            service.stop()
+            raise DeployError(f"{bento} serves model {served.get('model_version')}, not the "
+                              f"champion's {champion.version}")  # fmt: skip
+    except StageInputError as exc:
+        if previous:
+            log.error("the new Bento failed (%s): starting %s again", exc, previous["bento"])
+            with contextlib.suppress(StageInputError):
+                back = start(previous["bento"], previous.get("promoted_at"))
+                write_json(
+                    state_file,
+                    {
+                        **previous,
+                        "pid": back.process.pid,
+                        "process_started": started_at(back.process.pid),
+                    },
+                )
+        raise DeployError(f"{bento} did not come up on 127.0.0.1:{port}: {exc}") from None
+    state = {"pid": service.process.pid, "process_started": started_at(service.process.pid),
+             "port": port, "url": service.base, "bento": bento,
+             "version": champion.version, "entry": champion.id, "promoted_at": champion.at,
+             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+             "log": str(state_dir / "service.log")}  # fmt: skip
+    write_json(state_file, state)
+    log.info("serving %s (champion #%d) on %s, pid %d", bento, champion.id, service.base,
+             service.process.pid)  # fmt: skip
+    return {"target": "local", "action": "started", **state}
+
+
+def stop_local(state_dir: Path) -> dict | None:
+    """Stop the locally deployed service (by its recorded pid); None when none runs."""
+    state_file = state_dir / "service.json"
+    if not state_file.exists():
+        return None
+    state = read_json(state_file)
+    alive = is_running(state["pid"], state.get("process_started"))
+    stopped = alive and stop_process_tree(state["pid"])
+    state_file.unlink()
+    return {**state, "stopped": stopped}

@@ -179,6 +179,7 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
             encoder = AutoModel.from_pretrained(base)
             save_encoder(encoder, AutoTokenizer.from_pretrained(base), out_dir, result)
             write_json(metrics, result)
+            write_curve(LIVE_DIR, "train/mlm_loss", [], {"enabled": 0})  # an empty curve
         return result
     if not corpus_path.exists():
         raise StageInputError(f"{corpus_path}: not found; run the prepare stage first")

@@ -263,6 +263,8 @@ def write_curve(
             live.log_metric(name, loss)
         for key, value in summary.items():
             live.summary[key] = value
+    # dvc.yaml declares the curve folder: it must exist even when nothing was trained.
+    (live_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
 
 
 @dataclass

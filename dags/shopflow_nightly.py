@@ -1,0 +1,133 @@
+"""shopflow_nightly: every night, check the new day's data and retrain when it is worth it.
+
+    ingest → validate → drift ─→ should_retrain → prepare → … → evaluate → should_promote → promote
+                                                                                  (asset shopflow://champion)
+
+One task per stage of `dvc.yaml`, wired by DVC's own stage graph; each runs its stage through
+`dvc repro`, so a stage whose inputs did not change is skipped and a rerun of a night is a
+no-op. The run's logical date is the last day of the data window (`ingest.window.end`).
+
+- validate fails on bad data: the run stops there (no retry: the data will not get better),
+  the alert fires, nothing downstream runs and the champion is untouched;
+- should_retrain reads the drift stage's verdict: train when it says `retrain`, when the
+  champion's data is `max_model_age_days` old, when there is no trained champion yet, or when
+  the run's conf says `force_retrain`; a drift `alert` alerts and keeps the champion;
+- should_promote reads the A/B gate's verdict; promote emits `shopflow://champion` only when
+  the champion really changed, which schedules `shopflow_deploy`.
+
+Knobs: the `airflow:` section of params.yaml. The decisions live in `pipelines/nightly.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from pipelines import alerts, nightly
+from pipelines.config import load_params
+from pipelines.registry import Registry
+
+PROJECT = nightly.project_dir(__file__)
+CHAMPION = Asset(nightly.CHAMPION_ASSET)
+log = logging.getLogger(__name__)
+
+config = load_params(PROJECT / "params.yaml")
+settings = config.airflow
+graph = nightly.StageGraph.read(PROJECT)
+alert = alerts.Alerter(PROJECT, settings.alert_connection)
+
+
+def run_stage(stage: str, logical_date: dt.datetime) -> dict:
+    night, upstream = nightly.night_of(logical_date), sorted(graph.upstream(stage))
+    try:
+        return nightly.run_stage(PROJECT, stage, night, upstream)
+    except nightly.StageRunError as failed:
+        if failed.final:
+            raise AirflowFailException(str(failed)) from failed
+        raise
+
+
+def stage_task(stage: str):
+    """The Airflow task of one DVC stage."""
+    options = {
+        "task_id": graph.task_id(stage),
+        "execution_timeout": dt.timedelta(minutes=settings.timeout(stage)),
+        "doc_md": f"`dvc repro {stage}` for the night's window (see dvc.yaml)",
+    }
+    if stage in settings.gpu_stages:
+        options["pool"], options["queue"] = settings.gpu_pool, settings.gpu_queue
+    if stage == nightly.PROMOTE_STAGE:
+        return promote_task.override(**options)(stage)
+
+    @task(**options)
+    def dvc_stage(stage: str, logical_date: dt.datetime | None = None) -> dict:
+        return run_stage(stage, logical_date)
+
+    return dvc_stage(stage)
+
+
+@task(outlets=[CHAMPION])
+def promote_task(stage: str, logical_date: dt.datetime | None = None, outlet_events=None) -> dict:
+    """The promote stage; the champion asset is updated only when the champion changed."""
+    registry = Registry(PROJECT / config.promote.registry)
+    before = registry.champion()
+    outcome = run_stage(stage, logical_date)
+    after = registry.champion()
+    if after is None or (before is not None and after.id == before.id):
+        raise AirflowSkipException(f"the champion did not change ({outcome})")
+    outlet_events[CHAMPION].extra = {"entry": after.id, "version": after.version,
+                                     "bento": after.bento_tag}  # fmt: skip
+    return outcome | {"champion": after.id}
+
+
+@task.short_circuit(task_id="should_retrain")
+def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
+    """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
+    night = load_params(PROJECT / "params.yaml")
+    decision = nightly.decide_retrain(
+        nightly.read_report(PROJECT, nightly.DRIFT_REPORT),
+        Registry(PROJECT / night.promote.registry).champion(),
+        night,
+        forced=bool(params["force_retrain"]),
+    )
+    if decision.alert:
+        alert(alerts.Alert("drift alert", decision.alert, "shopflow_nightly", "should_retrain",
+                           logical_date=logical_date.isoformat()))  # fmt: skip
+    log.info("retrain: %s; why: %s; %s", decision.go, "; ".join(decision.reasons), decision.facts)
+    return decision.go
+
+
+@task.short_circuit(task_id="should_promote")
+def should_promote() -> bool:
+    """Promote only on the A/B gate's `promote` verdict."""
+    decision = nightly.decide_promote(nightly.read_report(PROJECT, nightly.DECISION))
+    log.info("promote: %s; why: %s", decision.go, "; ".join(decision.reasons))
+    return decision.go
+
+
+with DAG(
+    dag_id="shopflow_nightly",
+    description="ingest → validate → drift → (retrain?) → A/B gate → (promote?)",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable(settings.schedule, "UTC") if settings.schedule else None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "force_retrain": Param(False, type="boolean", description="retrain whatever drift says")
+    },
+    default_args=nightly.task_defaults(settings, alert.on_failure),
+    tags=["shopflow", "dvc"],
+) as dag:
+    stages = {stage: stage_task(stage) for stage in graph.stages}
+    retrain, promote = should_retrain(), should_promote()
+    stages[nightly.DRIFT_STAGE] >> retrain >> [stages[s] for s in graph.training_roots()]
+    for upstream, downstream in sorted(graph.edges):
+        if (upstream, downstream) == (nightly.EVALUATE_STAGE, nightly.PROMOTE_STAGE):
+            stages[upstream] >> promote >> stages[downstream]
+        else:
+            stages[upstream] >> stages[downstream]
