@@ -301,10 +301,13 @@ def decide_retrain(
         return Decision(True, ["no trained champion yet (the baseline serves)"], None, facts)
     reference = drift.get("reference", {})
     if reference.get("source", "").startswith("tonight"):
-        trained_until = dt.date.fromisoformat(champion.at[:10])  # a bundle from before drift
+        # A bundle saved before the drift stage carries no training window: its promotion
+        # day stands in (a wall-clock date: in a backfill it can lie after tonight, then 0).
+        trained_until = dt.date.fromisoformat(champion.at[:10])
+        facts["age_from"] = "promotion date (the champion's bundle has no drift reference)"
     else:
         trained_until = _days(reference["days"])[1]
-    age = (tonight_end - trained_until).days
+    age = max((tonight_end - trained_until).days, 0)
     facts |= {"champion": champion.version, "champion_trained_until": str(trained_until),
               "champion_age_days": age}  # fmt: skip
     if verdict == "retrain":

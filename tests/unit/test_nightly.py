@@ -61,6 +61,8 @@ def test_age_is_counted_in_data_days_from_the_champions_training_window():
         aged.go
         and aged.facts["champion_age_days"] == (TONIGHT_TRAINING_END - dt.date(2026, 10, 1)).days
     )
+    backfill = nightly.decide_retrain(legacy, champion(at="2026-11-23T02:00:00+00:00"), PARAMS)
+    assert not backfill.go and backfill.facts["champion_age_days"] == 0  # "promoted" after tonight
 
 
 def test_no_trained_champion_always_trains_and_forcing_wins():
