@@ -125,7 +125,7 @@ class StageGraph:
 
 
 class StageRunError(ShopflowError):
-    """`dvc repro <stage>` failed; `final` when no retry can help (bad data or params)."""
+    """A stage run failed; `final` when no retry can help (bad data or params)."""
 
     def __init__(self, stage: str, exit_code: int, tail: str) -> None:
         self.stage, self.code, self.tail = stage, exit_code, tail
