@@ -27,7 +27,7 @@ from airflow.sdk import DAG, Asset, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipelines import alerts, nightly
+from pipelines import alerts, gate, nightly
 from pipelines.config import load_params
 from pipelines.registry import Registry
 
@@ -104,7 +104,7 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
 @task.short_circuit(task_id="should_promote")
 def should_promote() -> bool:
     """Promote only on the A/B gate's `promote` verdict."""
-    decision = nightly.decide_promote(nightly.read_report(PROJECT, nightly.DECISION))
+    decision = nightly.decide_promote(gate.read_decision(PROJECT / gate.DECISION))
     log.info("promote: %s; why: %s", decision.go, "; ".join(decision.reasons))
     return decision.go
 

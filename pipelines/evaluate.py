@@ -40,7 +40,7 @@ from pipelines.encoding import device_of
 from pipelines.engine import SearchEngine
 from pipelines.errors import StageInputError
 from pipelines.features import product_text
-from pipelines.gate import Guardrail, decide
+from pipelines.gate import DECISION, Guardrail, decide
 from pipelines.prepare import load_prepared
 from pipelines.registry import (
     BASELINE_VERSION,
@@ -57,7 +57,6 @@ IN_DIR = Path("data/prepared")
 MODELS = Path("data/models")
 OUT_DIR = Path("data/evaluation")
 METRICS = Path("metrics/evaluate.json")
-DECISION = Path("reports/decision.json")
 DEPTH = 100  # ranking depth scored (Recall@100)
 TOP = 10  # what a shopper sees
 

@@ -1,7 +1,9 @@
 """The promotion gate: from measured comparisons to promote / reject, with every reason.
 
 Pure functions over numbers the evaluate stage measured, so the rules can be read (and
-tested) apart from the models. A challenger is promoted only when all of these hold:
+tested) apart from the models; and `read_decision`, the one reader of the decision file
+(promote and the Airflow DAG), which names what is wrong with a damaged one.
+A challenger is promoted only when all of these hold:
 
 1. the primary metric improves by at least `gate.min_gain`, with a one-sided paired
    permutation p-value below `gate.alpha`;
@@ -16,9 +18,14 @@ tested) apart from the models. A challenger is promoted only when all of these h
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from pipelines.config import GateConfig
+from pipelines.errors import StageInputError
+
+DECISION = Path("reports/decision.json")  # written by evaluate, read by promote and Airflow
 
 
 @dataclass(frozen=True)
@@ -133,3 +140,24 @@ def decide(
             for r in guardrails
         ],
     }
+
+
+REQUIRED = ("verdict", "reasons", "champion", "metrics", "primary")
+
+
+def read_decision(path: Path) -> dict:
+    """The evaluate stage's decision, or an error naming what is wrong with the file."""
+    if not path.exists():
+        raise StageInputError(f"{path}: no decision; run the evaluate stage first")
+    try:
+        decision = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise StageInputError(f"{path}: not JSON ({exc}); re-run the evaluate stage") from None
+    missing = [k for k in REQUIRED if not isinstance(decision, dict) or k not in decision]
+    if missing:
+        raise StageInputError(f"{path}: not a decision of the evaluate stage (no {missing})")
+    if decision["verdict"] not in ("promote", "reject"):
+        raise StageInputError(f"{path}: verdict {decision['verdict']!r} is not promote or reject")
+    if not {"entry", "kind", "label"} <= set(decision["champion"]):
+        raise StageInputError(f"{path}: champion lacks entry, kind or label")
+    return decision

@@ -44,8 +44,7 @@ CHAMPION_ASSET = "shopflow://champion"  # promote emits it; shopflow_deploy is s
 DRIFT_STAGE = "drift"
 EVALUATE_STAGE = "evaluate"
 PROMOTE_STAGE = "promote"
-DRIFT_REPORT = Path("reports/drift.json")
-DECISION = Path("reports/decision.json")
+DRIFT_REPORT = Path("reports/drift.json")  # drift.REPORT (drift.py imports pandas + Evidently)
 # Exit codes of `python -m pipelines` (pipelines/errors.py) that no retry can fix: bad input
 # or params (2) and failed data validation (3). Anything else (a crash, a kill, a timeout, a
 # smoke test on a busy machine) is worth a retry.
@@ -195,7 +194,9 @@ def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
     done = subprocess.run([_dvc(), "status", "--json", *upstream], cwd=project, env=_env(),
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
-        raise StageRunError(upstream[0], done.returncode, done.stderr[-2000:])
+        raise StageRunError(
+            f"dvc status {' '.join(upstream)}", done.returncode, done.stderr[-2000:]
+        )
     return sorted(json.loads(done.stdout or "{}"))
 
 
@@ -320,11 +321,11 @@ def decide_retrain(
 
 
 def decide_promote(decision: dict) -> Decision:
-    """Promote only on the gate's `promote` verdict (the promote stage re-checks staleness)."""
-    verdict = decision.get("verdict")
-    reasons = decision.get("reasons") or []
-    return Decision(verdict == "promote", [f"gate verdict {verdict}", *reasons], None,
-                    {"verdict": verdict})  # fmt: skip
+    """Promote only on the gate's `promote` verdict (`gate.read_decision` has checked the
+    file; the promote stage re-checks staleness)."""
+    verdict = decision["verdict"]
+    return Decision(verdict == "promote", [f"gate verdict {verdict}", *decision["reasons"]],
+                    None, {"verdict": verdict})  # fmt: skip
 
 
 def night_of(logical_date: dt.datetime | dt.date) -> dt.date:

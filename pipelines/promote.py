@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.artifacts import read_json, write_json
+from pipelines.artifacts import write_json
 from pipelines.config import Params
 from pipelines.deploy import (
     MODELS,
@@ -40,11 +40,11 @@ from pipelines.deploy import (
     save_model,
 )
 from pipelines.errors import ShopflowError, StageInputError
+from pipelines.gate import DECISION, read_decision
 from pipelines.registry import Entry, Registry, now
 
 log = logging.getLogger(__name__)
 
-DECISION = Path("reports/decision.json")
 EVALUATION = Path("data/evaluation")
 METRICS = Path("metrics/promote.json")
 
@@ -113,27 +113,6 @@ def run(
     log.info("promoted %s (Bento %s) as champion #%d, replacing #%d %s", tag, bento, entry.id,
              champion.id, champion.version)  # fmt: skip
     return _finish(metrics, outcome | {"promoted": 1, "bento": bento}, entry)
-
-
-REQUIRED = ("verdict", "reasons", "champion", "metrics", "primary")
-
-
-def read_decision(path: Path) -> dict:
-    """The evaluate stage's decision, or an error naming what is wrong with the file."""
-    if not path.exists():
-        raise StageInputError(f"{path}: no decision; run the evaluate stage first")
-    try:
-        decision = read_json(path)
-    except ValueError as exc:
-        raise StageInputError(f"{path}: not JSON ({exc}); re-run the evaluate stage") from None
-    missing = [k for k in REQUIRED if not isinstance(decision, dict) or k not in decision]
-    if missing:
-        raise StageInputError(f"{path}: not a decision of the evaluate stage (no {missing})")
-    if decision["verdict"] not in ("promote", "reject"):
-        raise StageInputError(f"{path}: verdict {decision['verdict']!r} is not promote or reject")
-    if not {"entry", "kind", "label"} <= set(decision["champion"]):
-        raise StageInputError(f"{path}: champion lacks entry, kind or label")
-    return decision
 
 
 def _check_not_stale(decision: dict, champion: Entry) -> None:

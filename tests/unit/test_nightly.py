@@ -85,7 +85,6 @@ def test_promote_only_on_a_promote_verdict():
     assert nightly.decide_promote({"verdict": "promote", "reasons": ["all checks passed"]}).go
     rejected = nightly.decide_promote({"verdict": "reject", "reasons": ["significance: p = 0.4"]})
     assert not rejected.go and "significance: p = 0.4" in rejected.reasons
-    assert not nightly.decide_promote({}).go
 
 
 def test_night_of_a_logical_date_is_its_utc_day():

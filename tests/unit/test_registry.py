@@ -155,7 +155,7 @@ def test_concurrent_writers_are_serialised(tmp_path):
 )  # fmt: skip
 def test_promote_names_what_is_wrong_with_a_decision_file(tmp_path, text, says):
     from pipelines.errors import StageInputError
-    from pipelines.promote import read_decision
+    from pipelines.gate import read_decision  # promote and the Airflow DAG both read through it
 
     path = tmp_path / "decision.json"
     if text is not None:
