@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run test lint format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
+.PHONY: help setup browser run report test lint format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,10 +51,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 setup: $(VENV)/.installed ## create the virtualenv and install everything (idempotent)
 
-run: setup ## run the pipeline on the embedded synthetic shop (dvc repro)
-	$(BIN)/dvc repro
-	@echo "== done: tables under data/, Data Docs at reports/validation/data_docs/index.html, drift at reports/drift/index.html, the A/B decision in reports/decision.json"
-	@$(BIN)/python -m pipelines metrics
+# The run's report is written whether dvc repro succeeded or not (a failed run's page says
+# where it stopped and why); make exits with dvc's status.
+run: setup ## run the pipeline on the embedded synthetic shop (dvc repro), then write its report
+	@export SHOPFLOW_RUN_ID=make-run-$$(date -u +%Y%m%dT%H%M%SZ); status=0; \
+	echo "== dvc repro (run $$SHOPFLOW_RUN_ID)"; \
+	$(BIN)/dvc repro || status=$$?; \
+	page=$$($(BIN)/python -m pipelines report --run "$$SHOPFLOW_RUN_ID"); \
+	if [ $$status != 0 ]; then echo "== dvc repro failed (exit $$status); the run report says where and why: $$page"; exit $$status; fi; \
+	$(BIN)/python -m pipelines metrics; \
+	echo "== done: Data Docs at reports/validation/data_docs/index.html, drift at reports/drift/index.html, the A/B decision in reports/decision.json"; \
+	echo "== run report: $$page"
+
+report: setup ## write the HTML report of the latest run and the index of runs; prints the page's path
+	@$(BIN)/python -m pipelines report
 
 # Debian's chromium renders the HTML reports in the tests (headless, offline). Installed when
 # missing and we may (root); otherwise those tests skip and say why.

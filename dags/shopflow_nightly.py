@@ -2,6 +2,7 @@
 
     ingest → validate → drift ─→ should_retrain → prepare → … → evaluate → should_promote → promote
                                                                                   (asset shopflow://champion)
+    every task → report (after every night, failed ones too)
 
 One task per stage of `dvc.yaml`, wired by DVC's own stage graph; each runs its stage through
 `dvc repro`, so a stage whose inputs did not change is skipped and a rerun of a night is a
@@ -13,7 +14,8 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   champion's data is `max_model_age_days` old, when there is no trained champion yet, or when
   the run's conf says `force_retrain`; a drift `alert` alerts and keeps the champion;
 - should_promote reads the A/B gate's verdict; promote emits `shopflow://champion` only when
-  the champion really changed, which schedules `shopflow_deploy`.
+  the champion really changed, which schedules `shopflow_deploy`;
+- report writes the night's HTML run report (`report.folder`), whatever happened.
 
 Knobs: the `airflow:` section of params.yaml. The decisions live in `pipelines/nightly.py`.
 """
@@ -26,8 +28,9 @@ import logging
 from airflow.sdk import DAG, Asset, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.utils.trigger_rule import TriggerRule
 
-from pipelines import alerts, gate, nightly
+from pipelines import alerts, gate, nightly, report
 from pipelines.config import load_params
 from pipelines.registry import Registry
 
@@ -41,10 +44,10 @@ graph = nightly.StageGraph.read(PROJECT)
 alert = alerts.Alerter(PROJECT, settings.alert_connection)
 
 
-def run_stage(stage: str, logical_date: dt.datetime) -> dict:
+def run_stage(stage: str, logical_date: dt.datetime, run_id: str) -> dict:
     night, upstream = nightly.night_of(logical_date), sorted(graph.upstream(stage))
     try:
-        return nightly.run_stage(PROJECT, stage, night, upstream)
+        return nightly.run_stage(PROJECT, stage, night, upstream, run_id)
     except nightly.StageRunError as failed:
         if failed.final:
             raise AirflowFailException(str(failed)) from failed
@@ -64,18 +67,23 @@ def stage_task(stage: str):
         return promote_task.override(**options)(stage)
 
     @task(**options)
-    def dvc_stage(stage: str, logical_date: dt.datetime | None = None) -> dict:
-        return run_stage(stage, logical_date)
+    def dvc_stage(
+        stage: str, logical_date: dt.datetime | None = None, run_id: str | None = None
+    ) -> dict:
+        return run_stage(stage, logical_date, run_id)
 
     return dvc_stage(stage)
 
 
 @task(outlets=[CHAMPION])
-def promote_task(stage: str, logical_date: dt.datetime | None = None, outlet_events=None) -> dict:
+def promote_task(
+    stage: str, logical_date: dt.datetime | None = None, run_id: str | None = None,
+    outlet_events=None,
+) -> dict:  # fmt: skip
     """The promote stage; the champion asset is updated only when the champion changed."""
     registry = Registry(PROJECT / config.promote.registry)
     before = registry.champion()
-    outcome = run_stage(stage, logical_date)
+    outcome = run_stage(stage, logical_date, run_id)
     after = registry.champion()
     if after is None or (before is not None and after.id == before.id):
         raise AirflowSkipException(f"the champion did not change ({outcome})")
@@ -84,7 +92,9 @@ def promote_task(stage: str, logical_date: dt.datetime | None = None, outlet_eve
     return outcome | {"champion": after.id}
 
 
-@task.short_circuit(task_id="should_retrain")
+# A short circuit skips only the tasks right after it; the rest follow their trigger rules
+# (the training chain is skipped with them, the report still runs).
+@task.short_circuit(task_id="should_retrain", ignore_downstream_trigger_rules=False)
 def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
     night = load_params(PROJECT / "params.yaml")
@@ -101,12 +111,29 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
     return decision.go
 
 
-@task.short_circuit(task_id="should_promote")
+@task.short_circuit(task_id="should_promote", ignore_downstream_trigger_rules=False)
 def should_promote() -> bool:
     """Promote only on the A/B gate's `promote` verdict."""
     decision = nightly.decide_promote(gate.read_decision(PROJECT / gate.DECISION))
     log.info("promote: %s; why: %s", decision.go, "; ".join(decision.reasons))
     return decision.go
+
+
+@task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
+def write_report(logical_date: dt.datetime | None = None, run_id: str | None = None) -> str:
+    """The night's run report (also after a failure: it says where the night stopped)."""
+    page = report.write(load_params(PROJECT / "params.yaml"), run_id=run_id, project=PROJECT,
+                        night=nightly.night_of(logical_date).isoformat())  # fmt: skip
+    log.info("run report: %s", page)
+    return str(page)
+
+
+@task(task_id="night_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0,
+      on_failure_callback=None)  # fmt: skip
+def night_failed() -> None:
+    """Keeps a failed night failed: the report runs after every night and would otherwise be
+    the run's only leaf, and a successful leaf marks the run a success."""
+    raise AirflowFailException("a task of this night failed (it has alerted): see its log")
 
 
 with DAG(
@@ -131,3 +158,7 @@ with DAG(
             stages[upstream] >> promote >> stages[downstream]
         else:
             stages[upstream] >> stages[downstream]
+    # after every stage (so after the decisions too), not right after a decision: a short
+    # circuit skips the tasks right after it
+    list(stages.values()) >> write_report()
+    list(stages.values()) >> night_failed()

@@ -8,6 +8,7 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -18,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines import runlog
 from pipelines.config import Params, load_params
 from pipelines.errors import ShopflowError
 
@@ -30,6 +32,7 @@ def _stage(module: str) -> Callable[[Params, argparse.Namespace], None]:
     def command(params: Params, args: argparse.Namespace) -> None:
         importlib.import_module(f"pipelines.{module}").run(params)
 
+    command.is_stage = True  # recorded in the run log (pipelines.runlog)
     return command
 
 
@@ -102,6 +105,12 @@ def _deploy(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(deploy_champion(params)))
 
 
+def _report(params: Params, args: argparse.Namespace) -> None:
+    from pipelines.report import write
+
+    print(write(params, run_id=args.run))
+
+
 def _registry(params: Params, args: argparse.Namespace) -> None:
     from pipelines.registry import Registry
 
@@ -163,6 +172,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "promote": (
         "on a promote verdict: save, build and smoke-test the Bento, then move the champion",
         _stage("promote"),
+    ),
+    "report": (
+        "write the HTML report of a run (default: the latest) and the runs' index; print its path",
+        _report,
     ),
     "registry": (
         "the champion (`registry show`) or the promotion log (`registry history`)",
@@ -237,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="entry id (#3) or model version; default: the model before",
             )
+        if name == "report":
+            cmd.add_argument("--run", default=None, help="run id (default: the latest run)")
         if name == "deploy":
             cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
         if name in ("serve", "build-bento"):
@@ -264,6 +279,7 @@ def configure_logging(verbose: bool) -> None:
         "sentence_transformers",
         "httpx",
         "huggingface_hub",
+        "matplotlib",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -272,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     debug = args.debug or os.environ.get("SHOPFLOW_DEBUG") == "1"
+    command = COMMANDS[args.command][1]
+    # a stage's record includes failures to read its params: the run report names them
+    recorded = runlog.recorded(args.command) if getattr(command, "is_stage", False) else None
     try:
-        params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
-        COMMANDS[args.command][1](params, args)
+        with recorded or contextlib.nullcontext():
+            params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
+            command(params, args)
     except ShopflowError as exc:
         if debug:
             traceback.print_exc()

@@ -323,6 +323,15 @@ class AirflowConfig(Section):
         return self.timeout_minutes.get(stage, self.timeout_minutes["default"])
 
 
+class ReportConfig(Section):
+    """The run report (`shopflow report`): one page per run and an index of all runs."""
+
+    folder: str = Field("reports/runs", description="one sub-folder per run, index.html on top")
+    keep_linked_reports: int | None = Field(
+        30, ge=1, description="newest runs keeping copies of Data Docs and Evidently (null: all)"
+    )
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -343,6 +352,7 @@ class Params(Section):
     drift: DriftCheckConfig = DriftCheckConfig()
     deploy: DeployConfig = DeployConfig()
     airflow: AirflowConfig = AirflowConfig()
+    report: ReportConfig = ReportConfig()
 
 
 STAGE_SECTIONS = ("ingest", "synthetic", "validate", "prepare")

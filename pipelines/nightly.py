@@ -37,6 +37,7 @@ from pipelines.config import AirflowConfig, Params, load_params
 from pipelines.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
 from pipelines.processes import die_with_parent, stop_process_tree
 from pipelines.registry import Entry
+from pipelines.runlog import RUN_ID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,9 @@ def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
 
 
 def run_stage(
-    project: Path, stage: str, night: dt.date, upstream: Sequence[str] = (), tail_lines: int = 40
-) -> dict:
+    project: Path, stage: str, night: dt.date, upstream: Sequence[str] = (),
+    run_id: str | None = None, tail_lines: int = 40,
+) -> dict:  # fmt: skip
     """`dvc repro --single-item <stage>` in `project` for the window ending `night`; its
     output goes to the log line by line. Returns which stages DVC actually ran (none on a
     rerun) and the time.
@@ -210,7 +212,10 @@ def run_stage(
     One stage, not its upstream: tasks of independent stages run at the same time in one
     workspace, and `dvc repro <stage>` would lock every upstream stage's outputs and collide
     with them. Instead the upstream stages must already be at this night (they are, when
-    their tasks ran first); a task cleared alone for another night fails and says so."""
+    their tasks ran first); a task cleared alone for another night fails and says so.
+
+    `run_id` (the DAG run's) goes to the stage as SHOPFLOW_RUN_ID: the run log groups the
+    night's stages under it for the run report."""
     if set_window_end(project / "params.yaml", night):
         log.info("params.yaml: ingest.window.end = %s (the night's date)", night)
     stale = stale_upstream(project, list(upstream))
@@ -220,7 +225,7 @@ def run_stage(
             f"upstream stage(s) {', '.join(stale)} are not at the night {night}: run them "
             "first (in Airflow: clear this task with its upstream tasks)",
         )  # fmt: skip
-    env = _env()
+    env = _env() | ({RUN_ID_ENV: run_id} if run_id else {})
     command = [_dvc(), "repro", "--single-item", stage]
     log.info("running `dvc repro --single-item %s` in %s", stage, project)
     started = time.perf_counter()

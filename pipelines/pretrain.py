@@ -179,7 +179,7 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
             encoder = AutoModel.from_pretrained(base)
             save_encoder(encoder, AutoTokenizer.from_pretrained(base), out_dir, result)
             write_json(metrics, result)
-            write_curve(LIVE_DIR, "train/mlm_loss", [], {"enabled": 0})  # an empty curve
+            write_curve(LIVE_DIR, {"train/mlm_loss": []}, {"enabled": 0})  # an empty curve
         return result
     if not corpus_path.exists():
         raise StageInputError(f"{corpus_path}: not found; run the prepare stage first")
@@ -191,13 +191,7 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
         Encoded(train_lines, tokenizer, cfg.max_seq_len),
         Encoded(heldout_lines, tokenizer, cfg.max_seq_len),
     )
-    before = heldout_loss(model, heldout, tokenizer, params, runtime)
-    log.info(
-        "pretrain: %d training lines, %d held out; held-out MLM loss before %.4f",
-        len(train),
-        len(heldout),
-        before,
-    )
+    log.info("pretrain: %d training lines, %d held out", len(train), len(heldout))
 
     key = run_key(
         text=hash_lines(lines), params=cfg.model_dump(), base=params.models.base,
@@ -224,8 +218,10 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
     fitted = fit(
         stage="pretrain", model=model, runtime=runtime, cfg=cfg, seed=params.seed, key=key,
         loss_of_step=loss_of_step,
+        validate=lambda m: heldout_loss(m, heldout, tokenizer, params, runtime),
     )  # fmt: skip
-    after = heldout_loss(model, heldout, tokenizer, params, runtime)
+    # the held-out loss before the first step and after the last (the validation curve's ends)
+    (_, before), (_, after) = fitted.valid_history[0], fitted.valid_history[-1]
     result = {
         "enabled": True,
         "base_model": params.models.base,
@@ -256,8 +252,7 @@ def _run(params, cfg, base, runtime, corpus_path, out_dir, metrics) -> dict:
         write_json(metrics, result)
         write_curve(
             LIVE_DIR,
-            "train/mlm_loss",
-            fitted.history,
+            {"train/mlm_loss": fitted.history, "valid/mlm_loss": fitted.valid_history},
             {"heldout_loss_before": before, "heldout_loss_after": after},
         )
         fitted.done()

@@ -125,6 +125,38 @@ def sample_group(
     return products[chosen], targets[chosen]
 
 
+VALID_STEPS = 4  # steps' worth of valid-split groups scored at each checkpoint
+
+
+def validation_groups(
+    tables: dict[str, pd.DataFrame],
+    product_row: dict[str, int],
+    propensity: pd.Series | None,
+    counts: tuple[int, int],
+    params: Params,
+) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+    """A fixed sample of valid-split groups, graded and click ones in the training mix
+    (`counts` per step), scored by the validation curve at every checkpoint."""
+    cfg = params.reranker
+    rng = np.random.default_rng(params.seed)
+    sources = []
+    if "judgments" in tables:
+        judged = tables["judgments"]
+        sources.append((graded_groups(judged[judged["split"] == "valid"], product_row),
+                        counts[0], True))  # fmt: skip
+    if propensity is not None:
+        valid_pairs = tables["pairs"][tables["pairs"]["split"] == "valid"]
+        sources.append((click_groups(valid_pairs, product_row, propensity, cfg.propensity_clip),
+                        counts[1], False))  # fmt: skip
+    chosen = []
+    for groups, per_step, normalize in sources:
+        for i in rng.permutation(len(groups))[: VALID_STEPS * per_step]:
+            items, targets = sample_group(groups.products[i], groups.targets[i], cfg.group_size,
+                                          rng)  # fmt: skip
+            chosen.append((groups.queries[i], items, targets, normalize))
+    return chosen
+
+
 def listwise_loss(scores: torch.Tensor, targets: torch.Tensor, normalize: bool) -> torch.Tensor:
     """Softmax cross-entropy of scores against targets (graded: normalised to a distribution;
     clicks: raw inverse-propensity weights, which keeps the estimate unbiased)."""
@@ -250,6 +282,13 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
         zip(all_queries, retriever.encode(all_queries, max_len=params.retriever.max_query_len),
             strict=True)
     )  # fmt: skip
+    valid = validation_groups(tables, product_row, propensity, (n_graded, n_click), params)
+    unseen = sorted({query for query, *_ in valid} - set(query_tokens))
+    if unseen:  # encoded apart: the training queries' tokens and vectors stay as they were
+        query_tokens |= dict(zip(unseen, pairs.pieces(unseen), strict=True))
+        query_vectors |= dict(zip(
+            unseen, retriever.encode(unseen, max_len=params.retriever.max_query_len), strict=True
+        ))  # fmt: skip
     torch.manual_seed(params.seed)
     model = CrossEncoder.from_pretrained(encoder_dir, 1.0 / params.retriever.temperature)
     model = model.to(runtime.device)
@@ -276,9 +315,8 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
                 chosen.append((source.queries[i], items, targets, normalize))
         return chosen
 
-    def loss_of_step(forward, step: int) -> torch.Tensor:
+    def groups_loss(forward, groups, count_tokens: bool = True) -> torch.Tensor:
         nonlocal tokens
-        groups = step_groups(step)
         joined = [
             pairs.join(query_tokens[q], product_tokens[p])
             for q, items, _, _ in groups
@@ -289,7 +327,7 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
             np.concatenate([retriever.item_vectors[items] @ query_vectors[q]
                             for q, items, _, _ in groups]), device=dev,
         )  # fmt: skip
-        tokens += int(mask.sum())
+        tokens += int(mask.sum()) if count_tokens else 0
         with runtime.autocast():
             scores = forward(ids.to(dev), types.to(dev), mask.to(dev), prior)
         losses, at = [], 0
@@ -300,9 +338,19 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
             losses.append(listwise_loss(part, target, normalize))
         return torch.stack(losses).mean()
 
+    def loss_of_step(forward, step: int) -> torch.Tensor:
+        return groups_loss(forward, step_groups(step))
+
+    @torch.no_grad()
+    def validation_loss(cross_encoder) -> float:
+        cross_encoder.eval()
+        size = cfg.groups_per_step
+        return float(np.mean([groups_loss(cross_encoder, valid[a : a + size], False).item()
+                              for a in range(0, len(valid), size)]))  # fmt: skip
+
     fitted = fit(
         stage="reranker", model=model, runtime=runtime, cfg=cfg, seed=params.seed, key=key,
-        loss_of_step=loss_of_step,
+        loss_of_step=loss_of_step, validate=validation_loss if valid else None,
     )  # fmt: skip
     if not runtime.is_main:
         return {}
@@ -312,6 +360,7 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
         "train": {
             "graded_groups": len(graded), "click_groups": len(clicks), "steps": cfg.steps,
             "resumed_from_step": fitted.resumed_from, "final_loss": fitted.history[-1][1],
+            "valid_loss": fitted.valid_history[-1][1] if fitted.valid_history else None,
             "device": str(runtime.device), "world_size": runtime.world_size,
             **throughput(fitted, cfg.groups_per_step * cfg.group_size, tokens,
                          runtime.world_size),
@@ -343,7 +392,8 @@ def _run(params, runtime, in_dir, encoder_dir, retriever_dir, baselines_dir, out
             write_parquet(propensity.reset_index(), staging / "propensity.parquet")
     write_json(metrics, result)
     flat = {f"search/{m}": v for m, v in result.get("test", {}).get("search", {}).items()}
-    write_curve(LIVE_DIR, "train/listwise_loss", fitted.history, flat)
+    write_curve(LIVE_DIR, {"train/listwise_loss": fitted.history,
+                           "valid/listwise_loss": fitted.valid_history}, flat)  # fmt: skip
     fitted.done()
     log.info("reranker on the test split: %s", result.get("test"))
     return result

@@ -72,6 +72,10 @@ class Examples:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def subset(self, index: np.ndarray) -> Examples:
+        return Examples([self.queries[i] for i in index], self.positives[index],
+                        self.negatives[index], self.sources[index])  # fmt: skip
+
 
 def judgment_examples(
     judged: pd.DataFrame, bm25_hits: dict[str, list[str]], relevant_at: float,
@@ -129,31 +133,34 @@ def purchase_examples(
 
 
 def training_examples(
-    tables: dict[str, pd.DataFrame], params: Params, bm25_hits: dict[str, list[str]]
+    tables: dict[str, pd.DataFrame],
+    params: Params,
+    bm25_hits: dict[str, list[str]],
+    split: str = "train",
 ) -> Examples:
-    """Every source present in the prepared data, train split only, capped per source."""
+    """Every source present in the prepared data, one split (train), capped per source."""
     cfg = params.retriever
     rng = np.random.default_rng(params.seed)
     products = tables["products"]
     titles = dict(zip(products["product_id"], products["title"], strict=True))
     frames = []
     if "judgments" in tables:
-        judged = tables["judgments"][tables["judgments"]["split"] == "train"]
+        judged = tables["judgments"][tables["judgments"]["split"] == split]
         frames.append(judgment_examples(judged, bm25_hits, params.evaluation.relevant_at, rng))
     if "pairs" in tables:
-        pairs = tables["pairs"][tables["pairs"]["split"] == "train"]
+        pairs = tables["pairs"][tables["pairs"]["split"] == split]
         histories = tables.get("histories", pd.DataFrame(columns=["session_id", "history"]))
         frames.append(
             click_examples(pairs, histories, titles, cfg.history_items, cfg.history_share, rng)
         )
     if "sequences" in tables:
-        sequences = tables["sequences"][tables["sequences"]["split"] == "train"]
+        sequences = tables["sequences"][tables["sequences"]["split"] == split]
         frames.append(purchase_examples(sequences, titles, cfg.history_items))
     frames = [f for f in frames if len(f)]
     if not frames:
         raise StageInputError(
-            "retriever: no training examples (no relevant judgments, clicks or purchases "
-            "in the train split)"
+            f"retriever: no examples (no relevant judgments, clicks or purchases in the {split} "
+            "split)"
         )
     capped = [
         f.sample(n=cfg.max_examples_per_source, random_state=params.seed)
@@ -166,8 +173,8 @@ def training_examples(
     negatives = examples["negative"].map(row).fillna(NO_NEGATIVE).astype(int)
     counts = examples["source"].value_counts().to_dict()
     log.info(
-        "retriever: %d training examples %s, %.0f%% with a hard negative",
-        len(examples), counts, 100 * (negatives >= 0).mean(),
+        "retriever: %d %s examples %s, %.0f%% with a hard negative",
+        len(examples), split, counts, 100 * (negatives >= 0).mean(),
     )  # fmt: skip
     return Examples(
         queries=examples["query_text"].tolist(),
@@ -192,6 +199,20 @@ def contrastive_loss(
     duplicate[own, own] = False
     logits = logits.masked_fill(duplicate, float("-inf"))
     return torch.nn.functional.cross_entropy(logits, own)
+
+
+VALID_BATCHES = 4  # valid-split batches scored at each checkpoint: the validation curve
+
+
+def validation_examples(tables: dict[str, pd.DataFrame], params: Params) -> Examples | None:
+    """A fixed sample of valid-split examples, in-batch negatives only; None when the split
+    has none. The same batches at every checkpoint make the curve's points comparable."""
+    try:
+        examples = training_examples(tables, params, {}, split="valid")
+    except StageInputError:
+        return None
+    size = min(len(examples), VALID_BATCHES * params.retriever.batch_size)
+    return examples.subset(np.random.default_rng(params.seed).permutation(len(examples))[:size])
 
 
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -302,6 +323,10 @@ def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:
     item_tokens = tokenize(tokenizer, product_text(products), cfg.max_item_len)
     unique_queries, query_row = np.unique(examples.queries, return_inverse=True)
     query_tokens = tokenize(tokenizer, unique_queries.tolist(), cfg.max_query_len)
+    valid = validation_examples(tables, params)
+    if valid is not None:
+        valid_queries, valid_row = np.unique(valid.queries, return_inverse=True)
+        valid_tokens = tokenize(tokenizer, valid_queries.tolist(), cfg.max_query_len)
 
     key = run_key(
         data=files_hash(in_dir, "*.parquet"), encoder=files_hash(encoder_dir, "*.safetensors"),
@@ -311,20 +336,18 @@ def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:
     tokens = 0
     dev = runtime.device
 
-    def loss_of_step(forward, step: int) -> torch.Tensor:
+    def batch_loss(forward, batch: Examples, batch_tokens, row, index) -> torch.Tensor:
         nonlocal tokens
-        index = shard(batch_order(len(examples), cfg.batch_size, params.seed, step), runtime)
-        index = index.numpy()
-        positives = examples.positives[index]
-        negatives = examples.negatives[index]
+        positives = batch.positives[index]
+        negatives = batch.negatives[index]
         negatives = negatives[negatives != NO_NEGATIVE]
         batches = [
-            pad([query_tokens[query_row[i]] for i in index], tokenizer.pad_token_id),
+            pad([batch_tokens[row[i]] for i in index], tokenizer.pad_token_id),
             pad([item_tokens[p] for p in positives], tokenizer.pad_token_id),
         ]
         if len(negatives):
             batches.append(pad([item_tokens[n] for n in negatives], tokenizer.pad_token_id))
-        tokens += sum(int(mask.sum()) for _, mask in batches)
+        tokens += sum(int(mask.sum()) for _, mask in batches) if batch is examples else 0
         with runtime.autocast():
             vectors = forward(*[(ids.to(dev), mask.to(dev)) for ids, mask in batches])
         candidates = torch.as_tensor(np.concatenate([positives, negatives]), device=dev)
@@ -333,9 +356,21 @@ def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:
             candidates, cfg.temperature,
         )  # fmt: skip
 
+    def loss_of_step(forward, step: int) -> torch.Tensor:
+        index = shard(batch_order(len(examples), cfg.batch_size, params.seed, step), runtime)
+        return batch_loss(forward, examples, query_tokens, query_row, index.numpy())
+
+    @torch.no_grad()
+    def validation_loss(encoder) -> float:
+        encoder.eval()
+        starts = range(0, len(valid), cfg.batch_size)
+        return float(np.mean([batch_loss(encoder, valid, valid_tokens, valid_row,
+                                         np.arange(a, min(a + cfg.batch_size, len(valid)))).item()
+                              for a in starts]))  # fmt: skip
+
     fitted = fit(
         stage="retriever", model=model, runtime=runtime, cfg=cfg, seed=params.seed, key=key,
-        loss_of_step=loss_of_step,
+        loss_of_step=loss_of_step, validate=validation_loss if valid is not None else None,
     )  # fmt: skip
     if not runtime.is_main:
         return {}
@@ -353,6 +388,7 @@ def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:
             "examples": pd.Series(examples.sources).value_counts().to_dict(),
             "steps": cfg.steps, "resumed_from_step": fitted.resumed_from,
             "final_loss": fitted.history[-1][1],
+            "valid_loss": fitted.valid_history[-1][1] if fitted.valid_history else None,
             "device": str(runtime.device), "world_size": runtime.world_size,
             **throughput(fitted, cfg.batch_size, tokens, runtime.world_size),
         },
@@ -370,7 +406,8 @@ def _run(params, runtime, in_dir, encoder_dir, out_dir, metrics) -> dict:
             write_parquet(frame, staging / "eval" / f"{task}.parquet")
     write_json(metrics, result)
     flat = {f"{task}/{m}": v for task, values in result["test"].items() for m, v in values.items()}
-    write_curve(LIVE_DIR, "train/contrastive_loss", fitted.history, flat)
+    write_curve(LIVE_DIR, {"train/contrastive_loss": fitted.history,
+                           "valid/contrastive_loss": fitted.valid_history}, flat)  # fmt: skip
     fitted.done()
     log.info("retriever on the test split: %s", result["test"])
     return result

@@ -181,8 +181,12 @@ class Checkpoints:
         path = self.folder / "latest.pt"
         return path if path.exists() else None
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is a checkpoint step (validation runs at the same steps)."""
+        return self.every > 0 and step % self.every == 0
+
     def save(self, step: int, model, optimizer, scheduler, extra: dict | None = None) -> None:
-        if not self.runtime.is_main or self.every <= 0 or step % self.every:
+        if not self.runtime.is_main or not self.due(step):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {
@@ -225,12 +229,15 @@ def train_steps(
     progress: Progress,
     seed: int,
     history: list[tuple[int, float]],
+    validate: Callable[[], float] | None = None,
+    valid_history: list[tuple[int, float]] | None = None,
     max_grad_norm: float = 1.0,
 ) -> Iterator[int]:
     """Run optimisation steps [start_step, total_steps); yields each finished step number.
 
-    Each step's loss is appended to `history`, which travels inside the checkpoints so a
-    resumed run reports the whole learning curve.
+    Each step's loss is appended to `history`, and `validate()` (a held-out loss) to
+    `valid_history` at every checkpoint step and at the last step; both travel inside the
+    checkpoints, so a resumed run reports the whole learning curve.
 
     The global RNG (dropout) is re-seeded from (seed, step) before every step, so a resumed
     run draws the same dropout masks as an uninterrupted one.
@@ -246,21 +253,31 @@ def train_steps(
         scheduler.step()
         value = float(loss.detach())
         history.append((step + 1, value))
+        if validate is not None and (checkpoints.due(step + 1) or step + 1 == total_steps):
+            valid_history.append((step + 1, validate()))
+            model.train()
         progress.update(step + 1, loss=value, lr=scheduler.get_last_lr()[0])
-        checkpoints.save(step + 1, model, optimizer, scheduler, {"history": history})
+        checkpoints.save(step + 1, model, optimizer, scheduler,
+                         {"history": history, "valid_history": valid_history or []})  # fmt: skip
         yield step + 1
 
 
 def write_curve(
-    live_dir: Path, name: str, history: list[tuple[int, float]], summary: dict[str, float]
+    live_dir: Path, curves: dict[str, list[tuple[int, float]]], summary: dict[str, float]
 ) -> None:
-    """The learning curve and final numbers through DVCLive (`dvc plots show` reads them)."""
+    """The learning curves (name -> [(step, value)], e.g. `train/loss` and `valid/loss`) and
+    the final numbers through DVCLive (`dvc plots show` reads them)."""
     from dvclive import Live
 
+    by_step: dict[int, dict[str, float]] = {}
+    for name, points in curves.items():
+        for step, value in points:
+            by_step.setdefault(step, {})[name] = value
     with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for step, loss in history:
+        for step in sorted(by_step):
             live.step = step
-            live.log_metric(name, loss)
+            for name, value in by_step[step].items():
+                live.log_metric(name, value)
         for key, value in summary.items():
             live.summary[key] = value
     # dvc.yaml declares the curve folder: it must exist even when nothing was trained.
@@ -272,6 +289,7 @@ class Fitted:
     """What a finished `fit` reports; `done()` removes its checkpoints once outputs are safe."""
 
     history: list[tuple[int, float]]
+    valid_history: list[tuple[int, float]]
     resumed_from: int
     steps_run: int
     seconds: float
@@ -290,12 +308,15 @@ def fit(
     seed: int,
     key: str,
     loss_of_step: Callable[[torch.nn.Module, int], torch.Tensor],
+    validate: Callable[[torch.nn.Module], float] | None = None,
 ) -> Fitted:
     """Train `model` for `cfg.steps` steps, resuming from this run's last checkpoint if any.
 
     `cfg` carries steps, lr, weight_decay, warmup_steps, checkpoint_every and compile;
     `loss_of_step(forward, step)` computes one global step's loss on this rank's shard with
     `forward` (the model wrapped for DDP and, on CUDA with `compile`, torch.compile).
+    `validate(model)` computes a held-out loss (no gradients; every rank computes the same):
+    before the first step, at every checkpoint step and after the last.
     """
     ddp_model = wrap_ddp(model, runtime)
     forward = torch.compile(ddp_model) if cfg.compile and runtime.cuda else ddp_model
@@ -304,16 +325,30 @@ def fit(
     checkpoints = Checkpoints(stage, key, cfg.checkpoint_every, runtime)
     start, extra = checkpoints.restore(model, optimizer, scheduler)
     history: list[tuple[int, float]] = [tuple(x) for x in extra.get("history", [])]
+    valid_history: list[tuple[int, float]] = [tuple(x) for x in extra.get("valid_history", [])]
+    validating = 0.0  # seconds: left out of the training throughput
+
+    def check() -> float:
+        nonlocal validating
+        began = time.perf_counter()
+        value = float(validate(model))
+        validating += time.perf_counter() - began
+        return value
+
+    if validate is not None and start == 0:
+        valid_history.append((0, check()))
+    validating = 0.0
     started = time.perf_counter()
     for _ in train_steps(
         total_steps=cfg.steps, start_step=start,
         loss_of_step=lambda step: loss_of_step(forward, step), model=ddp_model,
         optimizer=optimizer, scheduler=scheduler, checkpoints=checkpoints,
         progress=Progress(stage, cfg.steps, start=start), seed=seed, history=history,
+        validate=check if validate is not None else None, valid_history=valid_history,
     ):  # fmt: skip
         pass
-    seconds = time.perf_counter() - started
-    return Fitted(history, start, cfg.steps - start, seconds, checkpoints)
+    seconds = time.perf_counter() - started - validating
+    return Fitted(history, valid_history, start, cfg.steps - start, seconds, checkpoints)
 
 
 def throughput(fitted: Fitted, samples_per_step: int, tokens: int, world_size: int) -> dict:

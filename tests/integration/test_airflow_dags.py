@@ -142,6 +142,13 @@ def airflow(tmp_path_factory):
         server.server_close()
 
 
+def night_report(airflow: Airflow, result: dict) -> dict:
+    """The run report the night's `report` task wrote (its run.json)."""
+    page = airflow.project / result["returned"]["report"]
+    assert page.name == "index.html" and page.parent.parent.name == "runs"
+    return read_json(page.parent / "run.json")
+
+
 def ran(result: dict, task: str) -> list[str]:
     return result["returned"].get(task, {}).get("ran", [])
 
@@ -152,14 +159,17 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
     assert described["errors"] == {}
     nightly, deploy = described["dags"]["shopflow_nightly"], described["dags"]["shopflow_deploy"]
     tasks = nightly["tasks"]
-    assert set(tasks) == {*STAGES, "should_retrain", "should_promote"}
+    assert set(tasks) == {*STAGES, "should_retrain", "should_promote", "report", "night_failed"}
     assert nightly["catchup"] is False and nightly["max_active_runs"] == 1
     assert "0 2 * * *" in nightly["schedule"]
 
     dot = airflow.call([str(BIN / "dvc"), "dag", "--dot"])
     dvc_edges = set(re.findall(r'"([\w-]+)" -> "([\w-]+)"', dot))
     assert len(dvc_edges) >= 15
-    dag_edges = {(up, task) for task, about in tasks.items() for up in about["upstream"]}
+    watchers = {"report", "night_failed"}  # after every stage of the night
+    assert all(set(tasks[w]["upstream"]) == set(STAGES) for w in watchers)
+    dag_edges = {(up, task) for task, about in tasks.items() for up in about["upstream"]
+                 if task not in watchers}  # fmt: skip
     gates = {("evaluate", "should_promote"), ("should_promote", "promote"),
              ("drift", "should_retrain"), ("should_retrain", "prepare")}  # fmt: skip
     # every DVC edge is an Airflow edge, except evaluate → promote, which goes through the gate
@@ -190,6 +200,12 @@ def test_a_night_runs_end_to_end(airflow):
     assert tasks["should_retrain"] == "success"  # no trained champion yet: train
     verdict = read_json(airflow.project / "reports/decision.json")["verdict"]
     assert tasks["promote"] == ("success" if verdict == "promote" else "skipped")
+    assert tasks["report"] == "success" and tasks["night_failed"] == "skipped"
+    run = night_report(airflow, night)
+    assert run["outcome"]["verdict"] in ("promoted", "rejected")
+    statuses = dict.fromkeys(STAGES, "success") | ({} if verdict == "promote" else
+                                                    {"promote": "not run"})  # fmt: skip
+    assert {s["stage"]: s["status"] for s in run["stages"]} == statuses
     manifest = read_json(airflow.project / "data/ingested/manifest.json")
     assert manifest["window"]["end"] == "2026-10-28"  # the logical date is the window's end
     assert Hook.received == []
@@ -257,6 +273,9 @@ def test_a_night_the_drift_check_cannot_judge_keeps_the_young_champion(airflow):
     assert "retrain: False" in quiet["log"]
     assert all(quiet["tasks"][s] == "skipped" for s in (*TRAINING, "promote", "should_promote"))
     assert "champion's data is 1 day old" in quiet["log"]
+    run = night_report(airflow, quiet)
+    assert run["outcome"]["verdict"] == "no retrain", run["outcome"]
+    assert {s["stage"] for s in run["stages"] if s["status"] == "success"} == set(CHECKS)
 
 
 def test_a_night_with_drift_retrains(airflow):
@@ -295,8 +314,18 @@ def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_p
     tasks = bad["tasks"]
     assert tasks["ingest"] == "success" and tasks["validate"] == "failed"
     assert bad["tries"]["validate"] == 1  # bad data is not retried
-    after_validate = [t for t in tasks if t not in ("ingest", "validate")]
+    after_validate = [t for t in tasks if t not in ("ingest", "validate", "report", "night_failed")]
     assert all(tasks[t] == "upstream_failed" for t in after_validate), tasks
+    assert tasks["night_failed"] == "failed"  # keeps the run failed although the report ran
+    run = night_report(airflow, bad)  # the report of a failed night says where and why
+    assert run["outcome"]["verdict"] == "failed"
+    assert run["outcome"]["summary"].startswith("failed at validate: validation failed")
+    assert run["validation"]["passed"] is False
+    page = (airflow.project / bad["returned"]["report"]).read_text()
+    assert "price" in page and 'id="failures"' in page
+    index = (airflow.project / "reports/runs/index.html").read_text()
+    nights = re.findall(r"<td>(2026-10-\d\d)</td>", index)
+    assert nights[:4] == ["2026-10-31", "2026-10-30", "2026-10-29", "2026-10-28"]
     alerts = Hook.received[before:]
     assert [a["task_id"] for a in alerts] == ["validate"]
     assert "price >= 0" in alerts[0]["details"] and "exit code 3" in alerts[0]["details"]

@@ -13,6 +13,7 @@ import yaml
 
 from pipelines.registry import BASELINE_VERSION, Registry
 from tests.conftest import BIN, copy_project
+from tests.integration.browser import chromium, local_links, needs_browser, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 STAGES = ("ingest", "validate", "drift", "prepare", "baselines", "pretrain", "retriever",
@@ -96,6 +97,9 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
 
     plots = dvc(project, "plots", "show", "--json").stdout
     assert "train/contrastive_loss" in plots and "train/listwise_loss" in plots
+    # held-out (valid split) losses at each checkpoint: the validation curves
+    assert all(f"valid/{loss}" in plots for loss in ("mlm_loss", "contrastive_loss",
+                                                      "listwise_loss"))  # fmt: skip
 
 
 def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced):
@@ -107,3 +111,45 @@ def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced)
     after = json.loads((project / "data/ingested/manifest.json").read_text())
     assert after["window"]["end"] == "2026-10-27" != before["window"]["end"]
     assert after["tables"]["events"]["sha256"] != before["tables"]["events"]["sha256"]
+
+
+@needs_browser
+def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(reproduced, tmp_path):
+    """`shopflow report` after the runs above: the latest (the new window, every stage ran)
+    gets a page that Chromium renders offline, with the gate's decision, and an index of all
+    runs, newest first."""
+    project, _ = reproduced
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "BENTOML_HOME": str(project.parent / "bentoml")}  # fmt: skip
+    done = subprocess.run([str(BIN / "python"), "-m", "pipelines", "report"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = project / done.stdout.strip().splitlines()[-1]
+    run = json.loads((page.parent / "run.json").read_text())
+    assert run["night"] == "2026-10-27" and run["decision_fresh"]
+    assert {s["stage"]: s["status"] for s in run["stages"]} == dict.fromkeys(STAGES, "success")
+    assert all(s["seconds"] > 0 for s in run["stages"])
+    verdict = json.loads((project / "reports/decision.json").read_text())["verdict"]
+    assert run["outcome"]["verdict"] == ("promoted" if verdict == "promote" else "rejected")
+    assert set(run["charts"]) == {"events", "curves", "slices", "scores"}
+
+    dom = chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert re.search(rf'id="decision"[^>]*>{verdict}<', dom)
+    assert re.search(rf'id="run-verdict"[^>]*>{run["outcome"]["verdict"]}<', dom)
+    for section in ("validation-result", "drift-decision", "guardrails", "timeline", "per-day"):
+        assert f'id="{section}"' in dom, section
+    links = local_links(page)
+    names = {p.name for p in links}
+    assert {"index.html", "events_per_day.svg", "learning_curves.svg", "slices.svg",
+            "score_distributions.svg"} <= names  # fmt: skip
+    assert {"data_docs", "drift"} <= {p.parent.name for p in links}  # the night's own copies
+    assert all(p.is_file() for p in links), [p for p in links if not p.is_file()]
+
+    index = page.parent.parent / "index.html"
+    rows = re.findall(r"<tr>\s*<td>(.*?)</td>.*?</tr>", index.read_text(), re.S)
+    assert len(rows) == 4  # the dvc repros above that ran something; only the latest has a page
+    assert rows == sorted(rows, reverse=True)  # newest first
+    assert re.findall(r'<a href="([^"]+)/index.html">', index.read_text()) == [page.parent.name]
+    assert all(p.is_file() for p in local_links(index))
+    shot = screenshot(tmp_path, page, "run.png", height=5000)
+    assert shot.stat().st_size > 100_000  # charts and tables, not a blank page

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -50,6 +51,9 @@ def test_mlm_loss_drops_and_outputs_are_written(in_tmp):
     assert (
         in_tmp / "dvclive" / "pretrain" / "plots" / "metrics" / "train" / "mlm_loss.tsv"
     ).exists()
+    valid = pd.read_csv(in_tmp / "dvclive/pretrain/plots/metrics/valid/mlm_loss.tsv", sep="\t")
+    assert valid["step"].tolist() == [0, 10, 20, 30, 40]  # before, each checkpoint (tiny: 10)
+    assert valid["mlm_loss"].iloc[-1] == pytest.approx(result["heldout_loss_after"], abs=1e-4)
     assert not list((in_tmp / ".checkpoints" / "pretrain").glob("*/latest.pt"))  # cleaned up
     from transformers import AutoModel
 
@@ -135,6 +139,8 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     metrics_b = json.loads((killed / "metrics" / "pretrain.json").read_text())
     assert metrics_b["resumed_from_step"] > 0
     assert metrics_a["heldout_loss_after"] == metrics_b["heldout_loss_after"]
+    curve = "dvclive/pretrain/plots/metrics/valid/mlm_loss.tsv"  # carried in the checkpoint
+    assert (straight / curve).read_text() == (killed / curve).read_text()
 
 
 def test_ddp_path_runs_with_two_cpu_processes(tmp_path):

@@ -1,0 +1,110 @@
+"""The run log: one JSON line per stage execution, so a run report can say what ran, for how
+long, and what failed.
+
+DVC records which outputs are current, not when a stage ran or how long it took, and a stage
+that fails leaves no DVC record at all. So every stage command (`python -m pipelines <stage>`)
+appends one line to `.shopflow/runs/stages.jsonl` when it ends, however it ends.
+
+A *run* is what one `dvc repro` (or one Airflow DAG run) executed. The stages of a run share a
+run id: `SHOPFLOW_RUN_ID` when set (`make run` and the nightly DAG set it), else the id of the
+process that started the stage (`dvc repro` itself) with that process's start time, since pids
+are reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipelines.errors import ShopflowError
+
+STAGE_LOG = Path(".shopflow/runs/stages.jsonl")
+RUN_ID_ENV = "SHOPFLOW_RUN_ID"
+
+
+def current_run_id() -> str:
+    """This process's run: `SHOPFLOW_RUN_ID`, else its parent process (the `dvc repro`)."""
+    if given := os.environ.get(RUN_ID_ENV):
+        return given
+    from pipelines.processes import started_at
+
+    parent = os.getppid()
+    since = started_at(parent) or time.time()
+    return f"repro-{dt.datetime.fromtimestamp(since, dt.UTC):%Y%m%dT%H%M%SZ}-{parent}"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def recorded(stage: str, log_path: Path = STAGE_LOG) -> Iterator[None]:
+    """Run a stage inside this to append its record (status, seconds, error) to the run log,
+    whether it succeeds, fails on bad input, crashes or is interrupted."""
+    record = {"run_id": current_run_id(), "stage": stage, "started_at": now_iso()}
+    started = time.perf_counter()
+    try:
+        yield
+        record |= {"status": "success", "exit_code": 0}
+    except ShopflowError as exc:
+        record |= {"status": "failed", "exit_code": exc.exit_code, "error": str(exc)}
+        raise
+    except KeyboardInterrupt:
+        record |= {"status": "interrupted", "exit_code": 130}
+        raise
+    except BaseException as exc:
+        record |= {"status": "failed", "exit_code": 1, "error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        record |= {"finished_at": now_iso(), "seconds": round(time.perf_counter() - started, 1)}
+        append(record, log_path)
+
+
+def append(record: dict, log_path: Path = STAGE_LOG) -> None:
+    """One line, written with a single `write` in append mode: concurrent stages of a run
+    (parallel Airflow tasks) never interleave their records."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with log_path.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+
+
+def read(log_path: Path = STAGE_LOG) -> list[dict]:
+    """Every record, oldest first; a torn last line (a killed writer) is skipped."""
+    if not log_path.exists():
+        return []
+    records = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def latest_run_id(records: list[dict]) -> str | None:
+    """The run of the newest record."""
+    return max(records, key=lambda r: r["started_at"])["run_id"] if records else None
+
+
+def of_run(records: list[dict], run_id: str) -> dict[str, dict]:
+    """The run's last record per stage (a retried stage shows its final attempt), with the
+    number of attempts."""
+    stages: dict[str, dict] = {}
+    for record in records:
+        if record["run_id"] == run_id:
+            attempts = stages.get(record["stage"], {}).get("attempts", 0) + 1
+            stages[record["stage"]] = {**record, "attempts": attempts}
+    return stages
+
+
+def last_success(records: list[dict]) -> dict[str, dict]:
+    """Each stage's newest successful record in any run: when its current outputs were made."""
+    done: dict[str, dict] = {}
+    for record in records:
+        if record.get("status") == "success":
+            done[record["stage"]] = record
+    return done
