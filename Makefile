@@ -55,9 +55,10 @@ setup: $(VENV)/.installed ## create the virtualenv and install everything (idemp
 # where it stopped and why); make exits with dvc's status.
 run: setup ## run the pipeline on the embedded synthetic shop (dvc repro), then write its report
 	@export SHOPFLOW_RUN_ID=make-run-$$(date -u +%Y%m%dT%H%M%SZ); status=0; \
-	echo "== dvc repro (run $$SHOPFLOW_RUN_ID)"; \
-	$(BIN)/dvc repro || status=$$?; \
-	page=$$($(BIN)/python -m pipelines report --run "$$SHOPFLOW_RUN_ID"); \
+	out=.shopflow/runs/$$SHOPFLOW_RUN_ID.log; mkdir -p .shopflow/runs; \
+	echo "== dvc repro (run $$SHOPFLOW_RUN_ID; output also in $$out)"; \
+	$(BIN)/dvc repro 2>&1 | tee "$$out" || status=$$?; \
+	page=$$($(BIN)/python -m pipelines report --run "$$SHOPFLOW_RUN_ID" --exit-code $$status --output "$$out"); \
 	if [ $$status != 0 ]; then echo "== dvc repro failed (exit $$status); the run report says where and why: $$page"; exit $$status; fi; \
 	$(BIN)/python -m pipelines metrics; \
 	echo "== done: Data Docs at reports/validation/data_docs/index.html, drift at reports/drift/index.html, the A/B decision in reports/decision.json"; \

@@ -106,9 +106,10 @@ def _deploy(params: Params, args: argparse.Namespace) -> None:
 
 
 def _report(params: Params, args: argparse.Namespace) -> None:
-    from pipelines.report import write
+    from pipelines.report import runner_result, write
 
-    print(write(params, run_id=args.run))
+    runner = None if args.exit_code is None else runner_result(args.exit_code, args.output)
+    print(write(params, run_id=args.run, runner=runner))
 
 
 def _registry(params: Params, args: argparse.Namespace) -> None:
@@ -252,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "report":
             cmd.add_argument("--run", default=None, help="run id (default: the latest run)")
+            cmd.add_argument(
+                "--exit-code",
+                type=int,
+                default=None,
+                help="exit code of the command that ran the stages (dvc repro)",
+            )
+            cmd.add_argument("--output", type=Path, default=None,
+                             help="that command's output, for its error lines")  # fmt: skip
         if name == "deploy":
             cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
         if name in ("serve", "build-bento"):

@@ -215,6 +215,11 @@ def outcome(run: dict) -> dict:
             first = (stage.get("error") or "").strip().splitlines()
             why = f": {first[0]}" if first else f" (exit code {stage.get('exit_code')})"
             return {"verdict": "failed", "summary": f"{stage['status']} at {stage['stage']}{why}"}
+    runner = run.get("runner") or {}
+    if runner.get("exit_code"):
+        why = runner["errors"][0] if runner.get("errors") else "see its output"
+        return {"verdict": "failed",
+                "summary": f"dvc repro exited with {runner['exit_code']}: {why}"}  # fmt: skip
     failed_tasks = [a for a in run["alerts"] if a.get("task_id") and "failed" in a.get("title", "")]
     if failed_tasks:
         return {"verdict": "failed", "summary": f"task {failed_tasks[0]['task_id']} failed: "
@@ -327,17 +332,35 @@ def folder_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.") or "run"
 
 
+def runner_result(exit_code: int, output: Path | None = None) -> dict:
+    """What the command that ran the stages (`dvc repro`) said: its exit code and error lines.
+    DVC can fail before any stage starts (a missing dependency, a lock held by another run,
+    a broken dvc.yaml), and then no stage has a record to say so."""
+    errors: list[str] = []
+    if output is not None and output.exists():
+        lines = output.read_text(encoding="utf-8", errors="replace").splitlines()
+        errors = [line.strip() for line in lines if line.startswith("ERROR")][-5:]
+    return {"exit_code": exit_code, "errors": errors}
+
+
 def write(
-    params: Params, run_id: str | None = None, project: Path = Path(), night: str | None = None
+    params: Params,
+    run_id: str | None = None,
+    project: Path = Path(),
+    night: str | None = None,
+    runner: dict | None = None,
 ) -> Path:
     """Write the report of `run_id` (default: the latest run in the run log) and the index;
-    returns the page's path."""
+    returns the page's path. `runner`: see `runner_result`."""
     root = project / params.report.folder
     if run_id is None:
         run_id = runlog.latest_run_id(runlog.read(project / runlog.STAGE_LOG)) or WORKSPACE
     folder = root / folder_name(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     run = collect(params, run_id, project, night)
+    if runner is not None:
+        run["runner"] = runner
+        run["outcome"] = outcome(run)
     linked = {}
     for name, source in LINKED.items():
         shutil.rmtree(folder / name, ignore_errors=True)

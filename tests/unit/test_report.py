@@ -176,3 +176,17 @@ def test_an_unreadable_part_is_named_on_the_page_and_the_rest_still_renders(tmp_
     page = report.render_run(bare_run(problems=problems), {}, {"data_docs": False,
                                                                "drift": False})  # fmt: skip
     assert 'id="problems"' in page and "ingested data: " in page and "No ingested data" in page
+
+
+def test_a_dvc_failure_before_any_stage_ran_fails_the_run_with_dvcs_error(tmp_path):
+    output = tmp_path / "repro.log"
+    output.write_text("Verifying data sources\nERROR: failed to reproduce 'ingest': [Errno 2] "
+                      "No such file or directory: 'log.csv'\n")  # fmt: skip
+    runner = report.runner_result(255, output)
+    run = bare_run(runner=runner)
+    assert run["outcome"] == {"verdict": "failed", "summary": "dvc repro exited with 255: "
+                              "ERROR: failed to reproduce 'ingest': [Errno 2] No such file or "
+                              "directory: 'log.csv'"}  # fmt: skip
+    page = report.render_run(run, {}, {"data_docs": False, "drift": False})
+    assert 'id="runner"' in page and "No such file or directory" in page
+    assert bare_run(runner=report.runner_result(0))["outcome"]["verdict"] == "up to date"
