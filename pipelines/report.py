@@ -19,6 +19,7 @@ runs keep those copies; older pages are re-rendered without the links.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import logging
 import re
@@ -323,6 +324,23 @@ def render_run(run: dict, charts: dict[str, str], linked: dict[str, bool]) -> st
     return _environment().get_template("run.html").render(run=run, charts=charts, linked=linked)
 
 
+def render_or_fallback(run: dict, charts: dict[str, str], linked: dict[str, bool]) -> str:
+    """The page; should an output have a shape the template does not know, a plain page with
+    the verdict, the error and run.json (every fact) instead of no page at all."""
+    try:
+        return render_run(run, charts, linked)
+    except Exception as exc:  # jinja2's errors and any surprise in the data
+        log.exception("run report: the page could not be rendered; writing a plain one")
+        esc = html.escape
+        return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>shopflow run "
+                f"{esc(run['run_id'])}</title></head><body><h1>Run {esc(run['run_id'])}</h1>"
+                f"<p id='run-verdict'>{esc(run['outcome']['verdict'])}</p>"
+                f"<p>{esc(run['outcome']['summary'])}</p><p>The full page could not be "
+                f"rendered: {esc(type(exc).__name__)}: {esc(str(exc))}. Every fact is in "
+                "<a href='run.json'>run.json</a>.</p><p><a href='../index.html'>all runs</a>"
+                "</p></body></html>")  # fmt: skip
+
+
 def render_index(runs: list[dict]) -> str:
     return _environment().get_template("index.html").render(runs=runs)
 
@@ -371,7 +389,7 @@ def write(
     run["linked"] = linked
     write_json(folder / "run.json", run)
     page = folder / "index.html"
-    page.write_text(render_run(run, run["charts"], linked), encoding="utf-8")
+    page.write_text(render_or_fallback(run, run["charts"], linked), encoding="utf-8")
     runs = index_runs(root, params.report.keep_linked_reports)
     runs += unreported_runs(project, {r["run_id"] for r in runs})
     runs.sort(key=lambda r: r.get("started_at") or r["written_at"], reverse=True)
@@ -399,7 +417,7 @@ def index_runs(root: Path, keep_linked: int | None) -> list[dict]:
         run["linked"] = dict.fromkeys(LINKED, False)
         run["linked_pruned"] = True
         write_json(folder / "run.json", {k: v for k, v in run.items() if k != "folder"})
-        (folder / "index.html").write_text(render_run(run, run["charts"], run["linked"]),
+        (folder / "index.html").write_text(render_or_fallback(run, run["charts"], run["linked"]),
                                            encoding="utf-8")  # fmt: skip
     return runs
 

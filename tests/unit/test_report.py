@@ -190,3 +190,10 @@ def test_a_dvc_failure_before_any_stage_ran_fails_the_run_with_dvcs_error(tmp_pa
     page = report.render_run(run, {}, {"data_docs": False, "drift": False})
     assert 'id="runner"' in page and "No such file or directory" in page
     assert bare_run(runner=report.runner_result(0))["outcome"]["verdict"] == "up to date"
+
+
+def test_a_page_the_template_cannot_render_falls_back_to_a_plain_one():
+    run = bare_run(decision={"verdict": "reject"}, decision_fresh=True)  # no numbers in it
+    page = report.render_or_fallback(run, {}, {"data_docs": False, "drift": False})
+    assert "could not be rendered" in page and 'href="run.json"' not in page
+    assert "href='run.json'" in page and ">rejected<" in page
