@@ -8,7 +8,8 @@ appends one line to `.shopflow/runs/stages.jsonl` when it ends, however it ends.
 A *run* is what one `dvc repro` (or one Airflow DAG run) executed. The stages of a run share a
 run id: `SHOPFLOW_RUN_ID` when set (`make run` and the nightly DAG set it), else the id of the
 process that started the stage (`dvc repro` itself) with that process's start time, since pids
-are reused.
+are reused. DVC starts each command through `$SHELL -c` (`/bin/sh` when unset); bash execs the
+command, dash does not, so under DVC the shells between the stage and `dvc repro` are skipped.
 """
 
 from __future__ import annotations
@@ -27,15 +28,27 @@ STAGE_LOG = Path(".shopflow/runs/stages.jsonl")
 RUN_ID_ENV = "SHOPFLOW_RUN_ID"
 
 
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
+DVC_STAGE_ENV = "DVC_STAGE"  # set by DVC for every stage command it runs
+
+
 def current_run_id() -> str:
-    """This process's run: `SHOPFLOW_RUN_ID`, else its parent process (the `dvc repro`)."""
+    """This process's run: `SHOPFLOW_RUN_ID`, else the process that started it: the parent,
+    or under DVC the nearest ancestor that is not a shell (the `dvc repro`)."""
     if given := os.environ.get(RUN_ID_ENV):
         return given
-    from pipelines.processes import started_at
+    import psutil
 
-    parent = os.getppid()
-    since = started_at(parent) or time.time()
-    return f"repro-{dt.datetime.fromtimestamp(since, dt.UTC):%Y%m%dT%H%M%SZ}-{parent}"
+    starter = psutil.Process(os.getppid())
+    if os.environ.get(DVC_STAGE_ENV):
+        with contextlib.suppress(psutil.Error):
+            while starter.name() in SHELLS and (above := starter.parent()) is not None:
+                starter = above
+    try:
+        since = starter.create_time()
+    except psutil.Error:
+        since = time.time()
+    return f"repro-{dt.datetime.fromtimestamp(since, dt.UTC):%Y%m%dT%H%M%SZ}-{starter.pid}"
 
 
 def now_iso() -> str:

@@ -22,7 +22,8 @@ STAGES = ("ingest", "validate", "drift", "prepare", "baselines", "pretrain", "re
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stages call `python`
-           "BENTOML_HOME": str(project.parent / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}  # fmt: skip
+           "BENTOML_HOME": str(project.parent / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "SHELL": "/bin/sh"}  # fmt: skip  # DVC's shell when SHELL is unset (CI); dash forks
     result = subprocess.run(
         [str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -73,6 +74,20 @@ def test_stages_run_by_one_process_share_a_run_id_and_another_process_gets_anoth
     assert ids[0] == ids[1]  # two stages started by one process (here: this test): one run
     assert ids[0].endswith(f"-{os.getpid()}")
     assert ids[0].startswith("repro-")
+
+
+def test_stages_dvc_starts_through_a_shell_that_does_not_exec_share_the_run_of_dvc(monkeypatch):
+    """DVC runs `$SHELL -c <cmd>`, `/bin/sh` when SHELL is unset; Debian's dash forks the command
+    instead of exec'ing it, so the stage's parent is a different shell each time."""
+    monkeypatch.delenv(runlog.RUN_ID_ENV, raising=False)
+    monkeypatch.setenv(runlog.DVC_STAGE_ENV, "ingest")
+    code = "from pipelines import runlog; import os; print(runlog.current_run_id(), os.getppid())"
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}; true"  # `; true`: no exec
+    lines = [subprocess.run(["/bin/sh", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split() for _ in range(2)]  # fmt: skip
+    (first, shell_1), (second, shell_2) = lines
+    assert shell_1 != shell_2 != str(os.getpid())  # each stage had a shell of its own
+    assert first == second and first.endswith(f"-{os.getpid()}")  # the run of this process
 
 
 def test_a_retried_stage_shows_its_last_attempt_and_the_latest_run_is_found():
