@@ -169,8 +169,15 @@ class Problems(list):
             return None
 
 
-def collect(params: Params, run_id: str, project: Path = Path(), night: str | None = None) -> dict:
-    """Every fact the page shows, as JSON (saved as run.json beside the page)."""
+def collect(
+    params: Params,
+    run_id: str,
+    project: Path = Path(),
+    night: str | None = None,
+    runner: dict | None = None,
+) -> dict:
+    """Every fact the page shows, as JSON (saved as run.json beside the page). `runner`: see
+    `runner_result`."""
     from pipelines.deploy import git_revision
 
     records = runlog.read(project / runlog.STAGE_LOG)
@@ -203,6 +210,7 @@ def collect(params: Params, run_id: str, project: Path = Path(), night: str | No
         "promotion": promotion or NO_PROMOTION,
         "alerts": alerts_of(project, run_id),
         "problems": problems,
+        "runner": runner,
     }
     run["outcome"] = outcome(run)
     return run
@@ -375,10 +383,7 @@ def write(
         run_id = runlog.latest_run_id(runlog.read(project / runlog.STAGE_LOG)) or WORKSPACE
     folder = root / folder_name(run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    run = collect(params, run_id, project, night)
-    if runner is not None:
-        run["runner"] = runner
-        run["outcome"] = outcome(run)
+    run = collect(params, run_id, project, night, runner)
     linked = {}
     for name, source in LINKED.items():
         shutil.rmtree(folder / name, ignore_errors=True)

@@ -39,15 +39,14 @@ def current_run_id() -> str:
         return given
     import psutil
 
+    from pipelines.processes import started_at
+
     starter = psutil.Process(os.getppid())
     if os.environ.get(DVC_STAGE_ENV):
         with contextlib.suppress(psutil.Error):
             while starter.name() in SHELLS and (above := starter.parent()) is not None:
                 starter = above
-    try:
-        since = starter.create_time()
-    except psutil.Error:
-        since = time.time()
+    since = started_at(starter.pid) or time.time()
     return f"repro-{dt.datetime.fromtimestamp(since, dt.UTC):%Y%m%dT%H%M%SZ}-{starter.pid}"
 
 
