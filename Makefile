@@ -18,11 +18,11 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export PYTHONUNBUFFERED := 1
-# dvc.yaml runs `python -m pipelines ...`: make that the venv's python.
+# dvc.yaml runs `python -m shopflow ...`: make that the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test lint format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,14 +58,14 @@ run: setup ## run the pipeline on the embedded synthetic shop (dvc repro), then 
 	out=.shopflow/runs/$$SHOPFLOW_RUN_ID.log; mkdir -p .shopflow/runs; \
 	echo "== dvc repro (run $$SHOPFLOW_RUN_ID; output also in $$out)"; \
 	$(BIN)/dvc repro 2>&1 | tee "$$out" || status=$$?; \
-	page=$$($(BIN)/python -m pipelines report --run "$$SHOPFLOW_RUN_ID" --exit-code $$status --output "$$out"); \
+	page=$$($(BIN)/python -m shopflow report --run "$$SHOPFLOW_RUN_ID" --exit-code $$status --output "$$out"); \
 	if [ $$status != 0 ]; then echo "== dvc repro failed (exit $$status); the run report says where and why: $$page"; exit $$status; fi; \
-	$(BIN)/python -m pipelines metrics; \
+	$(BIN)/python -m shopflow metrics; \
 	echo "== done: Data Docs at reports/validation/data_docs/index.html, drift at reports/drift/index.html, the A/B decision in reports/decision.json"; \
 	echo "== run report: $$page"
 
 report: setup ## write the HTML report of the latest run and the index of runs; prints the page's path
-	@$(BIN)/python -m pipelines report
+	@$(BIN)/python -m shopflow report
 
 # Debian's chromium renders the HTML reports in the tests (headless, offline). Installed when
 # missing and we may (root); otherwise those tests skip and say why.
@@ -78,37 +78,41 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 	    echo "== chromium could not be installed: the report-rendering tests will skip"; \
 	  else echo "== no chromium (install Debian's chromium package): the report-rendering tests will skip"; fi; }
 
-test: setup browser ## lint and run the whole test suite (what CI runs)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: setup browser lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
+	$(BIN)/pytest -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: setup ## mypy (pydantic plugin) over shopflow/, bento/ and dags/
+	$(BIN)/mypy
 
 format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on a 1M-event day
-	$(BIN)/python -m pipelines bench simulate
-	$(BIN)/python -m pipelines bench ingest --events 1000000
+	$(BIN)/python -m shopflow bench simulate
+	$(BIN)/python -m shopflow bench ingest --events 1000000
 
 bench-train: setup ## training samples/s and tokens/s per model and profile (+ MFU on a GPU)
-	$(BIN)/python -m pipelines bench train
+	$(BIN)/python -m shopflow bench train
 
 bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
-	$(BIN)/python -m pipelines bench drift
+	$(BIN)/python -m shopflow bench drift
 
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
-	$(BIN)/python -m pipelines bench serve
+	$(BIN)/python -m shopflow bench serve
 
 serve: setup ## serve the champion's Bento (before any promotion: the current run's model) on 127.0.0.1:3000
-	$(BIN)/python -m pipelines serve
+	$(BIN)/python -m shopflow serve
 
 bento: setup ## build a Bento of the service with the current run's model; prints its tag
-	$(BIN)/python -m pipelines build-bento
+	$(BIN)/python -m shopflow build-bento
 
 AIRFLOW_PORT ?= 8080
 # Airflow on this machine: SQLite under .airflow/, the DAGs in dags/, servers on 127.0.0.1 only,

@@ -1,7 +1,7 @@
 """The shopflow BentoML service: /search, /recommend, /rank, /version, plus BentoML's own
 /healthz, /livez, /readyz and /metrics.
 
-All scoring is `pipelines.engine` — the code the reranker stage evaluates with — so what is
+All scoring is `shopflow.engine.search` — the code the reranker stage evaluates with — so what is
 served is what was measured. This file only wires it to HTTP:
 
 - `Shopflow` (the API) embeds queries, searches the product vectors and merges scores.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import bentoml
@@ -31,9 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pipelines.config import load_params
-from pipelines.engine import Filters, Hit, PairScorer, SearchEngine
-from pipelines.serving import RequestGuard, UnknownProductsError, request_models
+from shopflow.core.config import load_params
+from shopflow.engine.bundle import load_engine, load_pair_scorer
+from shopflow.engine.search import Filters, Hit
+from shopflow.serving.http import RequestGuard, UnknownProductsError, request_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / "params.yaml"))
@@ -88,10 +90,11 @@ class Scorer:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.score_pairs = PairScorer.load(stored_model(type(self).bundle).path, DEVICE)
+        self.score_pairs = load_pair_scorer(stored_model(type(self).bundle).path, DEVICE)
 
-    @bentoml.api(batchable=True, max_batch_size=CFG.max_batch_size,
-                 max_latency_ms=CFG.max_latency_ms)  # fmt: skip
+    @bentoml.api(
+        batchable=True, max_batch_size=CFG.max_batch_size, max_latency_ms=CFG.max_latency_ms
+    )
     def score(self, pairs: list[Pair]) -> list[float]:
         scores = self.score_pairs(
             [p.query for p in pairs], [p.product_id for p in pairs], [p.prior for p in pairs]
@@ -109,7 +112,7 @@ class Shopflow:
 
     def __init__(self) -> None:
         model = stored_model(type(self).bundle)
-        self.engine = SearchEngine.load(model.path, DEVICE)
+        self.engine = load_engine(model.path, DEVICE)
         if self.engine.candidates > CFG.max_batch_size:
             raise ValueError(
                 f"reranker.candidates ({self.engine.candidates}) exceeds serving.max_batch_size "
@@ -152,8 +155,10 @@ class Shopflow:
         else:
             scores = await anyio.to_thread.run_sync(
                 self.engine.score_pairs,
-                [p.query for p in pairs], [p.product_id for p in pairs], [p.prior for p in pairs],
-            )  # fmt: skip
+                [p.query for p in pairs],
+                [p.product_id for p in pairs],
+                [p.prior for p in pairs],
+            )
             scores = scores.tolist()
         STAGE_SECONDS.labels(endpoint=endpoint, stage="rerank").observe(
             time.perf_counter() - started
@@ -167,8 +172,9 @@ class Shopflow:
         )
 
     @bentoml.api(input_spec=REQUESTS.search)
-    async def search(self, query: str, user_key: str | None = None, k: int = 10,
-                     filters=None) -> Answer:  # fmt: skip
+    async def search(
+        self, query: str, user_key: str | None = None, k: int = 10, filters=None
+    ) -> Answer:
         """Top k products for a query: retrieve over the catalogue, rerank the candidates."""
         engine = self.engine
         recent, _ = engine.user(user_key)
@@ -186,16 +192,20 @@ class Shopflow:
         STAGE_SECONDS.labels(endpoint="search", stage="retrieve").observe(
             time.perf_counter() - started
         )
-        pairs = [Pair(query=query, product_id=p, prior=s)
-                 for (p, _), s in zip(found, priors, strict=True)]  # fmt: skip
+        pairs = [
+            Pair(query=query, product_id=p, prior=s)
+            for (p, _), s in zip(found, priors, strict=True)
+        ]
         scores = await self._scores("search", pairs)
         return self._answer(engine.merge(found, scores, k))
 
     @bentoml.api(input_spec=REQUESTS.recommend)
     async def recommend(
-        self, user_key: str | None = None, recent_product_ids: list[str] | None = None,
+        self,
+        user_key: str | None = None,
+        recent_product_ids: list[str] | None = None,
         k: int = 10,
-    ) -> Answer:  # fmt: skip
+    ) -> Answer:
         """Next products for a user or a list of recent products; never one already bought."""
         engine = self.engine
         if recent_product_ids:
@@ -233,5 +243,7 @@ async def version(_: Request) -> JSONResponse:
     return JSONResponse(service.about)
 
 
-Shopflow.mount_asgi_app(Starlette(routes=[Route("/version", version, methods=["GET"])]), path="/")
-Shopflow.add_asgi_middleware(RequestGuard, max_body_bytes=CFG.max_body_bytes, paths=API_PATHS)
+# @bentoml.service wraps the class in a Service (which has these methods); mypy sees the class.
+api = cast(Any, Shopflow)
+api.mount_asgi_app(Starlette(routes=[Route("/version", version, methods=["GET"])]), path="/")
+api.add_asgi_middleware(RequestGuard, max_body_bytes=CFG.max_body_bytes, paths=API_PATHS)

@@ -6,7 +6,7 @@ Scheduled on the champion asset, so it runs once per promotion (and by hand afte
 `shopflow rollback`). `deploy` serves the champion's Bento on 127.0.0.1 in the background,
 replacing the previous one (params `deploy.target: local`), or rolls the BentoCloud
 deployment `deploy.name` to it (`deploy.target: bentocloud`). `check` asks the running
-service which model it serves. The work is `shopflow deploy` (pipelines/deploy.py).
+service which model it serves. The work is `shopflow deploy` (shopflow/release/deploy.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 from airflow.sdk import DAG, Asset, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipelines import alerts, nightly
-from pipelines.config import load_params
+from shopflow.core.config import load_params
+from shopflow.orchestration import alerts, nightly
 
 PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
@@ -32,13 +32,16 @@ alert = alerts.Alerter(PROJECT, settings.alert_connection)
 
 
 def shopflow(*args: str) -> dict:
-    """`python -m pipelines <args>` in the project; its last output line, as JSON."""
-    done = subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=PROJECT,
-                          capture_output=True, text=True)  # fmt: skip
+    """`python -m shopflow <args>` in the project; its last output line, as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shopflow", *args], cwd=PROJECT, capture_output=True, text=True
+    )
     log.info("%s", done.stderr[-5000:])
     if done.returncode != 0:
-        raise AirflowFailException(f"shopflow {' '.join(args)} failed ({done.returncode}): "
-                                   f"{done.stderr.strip().splitlines()[-1:]}")  # fmt: skip
+        raise AirflowFailException(
+            f"shopflow {' '.join(args)} failed ({done.returncode}): "
+            f"{done.stderr.strip().splitlines()[-1:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -74,4 +77,4 @@ with DAG(
     default_args=nightly.task_defaults(settings, alert.on_failure),
     tags=["shopflow", "bentoml"],
 ) as dag:
-    check(deploy())
+    check(deploy())  # type: ignore[arg-type]  # TaskFlow hands `check` the XCom's value

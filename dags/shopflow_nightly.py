@@ -17,22 +17,27 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   the champion really changed, which schedules `shopflow_deploy`;
 - report writes the night's HTML run report (`report.folder`), whatever happened.
 
-Knobs: the `airflow:` section of params.yaml. The decisions live in `pipelines/nightly.py`.
+Knobs: the `airflow:` section of params.yaml. The decisions live in
+`shopflow/orchestration/nightly.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 from airflow.utils.trigger_rule import TriggerRule
 
-from pipelines import alerts, gate, nightly, report
-from pipelines.config import load_params
-from pipelines.registry import Registry
+from shopflow.core import paths
+from shopflow.core.config import load_params
+from shopflow.evaluation import gate
+from shopflow.orchestration import alerts, nightly
+from shopflow.release.registry import Registry
+from shopflow.reporting import pages
 
 PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
@@ -44,8 +49,17 @@ graph = nightly.StageGraph.read(PROJECT)
 alert = alerts.Alerter(PROJECT, settings.alert_connection)
 
 
-def run_stage(stage: str, logical_date: dt.datetime, run_id: str) -> dict:
-    night, upstream = nightly.night_of(logical_date), sorted(graph.upstream(stage))
+def night_of(logical_date: dt.datetime | None) -> dt.date:
+    """The run's night; Airflow fills `logical_date` into every task that asks for it."""
+    if logical_date is None:
+        raise AirflowFailException("this task needs the DAG run's logical date")
+    return nightly.night_of(logical_date)
+
+
+def run_stage(stage: str, logical_date: dt.datetime | None, run_id: str | None) -> dict:
+    night, upstream = night_of(logical_date), sorted(graph.upstream(stage))
+    if run_id is None:
+        raise AirflowFailException("this task needs the DAG run's id")
     try:
         return nightly.run_stage(PROJECT, stage, night, upstream, run_id)
     except nightly.StageRunError as failed:
@@ -56,7 +70,7 @@ def run_stage(stage: str, logical_date: dt.datetime, run_id: str) -> dict:
 
 def stage_task(stage: str):
     """The Airflow task of one DVC stage."""
-    options = {
+    options: dict[str, Any] = {
         "task_id": graph.task_id(stage),
         "execution_timeout": dt.timedelta(minutes=settings.timeout(stage)),
         "doc_md": f"`dvc repro {stage}` for the night's window (see dvc.yaml)",
@@ -77,9 +91,11 @@ def stage_task(stage: str):
 
 @task(outlets=[CHAMPION])
 def promote_task(
-    stage: str, logical_date: dt.datetime | None = None, run_id: str | None = None,
+    stage: str,
+    logical_date: dt.datetime | None = None,
+    run_id: str | None = None,
     outlet_events=None,
-) -> dict:  # fmt: skip
+) -> dict:
     """The promote stage; the champion asset is updated only when the champion changed."""
     registry = Registry(PROJECT / config.promote.registry)
     before = registry.champion()
@@ -87,8 +103,11 @@ def promote_task(
     after = registry.champion()
     if after is None or (before is not None and after.id == before.id):
         raise AirflowSkipException(f"the champion did not change ({outcome})")
-    outlet_events[CHAMPION].extra = {"entry": after.id, "version": after.version,
-                                     "bento": after.bento_tag}  # fmt: skip
+    outlet_events[CHAMPION].extra = {
+        "entry": after.id,
+        "version": after.version,
+        "bento": after.bento_tag,
+    }
     return outcome | {"champion": after.id}
 
 
@@ -99,14 +118,21 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
     night = load_params(PROJECT / "params.yaml")
     decision = nightly.decide_retrain(
-        nightly.read_report(PROJECT, nightly.DRIFT_REPORT),
+        nightly.read_report(PROJECT, paths.DRIFT_REPORT),
         Registry(PROJECT / night.promote.registry).champion(),
         night,
-        forced=bool(params["force_retrain"]),
+        forced=bool((params or {}).get("force_retrain", False)),
     )
     if decision.alert:
-        alert(alerts.Alert("drift alert", decision.alert, "shopflow_nightly", "should_retrain",
-                           logical_date=logical_date.isoformat()))  # fmt: skip
+        alert(
+            alerts.Alert(
+                "drift alert",
+                decision.alert,
+                "shopflow_nightly",
+                "should_retrain",
+                logical_date=logical_date.isoformat() if logical_date else None,
+            )
+        )
     log.info("retrain: %s; why: %s; %s", decision.go, "; ".join(decision.reasons), decision.facts)
     return decision.go
 
@@ -114,7 +140,7 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
 @task.short_circuit(task_id="should_promote", ignore_downstream_trigger_rules=False)
 def should_promote() -> bool:
     """Promote only on the A/B gate's `promote` verdict."""
-    decision = nightly.decide_promote(gate.read_decision(PROJECT / gate.DECISION))
+    decision = nightly.decide_promote(gate.read_decision(PROJECT / paths.DECISION))
     log.info("promote: %s; why: %s", decision.go, "; ".join(decision.reasons))
     return decision.go
 
@@ -122,14 +148,19 @@ def should_promote() -> bool:
 @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
 def write_report(logical_date: dt.datetime | None = None, run_id: str | None = None) -> str:
     """The night's run report (also after a failure: it says where the night stopped)."""
-    page = report.write(load_params(PROJECT / "params.yaml"), run_id=run_id, project=PROJECT,
-                        night=nightly.night_of(logical_date).isoformat())  # fmt: skip
+    page = pages.write(
+        load_params(PROJECT / "params.yaml"),
+        run_id=run_id,
+        project=PROJECT,
+        night=night_of(logical_date).isoformat(),
+    )
     log.info("run report: %s", page)
     return str(page)
 
 
-@task(task_id="night_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0,
-      on_failure_callback=None)  # fmt: skip
+@task(
+    task_id="night_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None
+)
 def night_failed() -> None:
     """Keeps a failed night failed: the report runs after every night and would otherwise be
     the run's only leaf, and a successful leaf marks the run a success."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Params, load_params
+from shopflow.core.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's scripts (dvc), whatever PATH says
@@ -48,7 +48,7 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
-    for folder in ("pipelines", "bento"):
+    for folder in ("shopflow", "bento"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
     (dest / "params.yaml").write_text(text)

@@ -10,12 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import behaviour, drift
-from pipelines.drift_benchmark import synthetic_run
-from pipelines.errors import StageInputError
-from pipelines.synthetic.generate import catalogue
-from pipelines.synthetic.sessions import simulate_day
-from pipelines.synthetic.world import ShopWorld
+from shopflow.monitoring import features as behaviour
+from shopflow.models.bi_encoder import base_bi_encoder
+from shopflow.monitoring import drift
+from shopflow.monitoring.history import History
+from shopflow.monitoring.probes import baseline_probe
+from shopflow.monitoring.reference import Window, observe
+from shopflow.bench.drift import synthetic_run
+from shopflow.core.errors import StageInputError
+from shopflow.data.synthetic.generate import catalogue
+from shopflow.data.synthetic.sessions import simulate_day
+from shopflow.data.synthetic.world import ShopWorld
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.data
@@ -42,7 +47,7 @@ def shop():
 
 @pytest.fixture(scope="module")
 def encoder(shop):
-    return drift.base_encoder(shop[0])
+    return base_bi_encoder(shop[0].models)
 
 
 def _windows(shop, ref_days, cur_days, encoder=None):
@@ -51,10 +56,10 @@ def _windows(shop, ref_days, cur_days, encoder=None):
         behaviour.with_day(events[events["ts"].dt.date.isin(set(ref_days))])
     )
     norms = behaviour.Norms.of(products, found)
-    ref = drift.observe("reference", events, products, ref_days, norms, params.drift)
-    cur = drift.observe("current", events, products, cur_days, norms, params.drift)
+    ref = observe("reference", events, products, ref_days, norms, params.drift)
+    cur = observe("current", events, products, cur_days, norms, params.drift)
     if encoder is not None:
-        probe = drift.baseline_probe(params, products, encoder)
+        probe = baseline_probe(params, products, encoder)
         for window in (ref, cur):
             probe.apply(window, params.drift.text_sample, params.seed)
     return ref, cur
@@ -85,7 +90,7 @@ def test_each_injected_drift_retrains_naming_its_features(knob, expected, encode
     params = busy_params()
     magnitude = {"price_change": 0.5}.get(knob, 0.3)
     rows = synthetic_run(params, params.seed, knob, magnitude, days=1, encoder=encoder,
-                         reference_days=5)  # fmt: skip
+                         reference_days=5)
     assert rows[0]["decision"] == "retrain", rows
     assert expected & set(rows[0]["drifted"]), rows
 
@@ -93,7 +98,7 @@ def test_each_injected_drift_retrains_naming_its_features(knob, expected, encode
 def test_no_drift_day_after_the_reference_is_quiet(encoder):
     params = busy_params()
     rows = synthetic_run(params, params.seed, None, 0.0, days=1, encoder=encoder,
-                         reference_days=5)  # fmt: skip
+                         reference_days=5)
     assert rows[0]["decision"] == "none", rows
 
 
@@ -112,14 +117,14 @@ def test_too_little_data_is_insufficient_not_a_guess(shop):
 def test_vanished_searches_and_collapsed_ctr_alert(shop):
     params, _, _, days = shop
     ref, cur = _windows(shop, days[:3], days[3:4])
-    no_search = drift.Window("current", cur.days, cur.rows[cur.rows["kind"] != "search"], cur.ctr)
+    no_search = Window("current", cur.days, cur.rows[cur.rows["kind"] != "search"], cur.ctr)
     verdict = drift.decide(drift.measure(ref, no_search, params.drift)[0], params.drift)
     assert verdict.decision == "alert"
     assert any("query_chars" in r and "none in the current" in r for r in verdict.reasons)
 
     broken = cur.ctr.copy()
     broken["clicks"] = broken["clicks"] // 4
-    collapsed = drift.Window("current", cur.days, cur.rows, broken)
+    collapsed = Window("current", cur.days, cur.rows, broken)
     verdict = drift.decide(drift.measure(ref, collapsed, params.drift)[0], params.drift)
     assert verdict.decision == "alert"
     assert any("ctr fell" in r for r in verdict.reasons)
@@ -127,7 +132,7 @@ def test_vanished_searches_and_collapsed_ctr_alert(shop):
 
 def _feature(name: str, score: float, threshold: float = 0.1) -> drift.FeatureDrift:
     return drift.FeatureDrift(name, "behaviour", "wasserstein", threshold, "measured",
-                              score=score, drifted=score >= threshold)  # fmt: skip
+                              score=score, drifted=score >= threshold)
 
 
 QUIET = [_feature(f"f{i}", 0.01) for i in range(8)]
@@ -146,10 +151,10 @@ def test_cooldown_silences_the_same_drift_until_it_grows():
     assert any("cool-down" in r for r in same.reasons)
 
     grown = drift.decide([_feature("click_price", 0.2 * cfg.cooldown_growth + 0.01), *QUIET],
-                         cfg, past, today)  # fmt: skip
+                         cfg, past, today)
     assert grown.decision == "retrain"
     other = drift.decide([_feature("click_price", 0.2), _feature("query_oov", 0.3), *QUIET[1:]],
-                         cfg, past, today)  # fmt: skip
+                         cfg, past, today)
     assert other.decision == "retrain"
     later = today + dt.timedelta(days=cfg.cooldown_days + 1)
     assert drift.decide(features, cfg, past, later).decision == "retrain"
@@ -167,7 +172,7 @@ def test_broad_drift_alerts_but_not_on_a_source_with_few_features():
 
 
 def test_history_replaces_a_rerun_and_rejects_a_damaged_file(tmp_path):
-    history = drift.History(tmp_path)
+    history = History(tmp_path)
     verdict = drift.Verdict("retrain", ["x"], {"click_price": 0.2}, 0.1)
     history.record(dt.date(2026, 10, 8), verdict)
     history.record(dt.date(2026, 10, 9), drift.Verdict("none", [], {}, 0.0))

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import ingest
-from pipelines.errors import EmptyDataError, SourceError
-from pipelines.sources import read_source
+from shopflow.core.errors import EmptyDataError, SourceError
+from shopflow.data import normalize as contract
+from shopflow.data.sources import read_source
 from tests.conftest import shared_file, tiny_params
 
 pytestmark = pytest.mark.data
@@ -18,7 +18,7 @@ KEY = b"k"
 
 def normalize(*overrides: str):
     params = tiny_params(*overrides)
-    return ingest.normalize(read_source(params), params, KEY, NOW)
+    return contract.normalize(read_source(params), params, KEY, NOW)
 
 
 def write_homedepot(path: Path) -> Path:
@@ -43,7 +43,7 @@ def test_generic_judgments_homedepot_format(tmp_path):
     result = normalize(
         "ingest.source=judgments", f"ingest.path={path}", "ingest.encoding=latin-1",
         f"ingest.mapping={HOMEDEPOT_MAPPING}", "ingest.options={relevance_scale: [1, 3]}",
-    )  # fmt: skip
+    )
     products, judgments = result.tables["products"], result.tables["judgments"]
     assert list(products["product_id"]) == ["100001", "100002", "100003"]
     assert "Déck Over Coating" in set(products["title"])
@@ -54,11 +54,11 @@ def test_generic_judgments_homedepot_format(tmp_path):
 def test_judgments_without_product_ids_get_stable_ones(tmp_path):
     path = tmp_path / "j.parquet"
     pd.DataFrame({"q": ["sofa", "sofa", "lamp"], "name": ["Grey Sofa", "Blue Sofa", "Grey Sofa"],
-                  "grade": [2, 0, 1]}).to_parquet(path)  # fmt: skip
+                  "grade": [2, 0, 1]}).to_parquet(path)
     first = normalize("ingest.source=judgments", f"ingest.path={path}",
-                      "ingest.mapping={query: q, title: name, relevance: grade}")  # fmt: skip
+                      "ingest.mapping={query: q, title: name, relevance: grade}")
     again = normalize("ingest.source=judgments", f"ingest.path={path}",
-                      "ingest.mapping={query: q, title: name, relevance: grade}")  # fmt: skip
+                      "ingest.mapping={query: q, title: name, relevance: grade}")
     ids = first.tables["judgments"]["product_id"]
     assert ids[0] == ids[2] != ids[1]
     assert list(ids) == list(again.tables["judgments"]["product_id"])
@@ -77,7 +77,7 @@ def write_events(tmp_path: Path) -> tuple[Path, Path]:
             "rank": [1, 2, 1, None, None],
             "action": ["view", "view", "click", "buy", "buy"],
         }
-    )  # fmt: skip
+    )
     catalogue = pd.DataFrame({"sku": ["p1", "p2"], "name": ["Grey Sofa", "Blue Sofa"], "cost": [300.0, 250.0]})
     log.to_csv(tmp_path / "events.csv", index=False)
     catalogue.to_csv(tmp_path / "products.csv", index=False)
@@ -90,7 +90,7 @@ def events_overrides(log: Path, products: Path) -> list[str]:
         "ingest.mapping={ts: timestamp, user_key: visitor, query: q, product_id: item, position: rank, event_type: action}",
         "ingest.options={event_type_map: {view: impression, buy: purchase}, "
         f"products_path: '{products}', products_mapping: {{product_id: sku, title: name, price: cost}}}}",
-    ]  # fmt: skip
+    ]
 
 
 def test_generic_events_with_catalogue_sessionized_pseudonymized_scrubbed(tmp_path):
@@ -128,13 +128,13 @@ def test_esci(tmp_path):
         {"example_id": [1, 2, 3, 4], "query": ["couch", "couch", "lamp", "sofá"], "query_id": [1, 1, 2, 3],
          "product_id": ["B1", "B2", "B3", "B4"], "product_locale": ["us", "us", "us", "es"],
          "esci_label": ["E", "I", "S", "E"], "small_version": [1, 1, 0, 1], "large_version": 1, "split": "train"}
-    ).to_parquet(tmp_path / "shopping_queries_dataset_examples.parquet")  # fmt: skip
+    ).to_parquet(tmp_path / "shopping_queries_dataset_examples.parquet")
     pd.DataFrame(
         {"product_id": ["B1", "B2", "B3", "B4"], "product_title": ["Sofa", "Pan", "Lamp", "Sofá"],
          "product_description": [None, "A pan", None, None], "product_bullet_point": ["Comfy", None, None, None],
          "product_brand": ["Acme", None, "Lumo", None], "product_color": ["grey", None, "", None],
          "product_locale": ["us", "us", "us", "es"]}
-    ).to_parquet(tmp_path / "shopping_queries_dataset_products.parquet")  # fmt: skip
+    ).to_parquet(tmp_path / "shopping_queries_dataset_products.parquet")
     result = normalize("ingest.source=esci", f"ingest.path={tmp_path}")
     judged = result.tables["judgments"]
     assert judged["relevance"].tolist() == [3.0, 0.0, 2.0]
@@ -149,7 +149,7 @@ def test_wands(tmp_path):
                   "product_class": ["Sofas", "Lamps"], "category hierarchy": ["Furniture / Sofas", "Lighting"],
                   "product_description": ["nice", None], "product_features": ["color:grey|material:oak", None],
                   "rating_count": [1, 2], "average_rating": [5, 4], "review_count": [1, 1]}
-                 ).to_csv(tmp_path / "product.csv", sep="\t", index=False)  # fmt: skip
+                 ).to_csv(tmp_path / "product.csv", sep="\t", index=False)
     pd.DataFrame({"query_id": [0], "query": ["wood sofa"], "query_class": ["Sofas"]}).to_csv(
         tmp_path / "query.csv", sep="\t", index=False
     )
@@ -177,7 +177,7 @@ def write_online_retail(path: Path, variant: int) -> Path:
             names[2]: [17850.0, 17850.0, 17850.0, None, None],
             "Country": "United Kingdom",
         }
-    ).to_parquet(path)  # fmt: skip
+    ).to_parquet(path)
     return path
 
 
@@ -185,7 +185,7 @@ def write_online_retail(path: Path, variant: int) -> Path:
 def test_online_retail(tmp_path, variant):
     path = write_online_retail(tmp_path / "retail.parquet", variant)
     result = normalize("ingest.source=online_retail", f"ingest.path={path}",
-                       "ingest.window={end: '2010-12-02', days: 2}")  # fmt: skip
+                       "ingest.window={end: '2010-12-02', days: 2}")
     events = result.tables["events"]
     assert len(events) == 3 and set(events["event_type"]) == {"purchase"}
     assert events["user_key"].str.match(r"^u_").all() and not events["user_key"].str.contains("17850").any()
@@ -199,7 +199,7 @@ def test_online_retail(tmp_path, variant):
 def test_real_homedepot_ingests():
     path = shared_file("homedepot", "train.csv.zip")
     result = normalize("ingest.source=judgments", f"ingest.path={path}", "ingest.encoding=latin-1",
-                       f"ingest.mapping={HOMEDEPOT_MAPPING}", "ingest.options={relevance_scale: [1, 3]}")  # fmt: skip
+                       f"ingest.mapping={HOMEDEPOT_MAPPING}", "ingest.options={relevance_scale: [1, 3]}")
     assert len(result.tables["judgments"]) == 74_067
     assert result.tables["judgments"]["query"].nunique() > 11_000
     assert result.tables["products"]["product_id"].is_unique
@@ -209,7 +209,7 @@ def test_real_homedepot_ingests():
 def test_real_online_retail_ingests():
     path = shared_file("online_retail", "online_retail_2010_2011.parquet")
     result = normalize("ingest.source=online_retail", f"ingest.path={path}",
-                       "ingest.window={end: '2011-12-09', days: 31}")  # fmt: skip
+                       "ingest.window={end: '2011-12-09', days: 31}")
     events = result.tables["events"]
     assert 10_000 < len(events) < 100_000
     assert events["ts"].min() >= pd.Timestamp("2011-11-09", tz="UTC")

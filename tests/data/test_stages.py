@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 from collections.abc import Callable
@@ -10,9 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import ingest, prepare, validate
-from pipelines.artifacts import read_json, table_hash, write_json, write_parquet
-from pipelines.errors import DataValidationError, StageInputError
+from shopflow.core import paths
+from shopflow.core.artifacts import read_json, table_hash, write_json, write_parquet
+from shopflow.core.errors import DataValidationError, StageInputError
+from shopflow.data.derived import click_pairs, purchase_sequences, session_histories
+from shopflow.data.splits import time_boundaries
+from shopflow.stages import ingest, prepare, validate
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.data
@@ -21,10 +25,10 @@ pytestmark = pytest.mark.data
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory) -> Path:
     """One tiny synthetic ingest (with planted PII) shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("ingested") / "data" / "ingested"
-    params = tiny_params("synthetic.pii_query_rate=0.05")
-    ingest.run(params, out, out.parent / "ingest.json")
-    return out
+    root = tmp_path_factory.mktemp("ingested")
+    with contextlib.chdir(root):
+        ingest.run(tiny_params("synthetic.pii_query_rate=0.05"))
+    return root / paths.INGESTED
 
 
 def copy_with(source: Path, dest: Path, **changes: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
@@ -41,10 +45,12 @@ def copy_with(source: Path, dest: Path, **changes: Callable[[pd.DataFrame], pd.D
     return dest
 
 
-def run_validate(in_dir: Path, tmp: Path, *overrides: str) -> dict:
-    return validate.run(
-        tiny_params(*overrides), in_dir, tmp / "validated", tmp / "reports", tmp / "validate.json"
-    )
+def run_validate(ingested: Path, project: Path, *overrides: str) -> dict:
+    """The validate stage in `project` on the ingest output `ingested` (copied in if elsewhere)."""
+    if ingested != project / paths.INGESTED:
+        shutil.copytree(ingested, project / paths.INGESTED, dirs_exist_ok=True)
+    with contextlib.chdir(project):
+        return validate.run(tiny_params(*overrides))
 
 
 def set_value(column: str, value, n: int = 1):
@@ -80,80 +86,81 @@ BROKEN = {
     "blank title": ("products", set_value("title", "   "), "title is not blank"),
     "blank query": ("judgments", set_value("query", " "), "query is not blank"),
     "duplicate judgments": ("judgments", lambda f: pd.concat([f, f.head(1)], ignore_index=True), "one judgment per (query, product)"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_each_critical_rule_stops_the_run(case, ingested, tmp_path):
     table, change, rule = BROKEN[case]
     reported = "daily_volume" if case == "empty day" else table
-    broken = copy_with(ingested, tmp_path / "ingested", **{table: change})
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, **{table: change})
     with pytest.raises(DataValidationError) as err:
         run_validate(broken, tmp_path)
     message = str(err.value)
     assert rule in message and f"[critical] {reported}" in message
     assert len(message) < 5000  # samples are previewed, never dumped (the 50 MB title)
-    assert not (tmp_path / "validated").exists()  # nothing for downstream
-    summary = read_json(tmp_path / "reports" / "summary.json")
+    assert not (tmp_path / paths.VALIDATED).exists()  # nothing for downstream
+    summary = read_json(tmp_path / paths.VALIDATION_REPORT / "summary.json")
     assert summary["passed"] is False and any(rule in f["rule"] for f in summary["failures"])
-    assert (tmp_path / "reports" / "data_docs" / "index.html").exists()
+    assert (tmp_path / paths.DATA_DOCS / "index.html").exists()
 
 
 def test_clean_data_passes_and_writes_docs(ingested, tmp_path):
     summary = run_validate(ingested, tmp_path)
     assert summary["passed"] and summary["critical_failures"] == 0
-    manifest = read_json(tmp_path / "validated" / "manifest.json")
+    manifest = read_json(tmp_path / paths.VALIDATED / "manifest.json")
     assert manifest["validated"] is True
-    html = (tmp_path / "reports" / "data_docs" / "index.html").read_text()
+    html = (tmp_path / paths.DATA_DOCS / "index.html").read_text()
     assert "events" in html and "products" in html
 
 
 def test_quarantine_policy_sets_rows_aside_with_reasons(ingested, tmp_path):
-    broken = copy_with(ingested, tmp_path / "ingested", products=set_value("price", -1.0, 2))
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, products=set_value("price", -1.0, 2))
     run_validate(broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05")
-    aside = pd.read_parquet(tmp_path / "validated" / "quarantine.parquet")
+    aside = pd.read_parquet(tmp_path / paths.VALIDATED / "quarantine.parquet")
     assert len(aside) == 2 and (aside["reasons"] == "price >= 0").all()
-    kept = pd.read_parquet(tmp_path / "validated" / "products.parquet")
+    kept = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
     assert (kept["price"] >= 0).all()
     assert len(kept) + 2 == read_json(ingested / "manifest.json")["tables"]["products"]["rows"]
 
 
 def test_quarantine_keeps_the_first_of_duplicates(ingested, tmp_path):
-    broken = copy_with(ingested, tmp_path / "ingested", products=BROKEN["duplicate product ids"][1])
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, products=BROKEN["duplicate product ids"][1])
     run_validate(broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05")
-    kept = pd.read_parquet(tmp_path / "validated" / "products.parquet")
+    kept = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
     assert kept["product_id"].is_unique
-    assert len(pd.read_parquet(tmp_path / "validated" / "quarantine.parquet")) == 2
+    assert len(pd.read_parquet(tmp_path / paths.VALIDATED / "quarantine.parquet")) == 2
 
 
 def test_quarantine_refuses_above_its_share(ingested, tmp_path):
-    broken = copy_with(ingested, tmp_path / "ingested", products=set_value("price", -1.0, 100))
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, products=set_value("price", -1.0, 100))
     with pytest.raises(DataValidationError, match="exceed validate.max_quarantine_share"):
         run_validate(broken, tmp_path, "validate.on_invalid=quarantine")
 
 
 def test_quarantine_never_hides_table_level_failures(ingested, tmp_path):
-    broken = copy_with(ingested, tmp_path / "ingested", events=BROKEN["empty day"][1])
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, events=BROKEN["empty day"][1])
     with pytest.raises(DataValidationError, match="table-level|every day has events"):
         run_validate(broken, tmp_path, "validate.on_invalid=quarantine")
 
 
 def test_prepare_refuses_unvalidated_or_tampered_input(ingested, tmp_path):
     params = tiny_params()
-    with pytest.raises(StageInputError, match="validation has not passed"):
-        prepare.run(params, tmp_path / "nothing", tmp_path / "prepared", tmp_path / "p.json")
+    with pytest.raises(StageInputError, match="validation has not passed"), contextlib.chdir(tmp_path):
+        prepare.run(params)
     run_validate(ingested, tmp_path)
-    products = pd.read_parquet(tmp_path / "validated" / "products.parquet")
-    write_parquet(products.assign(price=-1.0), tmp_path / "validated" / "products.parquet")
-    with pytest.raises(StageInputError, match="changed after validation"):
-        prepare.run(params, tmp_path / "validated", tmp_path / "prepared", tmp_path / "p.json")
+    products = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
+    write_parquet(products.assign(price=-1.0), tmp_path / paths.VALIDATED / "products.parquet")
+    with pytest.raises(StageInputError, match="changed after validation"), contextlib.chdir(tmp_path):
+        prepare.run(params)
 
 
 @pytest.fixture(scope="module")
 def prepared(ingested, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("prepared")
     run_validate(ingested, tmp)
-    prepare.run(tiny_params(), tmp / "validated", tmp / "prepared", tmp / "prepare.json")
+    with contextlib.chdir(tmp):
+        prepare.run(tiny_params())
     return tmp
 
 
@@ -173,7 +180,7 @@ def test_no_raw_id_or_planted_pii_survives_anywhere(ingested, prepared):
 
 
 def test_splits_do_not_leak(prepared):
-    out = prepared / "prepared"
+    out = prepared / paths.PREPARED
     pairs = pd.read_parquet(out / "pairs.parquet")
     bounds = read_json(out / "splits.json")["time_boundaries"]
     valid_start, test_start = pd.Timestamp(bounds["valid"]), pd.Timestamp(bounds["test"])
@@ -205,14 +212,14 @@ def test_sequences_only_look_back_to_earlier_sessions():
             "event_type": ["click", "purchase", "click", "add_to_cart", "purchase", "click"],
             "split": ["train", "train", "test", "test", "test", "test"],
         }
-    )  # fmt: skip
-    histories = prepare.session_histories(events, history_length=5)
+    )
+    histories = session_histories(events, history_length=5)
     assert histories["session_id"].tolist() == ["s2", "s3", "s4"]
     assert histories["history"].tolist() == [["p1"], ["p1", "p2"], ["p1", "p2", "p3"]]
-    seqs = prepare.purchase_sequences(events, histories)
+    seqs = purchase_sequences(events, histories)
     assert seqs["history"].tolist() == [["p1"], ["p1", "p2"]]  # p3's own session is not history
     assert seqs["product_id"].tolist() == ["p2", "p3"]
-    assert prepare.session_histories(events, history_length=1)["history"].tolist()[-1] == ["p3"]
+    assert session_histories(events, history_length=1)["history"].tolist()[-1] == ["p3"]
 
 
 def test_click_labels_come_from_the_same_split():
@@ -221,28 +228,32 @@ def test_click_labels_come_from_the_same_split():
         {"ts": ts, "session_id": ["s", "s"], "user_key": ["u", "u"], "query": ["sofa", "sofa"],
          "product_id": ["p", "p"], "position": [1, 1], "event_type": ["impression", "click"],
          "split": ["valid", "test"]}
-    )  # fmt: skip
-    pairs = prepare.click_pairs(events)
+    )
+    pairs = click_pairs(events)
     assert len(pairs) == 1 and pairs.loc[0, "label"] == 0
 
 
 def test_window_too_short_for_the_splits_is_a_config_error():
-    from pipelines.errors import ConfigError
+    from shopflow.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="leave training days"):
-        prepare.time_boundaries(tiny_params("ingest.window.days=4"))
+        time_boundaries(tiny_params("ingest.window.days=4"))
 
 
 def test_ingest_is_idempotent(tmp_path):
     params = tiny_params("ingest.window.days=3")
-    first = ingest.run(params, tmp_path / "a", tmp_path / "a.json")
-    second = ingest.run(params, tmp_path / "b", tmp_path / "b.json")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with contextlib.chdir(tmp_path / "a"):
+        first = ingest.run(params)
+    with contextlib.chdir(tmp_path / "b"):
+        second = ingest.run(params)
     assert first.manifest == second.manifest
     assert dt.date.fromisoformat(first.manifest["window"]["start"]) == params.ingest.window.start
 
 
 def test_closed_days_are_not_outages():
-    from pipelines.expectations import daily_volume
+    from shopflow.data.expectations import daily_volume
 
     params = tiny_params("ingest.window={end: '2026-10-28', days: 14}")
     days = pd.date_range("2026-10-15", "2026-10-28", freq="D", tz="UTC")
@@ -251,7 +262,7 @@ def test_closed_days_are_not_outages():
     flagged = daily_volume(events, params)
     assert (flagged["events"] == 0).sum() == 2  # two Saturdays look like outages
     shut = tiny_params("ingest.window={end: '2026-10-28', days: 14}", "validate.closed_weekdays=[5]",
-                       "validate.closed_dates=['2026-10-20']")  # fmt: skip
+                       "validate.closed_dates=['2026-10-20']")
     volume = daily_volume(events, shut)
     assert len(volume) == 11 and (volume["events"] == 10).all()
     assert (volume["volume_ratio"] == 1.0).all()

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.artifacts import table_hash
-from pipelines.synthetic import ShopWorld, UserModel, generate, simulate_day
-from pipelines.synthetic import vocabulary as voc
-from pipelines.synthetic.sessions import candidate_pools, rank_by_logging_policy
+from shopflow.core.artifacts import table_hash
+from shopflow.data.synthetic import ShopWorld, UserModel, generate, simulate_day
+from shopflow.data.synthetic import vocabulary as voc
+from shopflow.data.synthetic.sessions import candidate_pools, rank_by_logging_policy
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.data
@@ -116,7 +116,7 @@ def test_drift_changes_only_after_its_start(knob):
     start = DAY + dt.timedelta(days=1)
     base = tiny_params("synthetic.sessions_per_day=800")
     drifted = tiny_params("synthetic.sessions_per_day=800", f"synthetic.drift.start={start}",
-                          f"synthetic.drift.{knob}=0.5")  # fmt: skip
+                          f"synthetic.drift.{knob}=0.5")
     clean, shifted = ShopWorld(base.synthetic, base.seed), ShopWorld(drifted.synthetic, drifted.seed)
     before = simulate_day(shifted, DAY).events
     pd.testing.assert_frame_equal(before, simulate_day(clean, DAY).events)

@@ -28,11 +28,22 @@ def main(dag_id: str, date: str, conf: str = "{}") -> None:
         tis = run.get_task_instances(session=session)
         states = {ti.task_id: str(ti.state) for ti in tis}
         tries = {ti.task_id: ti.try_number for ti in tis}
-        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value",
-                                                  dag_ids=dag_id))  # fmt: skip
+        rows = session.scalars(
+            XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=dag_id)
+        )
         values = {row.task_id: XComModel.deserialize_value(row) for row in rows}
-    print(json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": states,
-                      "tries": tries, "returned": values}, default=str))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "state": str(run.state),
+                "run_id": run.run_id,
+                "tasks": states,
+                "tries": tries,
+                "returned": values,
+            },
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,17 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a closed network (see the env notes): no background traffic, no sandbox as root.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=15000"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",
+]
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None, reason="no headless Chromium: `make browser` installs Debian's chromium"
 )
@@ -22,8 +30,12 @@ needs_browser = pytest.mark.skipif(
 def chromium(tmp_path: Path, *args: str) -> str:
     """Run Chromium once with a fresh profile; its standard output (e.g. --dump-dom)."""
     profile = tmp_path / f"chromium-{len(list(tmp_path.glob('chromium-*')))}"
-    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

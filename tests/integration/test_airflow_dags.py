@@ -25,15 +25,25 @@ import psutil
 import pytest
 import yaml
 
-from pipelines.artifacts import read_json, write_json
-from pipelines.processes import is_running
-from pipelines.registry import Registry
+from shopflow.core.artifacts import read_json, write_json
+from shopflow.core.processes import is_running
+from shopflow.release.registry import Registry
 from tests.conftest import BIN, ROOT, copy_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-STAGES = ("ingest", "validate", "prepare", "baselines", "pretrain", "retriever", "reranker",
-          "drift", "evaluate", "promote")  # fmt: skip
+STAGES = (
+    "ingest",
+    "validate",
+    "prepare",
+    "baselines",
+    "pretrain",
+    "retriever",
+    "reranker",
+    "drift",
+    "evaluate",
+    "promote",
+)
 TRAINING = ("prepare", "baselines", "pretrain", "retriever", "reranker", "evaluate")
 CHECKS = ("ingest", "validate", "drift")
 RUNNER = Path(__file__).with_name("airflow_run.py")
@@ -95,8 +105,9 @@ class Airflow:
         self.call([str(BIN / "airflow"), "db", "migrate"])
 
     def call(self, command: list[str], timeout: float = 1800) -> str:
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.project)  # fmt: skip
+        done = subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.project
+        )
         assert done.returncode == 0, f"{command}:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
         return done.stdout
 
@@ -168,20 +179,30 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
     assert len(dvc_edges) >= 15
     watchers = {"report", "night_failed"}  # after every stage of the night
     assert all(set(tasks[w]["upstream"]) == set(STAGES) for w in watchers)
-    dag_edges = {(up, task) for task, about in tasks.items() for up in about["upstream"]
-                 if task not in watchers}  # fmt: skip
-    gates = {("evaluate", "should_promote"), ("should_promote", "promote"),
-             ("drift", "should_retrain"), ("should_retrain", "prepare")}  # fmt: skip
+    dag_edges = {
+        (up, task)
+        for task, about in tasks.items()
+        for up in about["upstream"]
+        if task not in watchers
+    }
+    gates = {
+        ("evaluate", "should_promote"),
+        ("should_promote", "promote"),
+        ("drift", "should_retrain"),
+        ("should_retrain", "prepare"),
+    }
     # every DVC edge is an Airflow edge, except evaluate → promote, which goes through the gate
     assert dag_edges == (dvc_edges - {("evaluate", "promote")}) | gates
 
     for stage in STAGES:
         about = tasks[stage]
         assert about["retries"] == 2 and about["backoff"] and about["on_failure"]
-        assert about["pool"] == ("gpu" if stage in ("pretrain", "retriever", "reranker")
-                                 else "default_pool")  # fmt: skip
-        assert about["queue"] == ("gpu" if stage in ("pretrain", "retriever", "reranker")
-                                  else "default")  # fmt: skip
+        assert about["pool"] == (
+            "gpu" if stage in ("pretrain", "retriever", "reranker") else "default_pool"
+        )
+        assert about["queue"] == (
+            "gpu" if stage in ("pretrain", "retriever", "reranker") else "default"
+        )
     assert tasks["reranker"]["timeout_s"] == 4 * 3600 and tasks["ingest"]["timeout_s"] == 3600
     assert tasks["promote"]["outlets"] == ["shopflow://champion"]
     assert set(deploy["tasks"]) == {"deploy", "check"}
@@ -203,8 +224,9 @@ def test_a_night_runs_end_to_end(airflow):
     assert tasks["report"] == "success" and tasks["night_failed"] == "skipped"
     run = night_report(airflow, night)
     assert run["outcome"]["verdict"] in ("promoted", "rejected")
-    statuses = dict.fromkeys(STAGES, "success") | ({} if verdict == "promote" else
-                                                    {"promote": "not run"})  # fmt: skip
+    statuses = dict.fromkeys(STAGES, "success") | (
+        {} if verdict == "promote" else {"promote": "not run"}
+    )
     assert {s["stage"]: s["status"] for s in run["stages"]} == statuses
     manifest = read_json(airflow.project / "data/ingested/manifest.json")
     assert manifest["window"]["end"] == "2026-10-28"  # the logical date is the window's end
@@ -226,7 +248,7 @@ def test_a_promotion_schedules_deploy_which_serves_the_champion(airflow):
     decision = read_json(decision_path)
     decision["verdict"] = "promote"
     write_json(decision_path, decision)
-    airflow.call([sys.executable, "-m", "pipelines", "promote"])
+    airflow.call([sys.executable, "-m", "shopflow", "promote"])
     champion = airflow.registry().champion()
     assert champion.kind == "model"
 
@@ -246,14 +268,17 @@ def test_a_promotion_schedules_deploy_which_serves_the_champion(airflow):
         assert again["returned"]["deploy"]["pid"] == service["pid"]
     finally:
         stopped = json.loads(
-            airflow.call([sys.executable, "-m", "pipelines", "deploy", "--stop"])
+            airflow.call([sys.executable, "-m", "shopflow", "deploy", "--stop"])
             .strip()
             .splitlines()[-1]
         )
     assert stopped["pid"] == service["pid"] and stopped["stopped"]
     assert not is_running(service["pid"])
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if service["bento"] in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if service["bento"] in " ".join(p.info["cmdline"] or [])
+    ]
     assert workers == []  # BentoML's workers (own process groups) went with their arbiter
 
 
@@ -297,17 +322,37 @@ def test_a_night_with_drift_retrains(airflow):
 def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_path):
     registry_before = (airflow.project / ".shopflow/registry/registry.json").read_bytes()
     log, products = tmp_path / "events.csv", tmp_path / "products.csv"
-    pd.DataFrame({"ts": ["2026-10-31T10:00:00Z", "2026-10-31T10:00:01Z"], "user": ["u1", "u1"],
-                  "session": ["s1", "s1"], "pid": ["a", "b"], "type": ["click", "purchase"]}
-                 ).to_csv(log, index=False)  # fmt: skip
-    pd.DataFrame({"pid": ["a", "b", "b"], "name": ["Sofa", "Lamp", "Lamp 2"], "price": [10, -3, 5]}
-                 ).to_csv(products, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "ts": ["2026-10-31T10:00:00Z", "2026-10-31T10:00:01Z"],
+            "user": ["u1", "u1"],
+            "session": ["s1", "s1"],
+            "pid": ["a", "b"],
+            "type": ["click", "purchase"],
+        }
+    ).to_csv(log, index=False)
+    pd.DataFrame(
+        {"pid": ["a", "b", "b"], "name": ["Sofa", "Lamp", "Lamp 2"], "price": [10, -3, 5]}
+    ).to_csv(products, index=False)
     airflow.set_param("ingest.source", "events")
     airflow.set_param("ingest.path", str(log))
-    airflow.set_param("ingest.mapping", {"ts": "ts", "user_key": "user", "session_id": "session",
-                                         "product_id": "pid", "event_type": "type"})  # fmt: skip
-    airflow.set_param("ingest.options", {"products_path": str(products),
-                                         "products_mapping": {"product_id": "pid", "title": "name"}})  # fmt: skip
+    airflow.set_param(
+        "ingest.mapping",
+        {
+            "ts": "ts",
+            "user_key": "user",
+            "session_id": "session",
+            "product_id": "pid",
+            "event_type": "type",
+        },
+    )
+    airflow.set_param(
+        "ingest.options",
+        {
+            "products_path": str(products),
+            "products_mapping": {"product_id": "pid", "title": "name"},
+        },
+    )
     before = len(Hook.received)
     bad = airflow.run("2026-10-31")
     assert bad["state"] == "failed"

@@ -20,10 +20,22 @@ MAPPING = "ingest.mapping={query: q, product_id: pid, title: name, relevance: gr
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", "--params", str(ROOT / "params.yaml"), "-S", "profile=tiny", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "shopflow",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "-S",
+            "profile=tiny",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
 
 
 def judgments_args(path: Path, *extra: str) -> list[str]:
@@ -48,9 +60,14 @@ def assert_clear_error(result: subprocess.CompletedProcess, code: int, *fragment
 
 def good_rows() -> pd.DataFrame:
     return pd.DataFrame(
-        {"q": ["sofa", "sofa", "lamp"], "pid": ["a", "b", "c"], "name": ["Grey Sofa", "Blue Sofa", "Lamp"],
-         "grade": [2, 0, 1], "price": ["300", "250", "40"]}
-    )  # fmt: skip
+        {
+            "q": ["sofa", "sofa", "lamp"],
+            "pid": ["a", "b", "c"],
+            "name": ["Grey Sofa", "Blue Sofa", "Lamp"],
+            "grade": [2, 0, 1],
+            "price": ["300", "250", "40"],
+        }
+    )
 
 
 def test_missing_column(tmp_path):
@@ -72,8 +89,13 @@ def test_wrong_types_fail_or_quarantine_by_policy(tmp_path):
         result, 2, "products.price at source row 1", "'two hundred'", "on_unparseable"
     )
     assert not (tmp_path / "data" / "ingested").exists()
-    lenient = cli(tmp_path, "ingest", *judgments_args(path, "ingest.on_unparseable=quarantine",
-                                                      "ingest.max_quarantine_share=0.5"))  # fmt: skip
+    lenient = cli(
+        tmp_path,
+        "ingest",
+        *judgments_args(
+            path, "ingest.on_unparseable=quarantine", "ingest.max_quarantine_share=0.5"
+        ),
+    )
     assert lenient.returncode == 0, lenient.stderr
     rejects = pd.read_parquet(tmp_path / "data" / "ingested" / "rejects.parquet")
     assert rejects.loc[0, "value"] == "'two hundred'" and rejects.loc[0, "column"] == "price"
@@ -122,17 +144,29 @@ def test_duplicate_ids_negative_prices_and_future_timestamps(tmp_path):
     products = tmp_path / "products.csv"
     future = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=2)).isoformat()
     pd.DataFrame(
-        {"ts": ["2026-10-28T10:00:00Z", "2026-10-28T10:00:01Z", future], "user": ["u1", "u1", "u2"],
-         "session": ["s1", "s1", "s2"], "pid": ["a", "b", "a"], "type": ["click", "purchase", "click"]}
-    ).to_csv(log, index=False)  # fmt: skip
+        {
+            "ts": ["2026-10-28T10:00:00Z", "2026-10-28T10:00:01Z", future],
+            "user": ["u1", "u1", "u2"],
+            "session": ["s1", "s1", "s2"],
+            "pid": ["a", "b", "a"],
+            "type": ["click", "purchase", "click"],
+        }
+    ).to_csv(log, index=False)
     pd.DataFrame(
         {"pid": ["a", "b", "b"], "name": ["Sofa", "Lamp", "Lamp 2"], "price": [10, -3, 5]}
     ).to_csv(products, index=False)
     args = [
-        "-S", "ingest.source=events", "-S", f"ingest.path={log}", "-S", "ingest.window={end: '2026-10-28', days: 1}",
-        "-S", "ingest.mapping={ts: ts, user_key: user, session_id: session, product_id: pid, event_type: type}",
-        "-S", f"ingest.options={{products_path: '{products}', products_mapping: {{product_id: pid, title: name}}}}",
-    ]  # fmt: skip
+        "-S",
+        "ingest.source=events",
+        "-S",
+        f"ingest.path={log}",
+        "-S",
+        "ingest.window={end: '2026-10-28', days: 1}",
+        "-S",
+        "ingest.mapping={ts: ts, user_key: user, session_id: session, product_id: pid, event_type: type}",
+        "-S",
+        f"ingest.options={{products_path: '{products}', products_mapping: {{product_id: pid, title: name}}}}",
+    ]
     assert cli(tmp_path, "ingest", *args).returncode == 0
     result = cli(tmp_path, "validate", *args)
     assert_clear_error(
@@ -157,4 +191,4 @@ def test_missing_source_file(tmp_path):
 
 
 def test_validate_before_ingest(tmp_path):
-    assert_clear_error(cli(tmp_path, "validate"), 2, "run `python -m pipelines ingest` first")
+    assert_clear_error(cli(tmp_path, "validate"), 2, "run `python -m shopflow ingest` first")

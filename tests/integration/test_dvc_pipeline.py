@@ -11,19 +11,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.registry import BASELINE_VERSION, Registry
+from shopflow.release.registry import BASELINE_VERSION, Registry
 from tests.conftest import BIN, copy_project
 from tests.integration.browser import chromium, local_links, needs_browser, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-STAGES = ("ingest", "validate", "drift", "prepare", "baselines", "pretrain", "retriever",
-          "reranker", "evaluate", "promote")  # fmt: skip
+STAGES = (
+    "ingest",
+    "validate",
+    "drift",
+    "prepare",
+    "baselines",
+    "pretrain",
+    "retriever",
+    "reranker",
+    "evaluate",
+    "promote",
+)
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stages call `python`
-           "BENTOML_HOME": str(project.parent / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "SHELL": "/bin/sh"}  # fmt: skip  # DVC's shell when SHELL is unset (CI); dash forks
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stages call `python`
+        "BENTOML_HOME": str(project.parent / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "SHELL": "/bin/sh",  # DVC's shell when SHELL is unset (CI): dash forks, bash execs
+    }
     result = subprocess.run(
         [str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
@@ -69,7 +83,13 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
 
     set_param(project, "prepare.history_length", 5)  # the corpus is unchanged: pretrain is skipped
     assert ran(dvc(project, "repro").stdout) == {
-        "prepare", "baselines", "retriever", "reranker", "evaluate", "promote"}  # fmt: skip
+        "prepare",
+        "baselines",
+        "retriever",
+        "reranker",
+        "evaluate",
+        "promote",
+    }
 
     set_param(project, "validate.max_title_chars", 900)  # validate re-runs; its output is unchanged
     assert ran(dvc(project, "repro").stdout) == {"validate"}
@@ -99,8 +119,9 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     plots = dvc(project, "plots", "show", "--json").stdout
     assert "train/contrastive_loss" in plots and "train/listwise_loss" in plots
     # held-out (valid split) losses at each checkpoint: the validation curves
-    assert all(f"valid/{loss}" in plots for loss in ("mlm_loss", "contrastive_loss",
-                                                      "listwise_loss"))  # fmt: skip
+    assert all(
+        f"valid/{loss}" in plots for loss in ("mlm_loss", "contrastive_loss", "listwise_loss")
+    )
 
 
 def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced):
@@ -120,10 +141,19 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
     gets a page that Chromium renders offline, with the gate's decision, and an index of all
     runs, newest first."""
     project, _ = reproduced
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "BENTOML_HOME": str(project.parent / "bentoml")}  # fmt: skip
-    done = subprocess.run([str(BIN / "python"), "-m", "pipelines", "report"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "BENTOML_HOME": str(project.parent / "bentoml"),
+    }
+    done = subprocess.run(
+        [str(BIN / "python"), "-m", "shopflow", "report"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     page = project / done.stdout.strip().splitlines()[-1]
     run = json.loads((page.parent / "run.json").read_text())
@@ -141,8 +171,13 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
         assert f'id="{section}"' in dom, section
     links = local_links(page)
     names = {p.name for p in links}
-    assert {"index.html", "events_per_day.svg", "learning_curves.svg", "slices.svg",
-            "score_distributions.svg"} <= names  # fmt: skip
+    assert {
+        "index.html",
+        "events_per_day.svg",
+        "learning_curves.svg",
+        "slices.svg",
+        "score_distributions.svg",
+    } <= names
     assert {"data_docs", "drift"} <= {p.parent.name for p in links}  # the night's own copies
     assert all(p.is_file() for p in links), [p for p in links if not p.is_file()]
 

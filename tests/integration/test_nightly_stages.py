@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from pipelines import nightly
+from shopflow.orchestration import nightly
 from tests.conftest import BIN, ROOT
 
 pytestmark = pytest.mark.integration

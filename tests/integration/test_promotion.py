@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.artifacts import read_json, write_json
-from pipelines.registry import BASELINE_VERSION, Registry
+from shopflow.core.artifacts import read_json, write_json
+from shopflow.release.registry import BASELINE_VERSION, Registry
 from tests.conftest import ROOT
 from tests.integration.conftest import MODEL_OVERRIDES
 
@@ -24,11 +24,11 @@ pytestmark = pytest.mark.integration
 
 KILLED_AFTER_BUILD = """
 import os, signal, sys
-import pipelines.promote as promote
-from pipelines.cli import main
+from shopflow.release import promotion
+from shopflow.cli import main
 def die(*args, **kwargs):  # killed after save + build, before the smoke test and the commit
     os.kill(os.getpid(), signal.SIGKILL)
-promote.smoke_test = die
+promotion.smoke_test = die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -37,14 +37,25 @@ def cli(shop: dict, registry: Path, *args: str, script: str | None = None):
     overrides = ["profile=tiny", *MODEL_OVERRIDES, f"promote.registry={registry}"]
     options = ["--params", str(ROOT / "params.yaml")]
     options += [arg for o in overrides for arg in ("-S", o)]
-    head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "pipelines"]
-    return subprocess.run([*head, *options, *args], cwd=shop["work"], env=shop["env"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "shopflow"]
+    return subprocess.run(
+        [*head, *options, *args],
+        cwd=shop["work"],
+        env=shop["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def bentos(shop: dict) -> set[str]:
-    listed = subprocess.run([sys.executable, "-m", "bentoml", "list", "-o", "json"],
-                            env=shop["env"], capture_output=True, text=True, check=True)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "bentoml", "list", "-o", "json"],
+        env=shop["env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {b["tag"] for b in json.loads(listed.stdout)}
 
 
@@ -115,7 +126,11 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     assert done.returncode == 0, done.stderr
     back = registry.champion()
     assert (back.id, back.action, back.version, back.bento_tag) == (
-        4, "rollback", first.version, first.bento_tag)  # fmt: skip
+        4,
+        "rollback",
+        first.version,
+        first.bento_tag,
+    )
     assert len(bentos(shop)) == count
     history = cli(shop, registry_dir, "registry", "history").stdout
     assert "rollback" in history and history.count("promote") == 2

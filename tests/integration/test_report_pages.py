@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipelines.artifacts import read_json
+from shopflow.core.artifacts import read_json
 from tests.integration.browser import chromium, local_links, needs_browser, screenshot
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.baselines import BM25
-from pipelines.deploy import RunningService, free_port
-from pipelines.features import product_text
-from pipelines.synthetic.user_model import UserModel
-from pipelines.synthetic.world import ShopWorld
+from shopflow.data.features import product_text
+from shopflow.data.synthetic.user_model import UserModel
+from shopflow.data.synthetic.world import ShopWorld
+from shopflow.models.lexical import BM25
+from shopflow.serving.local import RunningService, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +28,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def service(shop):
     """The built Bento served on a free loopback port; yields its base URL; stopped by pid."""
-    with RunningService(shop["bento"], free_port(), shop["env"], cwd=shop["work"],
-                        log_path=shop["work"] / "serve.log") as base:  # fmt: skip
+    with RunningService(
+        shop["bento"],
+        free_port(),
+        shop["env"],
+        cwd=shop["work"],
+        log_path=shop["work"] / "serve.log",
+    ) as base:
         yield base
 
 
@@ -65,8 +70,11 @@ def test_search_answers_with_ranked_products_and_respects_filters(service, shop)
     catalogue = products(shop).set_index("product_id")
     top = catalogue.loc[hits[0]["product_id"], "category"].split(" > ")[0]
     price_cap = float(catalogue["price"].median())
-    body = {"query": "grey sofa", "k": 20,
-            "filters": {"category": top, "price": {"max": price_cap}}}  # fmt: skip
+    body = {
+        "query": "grey sofa",
+        "k": 20,
+        "filters": {"category": top, "price": {"max": price_cap}},
+    }
     filtered = post(service, "/search", body).json()["products"]
     assert filtered
     for hit in filtered:
@@ -124,8 +132,11 @@ def test_bad_input_gets_a_clear_4xx(service, path, body, status, says):
 
 
 def test_non_json_media_type_is_415(service):
-    response = httpx.post(f"{service}/search", content=b"query=sofa",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = httpx.post(
+        f"{service}/search",
+        content=b"query=sofa",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 415 and "JSON" in response.text
 
 
@@ -139,9 +150,12 @@ def test_search_returns_more_relevant_products_than_bm25(service, shop):
     bm25 = BM25(catalogue["product_id"].tolist(), product_text(catalogue))
     bm25_top = [[pid for pid, _ in hits] for hits in bm25.search(requests.text, k=10)]
     served_top = [
-        [h["product_id"] for h in post(service, "/search", {"query": q, "k": 10}).json()["products"]]
+        [
+            h["product_id"]
+            for h in post(service, "/search", {"query": q, "k": 10}).json()["products"]
+        ]
         for q in requests.text
-    ]  # fmt: skip
+    ]
     model = UserModel(world)
     served = float(np.mean(model.grades(requests, served_top)))
     lexical = float(np.mean(model.grades(requests, bm25_top)))

@@ -1,13 +1,13 @@
 import pandas as pd
 import pytest
 
-from pipelines import baselines
+from shopflow.models import lexical, popularity
 
 pytestmark = pytest.mark.model
 
 
 def test_bm25_finds_lexical_matches_and_misses_synonyms():
-    bm25 = baselines.BM25(
+    bm25 = lexical.BM25(
         ["p1", "p2", "p3"], ["grey velvet sofa", "oak coffee table", "steel kettle"]
     )
     hits = bm25.search(["grey sofa", "kettle", "couch"], k=3)
@@ -20,12 +20,15 @@ def test_popularity_and_cooccurrence_learn_planted_patterns():
         {"split": ["train"] * 3, "label": [1, 3, 0], "product_id": ["a", "b", "c"]}
     )
     sequences = pd.DataFrame(
-        {"split": ["train"] * 4 + ["test"], "history": [["sofa"], ["sofa"], ["tent"], ["sofa"], ["sofa"]],
-         "product_id": ["table", "table", "backpack", "rug", "table"]}
-    )  # fmt: skip
-    popular = baselines.popularity(pairs, sequences)
+        {
+            "split": ["train"] * 4 + ["test"],
+            "history": [["sofa"], ["sofa"], ["tent"], ["sofa"], ["sofa"]],
+            "product_id": ["table", "table", "backpack", "rug", "table"],
+        }
+    )
+    popular = popularity.popularity(pairs, sequences)
     assert popular.index[0] == "table"  # 2 purchases x 3
-    co = baselines.cooccurrence(sequences, popular)
-    recommender = baselines.CoOccurrenceRecommender(co, popular)
+    co = popularity.cooccurrence(sequences, popular)
+    recommender = popularity.CoOccurrenceRecommender(co, popular)
     assert recommender.recommend(["sofa"], k=2) == ["table", "rug"]
     assert recommender.recommend(["never-seen"], k=1) == ["table"]  # popularity fallback

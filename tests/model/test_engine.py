@@ -8,9 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipelines import reranker, retriever
-from pipelines.deploy import bundle_settings
-from pipelines.engine import Filters, SearchEngine, save_bundle
+from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
+from shopflow.engine.search import Filters
+from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_finetune import write_planted_shop
 
@@ -24,33 +24,41 @@ def trained_shop(in_tmp):
     retriever.run(params)
     reranker.run(params)
     prepared = in_tmp / "data/prepared"
-    users = pd.DataFrame({"user_key": ["u1"], "recent": [["p-red-kettle", "p-blue-mug"]],
-                          "purchased": [["p-red-kettle"]]})  # fmt: skip
+    users = pd.DataFrame(
+        {
+            "user_key": ["u1"],
+            "recent": [["p-red-kettle", "p-blue-mug"]],
+            "purchased": [["p-red-kettle"]],
+        }
+    )
     users.to_parquet(prepared / "users.parquet")
     return in_tmp, params
 
 
 def bundle(folder, params, name="bundle", reranker_dir="data/models/reranker"):
     return save_bundle(
-        folder / name, retriever_dir=folder / "data/models/retriever",
-        reranker_dir=folder / reranker_dir, prepared_dir=folder / "data/prepared",
-        settings=bundle_settings(params), info={"model_name": "test"},
-    )  # fmt: skip
+        folder / name,
+        retriever_dir=folder / "data/models/retriever",
+        reranker_dir=folder / reranker_dir,
+        prepared_dir=folder / "data/prepared",
+        settings=bundle_settings(params),
+        info={"model_name": "test"},
+    )
 
 
 def test_a_loaded_bundle_ranks_exactly_as_the_reranker_stage_evaluated(trained_shop):
     folder, params = trained_shop
-    engine = SearchEngine.load(bundle(folder, params))
+    engine = load_engine(bundle(folder, params))
     assert engine.reranker is not None and engine.index.kind == "exact"
     evaluated = pd.read_parquet(folder / "data/models/reranker/eval/search.parquet")
     judged = pd.read_parquet(folder / "data/prepared/judgments.parquet")
     queries = sorted(judged.loc[judged["split"] == "test", "query"].unique())
     hits = engine.search(queries, k=params.reranker.candidates)
-    from pipelines import metrics as rank_metrics
+    from shopflow.evaluation import ranking
 
-    qrels = rank_metrics.qrels_from(judged[judged["split"] == "test"])
-    ranking = {q: [h.product_id for h in row] for q, row in zip(queries, hits, strict=True)}
-    served = rank_metrics.per_query(qrels, ranking, params.evaluation.relevant_at)
+    qrels = ranking.qrels_from(judged[judged["split"] == "test"])
+    ranked = {q: [h.product_id for h in row] for q, row in zip(queries, hits, strict=True)}
+    served = ranking.per_query(qrels, ranked, params.evaluation.relevant_at)
     merged = served.merge(evaluated, on="query", suffixes=("_served", "_stage"))
     assert len(merged) == len(queries)
     assert (merged["ndcg@10_served"] - merged["ndcg@10_stage"]).abs().max() < 1e-6
@@ -58,7 +66,7 @@ def test_a_loaded_bundle_ranks_exactly_as_the_reranker_stage_evaluated(trained_s
 
 def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
     folder, params = trained_shop
-    engine = SearchEngine.load(bundle(folder, params))
+    engine = load_engine(bundle(folder, params))
     hits = engine.search(["plum mug"], k=5, filters=Filters(category="home", max_price=10.0))[0]
     assert len(hits) == 5
     assert engine.search(["plum mug"], k=5, filters=Filters(category="Garden"))[0] == []
@@ -76,7 +84,7 @@ def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
 def test_without_a_reranker_the_retriever_order_is_served(trained_shop):
     folder, params = trained_shop
     shutil.rmtree(folder / "data/models/reranker")
-    engine = SearchEngine.load(bundle(folder, params, "no-reranker"))
+    engine = load_engine(bundle(folder, params, "no-reranker"))
     assert engine.reranker is None
     hits = engine.search(["fig towel"], k=6)[0]
     assert [h.score for h in hits] == pytest.approx([h.retriever_score for h in hits], abs=1e-5)
@@ -84,7 +92,7 @@ def test_without_a_reranker_the_retriever_order_is_served(trained_shop):
 
 
 def test_onnx_runtime_scores_like_torch_and_int8_is_gated_on_ndcg(trained_shop):
-    from pipelines.deploy import choose_onnx
+    from shopflow.serving.model_store import choose_onnx
 
     folder, params = trained_shop
     path = bundle(folder, params, "onnx")
@@ -94,9 +102,9 @@ def test_onnx_runtime_scores_like_torch_and_int8_is_gated_on_ndcg(trained_shop):
     assert abs(checks["fp32"]["ndcg_drop"]) < 1e-3  # the same model, another runtime
     expected = "int8" if checks["int8"]["ndcg_drop"] < 0.005 else "fp32"
     assert decision["chosen"] == expected
-    torch_engine = SearchEngine.load(path, runtime="torch")
-    onnx_engine = SearchEngine.load(path, runtime="fp32")
+    torch_engine = load_engine(path, runtime="torch")
+    onnx_engine = load_engine(path, runtime="fp32")
     a = torch_engine.rank("plum mug", ["p-red-mug", "p-blue-lamp", "p-purple-mug"])
     b = onnx_engine.rank("plum mug", ["p-red-mug", "p-blue-lamp", "p-purple-mug"])
     assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4)
-    assert SearchEngine.load(path).info["settings"]["onnx"] == decision["chosen"]
+    assert load_engine(path).info["settings"]["onnx"] == decision["chosen"]

@@ -14,17 +14,25 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines import reranker, retriever
-from pipelines.encoders import resolve_base_model
-from pipelines.errors import StageInputError
+from shopflow.core.errors import StageInputError
+from shopflow.models.base import resolve_base_model
+from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_pretrain import cli, encoder_weights
 
 pytestmark = pytest.mark.model
 
 # Queries name a fruit, products a colour: the only way from one to the other is to learn it.
-FRUIT_COLOUR = {"apple": "red", "banana": "yellow", "plum": "purple", "lime": "green",
-                "orange": "orange", "blueberry": "blue", "coconut": "white", "fig": "brown"}  # fmt: skip
+FRUIT_COLOUR = {
+    "apple": "red",
+    "banana": "yellow",
+    "plum": "purple",
+    "lime": "green",
+    "orange": "orange",
+    "blueberry": "blue",
+    "coconut": "white",
+    "fig": "brown",
+}
 NOUNS = ["kettle", "lamp", "towel", "mug"]
 
 
@@ -32,11 +40,19 @@ def write_planted_shop(folder: Path) -> None:
     """Prepared tables and an encoder folder, as the upstream stages would leave them."""
     products = pd.DataFrame(
         [
-            {"product_id": f"p-{colour}-{noun}", "title": f"{colour} {noun}", "brand": "acme",
-             "category": "Home", "description": None, "attributes": None, "price": 10.0}
-            for colour in FRUIT_COLOUR.values() for noun in NOUNS
+            {
+                "product_id": f"p-{colour}-{noun}",
+                "title": f"{colour} {noun}",
+                "brand": "acme",
+                "category": "Home",
+                "description": None,
+                "attributes": None,
+                "price": 10.0,
+            }
+            for colour in FRUIT_COLOUR.values()
+            for noun in NOUNS
         ]
-    )  # fmt: skip
+    )
     judged = []
     for f, (fruit, colour) in enumerate(FRUIT_COLOUR.items()):
         for n, noun in enumerate(NOUNS):
@@ -54,8 +70,13 @@ def write_planted_shop(folder: Path) -> None:
     shutil.copytree(resolve_base_model("tiny-random-bert"), folder / "data/models/encoder")
 
 
-RETRIEVER = ("retriever.steps=120", "retriever.batch_size=8", "retriever.lr=2e-3",
-             "retriever.warmup_steps=5", "retriever.checkpoint_every=20")  # fmt: skip
+RETRIEVER = (
+    "retriever.steps=120",
+    "retriever.batch_size=8",
+    "retriever.lr=2e-3",
+    "retriever.warmup_steps=5",
+    "retriever.checkpoint_every=20",
+)
 
 
 def test_retriever_learns_a_mapping_that_no_word_overlap_reveals(in_tmp):
@@ -73,8 +94,13 @@ def test_reranker_learns_the_mapping_from_grades(in_tmp):
     write_planted_shop(in_tmp)
     # an untrained retriever: every product is a candidate, its similarity a weak prior
     first = retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
-    options = ("reranker.steps=400", "reranker.lr=1e-3", "reranker.candidates=32",
-               "reranker.group_size=11", "reranker.checkpoint_every=0")  # fmt: skip
+    options = (
+        "reranker.steps=400",
+        "reranker.lr=1e-3",
+        "reranker.candidates=32",
+        "reranker.group_size=11",
+        "reranker.checkpoint_every=0",
+    )
     result = reranker.run(tiny_params(*options))
     before, after = first["test"]["search"]["ndcg@10"], result["test"]["search"]["ndcg@10"]
     assert after > 0.7 and after > before + 0.1, (before, after)  # measured 0.61 -> 0.72..0.76
@@ -104,6 +130,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return encoder_weights(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, args",
     [
@@ -139,13 +166,13 @@ def test_a_killed_fine_tune_resumes_to_the_same_result(tmp_path, stage, args):
     assert metrics_a["test"] == metrics_b["test"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["retriever", "reranker"])
 def test_fine_tune_runs_under_ddp_with_two_cpu_processes(tmp_path, stage):
     write_planted_shop(tmp_path)
     if stage == "reranker":
         assert cli(tmp_path, "-S", "retriever.steps=2", "retriever").wait(timeout=300) == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                "--standalone"]  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     proc = cli(tmp_path, "-S", f"{stage}.steps=6", stage, launcher=launcher)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output

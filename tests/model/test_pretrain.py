@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines import pretrain
-from pipelines.encoders import resolve_base_model
-from pipelines.errors import ConfigError
+from shopflow.core.errors import ConfigError, TrainingError
+from shopflow.models.base import resolve_base_model
+from shopflow.stages import pretrain
+from shopflow.training import masked_lm
 from tests.conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.model
@@ -62,8 +63,8 @@ def test_mlm_loss_drops_and_outputs_are_written(in_tmp):
 
 def test_a_loss_that_does_not_drop_fails_loudly(in_tmp, monkeypatch):
     write_corpus(in_tmp)
-    monkeypatch.setattr(pretrain, "heldout_loss", lambda *a, **k: 5.0)
-    with pytest.raises(pretrain.TrainingError, match="did not drop"):
+    monkeypatch.setattr(masked_lm, "heldout_loss", lambda *a, **k: 5.0)
+    with pytest.raises(TrainingError, match="did not drop"):
         pretrain.run(tiny_params("pretrain.steps=2"))
     assert not (in_tmp / "data" / "models" / "encoder").exists()
 
@@ -92,8 +93,16 @@ def test_missing_base_model_fails_clearly_without_network(in_tmp, monkeypatch):
 
 
 def cli(folder: Path, *args: str, launcher: list[str] | None = None) -> subprocess.Popen:
-    command = [*(launcher or [sys.executable]), "-m", "pipelines", "--params", str(ROOT / "params.yaml"),
-               "-S", "profile=tiny", *args]  # fmt: skip
+    command = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "shopflow",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "-S",
+        "profile=tiny",
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -111,6 +120,7 @@ RESUME_ARGS = (
 )
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
@@ -143,6 +153,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert (straight / curve).read_text() == (killed / curve).read_text()
 
 
+@pytest.mark.slow
 def test_ddp_path_runs_with_two_cpu_processes(tmp_path):
     write_corpus(tmp_path)
     launcher = [

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.clicks import click_weights, estimate_propensities
-from pipelines.errors import StageInputError
+from shopflow.core.errors import StageInputError
+from shopflow.models.propensity import click_weights, estimate_propensities
 
 pytestmark = pytest.mark.unit
 
@@ -31,15 +31,20 @@ def test_em_recovers_the_examination_curve_of_a_position_based_model():
 
 def test_weights_undo_the_bias_and_are_clipped():
     propensity = pd.Series([1.0, 0.5, 0.01], index=pd.RangeIndex(1, 4))
-    np.testing.assert_allclose(click_weights(np.array([1, 2, 3, 9]), propensity, clip=0.05),
-                               [1.0, 2.0, 20.0, 20.0])  # fmt: skip
+    np.testing.assert_allclose(
+        click_weights(np.array([1, 2, 3, 9]), propensity, clip=0.05), [1.0, 2.0, 20.0, 20.0]
+    )
 
 
 def test_logs_that_cannot_identify_the_bias_fail_clearly():
     one_position = pd.DataFrame(
-        {"query": ["q"] * 4, "product_id": ["a", "b", "a", "b"], "position": [1, 2, 1, 2],
-         "clicked": [True, False, False, False]}
-    )  # fmt: skip
+        {
+            "query": ["q"] * 4,
+            "product_id": ["a", "b", "a", "b"],
+            "position": [1, 2, 1, 2],
+            "clicked": [True, False, False, False],
+        }
+    )
     with pytest.raises(StageInputError, match="two different positions"):
         estimate_propensities(one_position)
     with pytest.raises(StageInputError, match="no clicks"):

@@ -2,8 +2,8 @@ import datetime as dt
 
 import pytest
 
-from pipelines.config import Window, load_params
-from pipelines.errors import ConfigError
+from shopflow.core.config import Window, load_params
+from shopflow.core.errors import ConfigError
 from tests.conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.unit

@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.contract import conform, describe_rejects, stable_product_id
-from pipelines.errors import SourceError
+from shopflow.core.errors import SourceError
+from shopflow.data.contract import conform, describe_rejects, stable_product_id
 
 pytestmark = pytest.mark.unit
 
@@ -49,9 +49,15 @@ def test_missing_required_columns_are_named():
 
 def test_naive_timestamps_are_taken_as_utc():
     raw = pd.DataFrame(
-        {"ts": ["2026-10-01 10:00:00"], "session_id": ["s"], "user_key": ["u"], "product_id": ["p"],
-         "event_type": ["click"], "position": ["3"]}
-    )  # fmt: skip
+        {
+            "ts": ["2026-10-01 10:00:00"],
+            "session_id": ["s"],
+            "user_key": ["u"],
+            "product_id": ["p"],
+            "event_type": ["click"],
+            "position": ["3"],
+        }
+    )
     good, _ = conform(raw, "events", "log.csv")
     assert str(good["ts"].dtype) == "datetime64[ns, UTC]"
     assert good.loc[0, "ts"].hour == 10 and good.loc[0, "position"] == 3
@@ -59,9 +65,15 @@ def test_naive_timestamps_are_taken_as_utc():
 
 def test_fractional_position_is_rejected():
     raw = pd.DataFrame(
-        {"ts": ["2026-10-01"], "session_id": ["s"], "user_key": ["u"], "product_id": ["p"],
-         "event_type": ["click"], "position": ["2.5"]}
-    )  # fmt: skip
+        {
+            "ts": ["2026-10-01"],
+            "session_id": ["s"],
+            "user_key": ["u"],
+            "product_id": ["p"],
+            "event_type": ["click"],
+            "position": ["2.5"],
+        }
+    )
     _, rejects = conform(raw, "events", "log.csv")
     assert rejects.loc[0, "column"] == "position"
 

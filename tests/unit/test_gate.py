@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from pipelines import significance
-from pipelines.config import GateConfig
-from pipelines.gate import Guardrail, decide
+from shopflow.evaluation import significance
+from shopflow.evaluation.gate import Guardrail, decide
+from tests.conftest import tiny_params
 
-GATE = GateConfig()
+pytestmark = pytest.mark.unit
+
+GATE = tiny_params().gate
 
 
 def primary(challenger: np.ndarray, champion: np.ndarray) -> dict:
@@ -17,8 +20,15 @@ def primary(challenger: np.ndarray, champion: np.ndarray) -> dict:
 
 
 def interleaved(win_rate: float, low: float, high: float) -> dict:
-    return {"win_rate": win_rate, "ci_low": low, "ci_high": high, "wins": 600, "losses": 400,
-            "sessions": 2000, "click_model": "test"}  # fmt: skip
+    return {
+        "win_rate": win_rate,
+        "ci_low": low,
+        "ci_high": high,
+        "wins": 600,
+        "losses": 400,
+        "sessions": 2000,
+        "click_model": "test",
+    }
 
 
 def champion_scores(n: int = 200, seed: int = 0) -> np.ndarray:
@@ -31,16 +41,18 @@ def noise(n: int = 200, seed: int = 1, sd: float = 0.05) -> np.ndarray:
 
 def test_a_better_challenger_is_promoted():
     champ = champion_scores()
-    decision = decide(primary(champ + 0.05 + noise(), champ), interleaved(0.6, 0.56, 0.64), [],
-                      GATE)  # fmt: skip
+    decision = decide(
+        primary(champ + 0.05 + noise(), champ), interleaved(0.6, 0.56, 0.64), [], GATE
+    )
     assert decision["verdict"] == "promote"
     assert decision["reasons"][0].startswith("every check passed")
 
 
 def test_a_worse_challenger_is_rejected_on_the_primary_metric():
     champ = champion_scores()
-    decision = decide(primary(champ - 0.05 + noise(), champ), interleaved(0.4, 0.36, 0.44), [],
-                      GATE)  # fmt: skip
+    decision = decide(
+        primary(champ - 0.05 + noise(), champ), interleaved(0.4, 0.36, 0.44), [], GATE
+    )
     assert decision["verdict"] == "reject"
     failed = {c["name"] for c in decision["checks"] if not c["passed"]}
     assert failed == {"primary gain", "significance", "interleaving"}
@@ -60,7 +72,7 @@ def test_an_interleaving_interval_touching_one_half_rejects_unless_not_required(
     better = champ + 0.05 + noise()
     loose = interleaved(0.53, 0.49, 0.57)
     assert decide(primary(better, champ), loose, [], GATE)["verdict"] == "reject"
-    relaxed = GateConfig(require_interleaving=False)
+    relaxed = GATE.model_copy(update={"require_interleaving": False})
     assert decide(primary(better, champ), loose, [], relaxed)["verdict"] == "promote"
 
 
@@ -71,16 +83,20 @@ def test_a_better_challenger_that_breaks_a_guardrail_is_rejected_naming_it():
         Guardrail("slice category=Garden ndcg@10", 0.50, 0.70, 0.02, p_worse=0.001),
         Guardrail("brand exposure disparity", 0.30, 0.20, 0.05, higher_is_better=False),
     ]
-    decision = decide(primary(champ + 0.05 + noise(), champ), interleaved(0.6, 0.56, 0.64), rails,
-                      GATE)  # fmt: skip
+    decision = decide(
+        primary(champ + 0.05 + noise(), champ), interleaved(0.6, 0.56, 0.64), rails, GATE
+    )
     assert decision["verdict"] == "reject"
     assert len(decision["reasons"]) == 2
     assert decision["reasons"][0].startswith("guardrail slice category=Garden ndcg@10")
     assert "worse by 0.2000" in decision["reasons"][0]
     assert decision["reasons"][1].startswith("guardrail brand exposure disparity")
     passed = {g["name"]: g["passed"] for g in decision["guardrails"]}
-    assert passed == {"search recall@100": True, "slice category=Garden ndcg@10": False,
-                      "brand exposure disparity": False}  # fmt: skip
+    assert passed == {
+        "search recall@100": True,
+        "slice category=Garden ndcg@10": False,
+        "brand exposure disparity": False,
+    }
 
 
 def test_a_slice_drop_that_noise_explains_does_not_block():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import interleaving
+from shopflow.evaluation import interleaving
+
+pytestmark = pytest.mark.unit
 
 
 def test_team_draft_keeps_each_teams_order_and_balances_the_teams():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from pipelines import metrics
+from shopflow.evaluation import ranking as metrics
 
 pytestmark = pytest.mark.unit
 

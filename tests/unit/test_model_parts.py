@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cross_encoder import PairTokens
-from pipelines.encoders import resolve_base_model
-from pipelines.features import query_text
-from pipelines.metrics import paired_test
-from pipelines.reranker import listwise_loss, sample_group
-from pipelines.retriever import contrastive_loss
+from shopflow.data.features import query_text
+from shopflow.evaluation.significance import paired_test
+from shopflow.models.base import resolve_base_model
+from shopflow.models.cross_encoder import PairTokens
+from shopflow.training.cross_encoder import sample_group
+from shopflow.training.losses import contrastive_loss, listwise_loss
 
 pytestmark = pytest.mark.unit
 

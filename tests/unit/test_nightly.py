@@ -12,10 +12,10 @@ from typing import ClassVar
 
 import pytest
 
-from pipelines import alerts, nightly
-from pipelines.config import load_params
-from pipelines.errors import ConfigError
-from pipelines.registry import BASELINE_VERSION, Entry
+from shopflow.core.config import load_params
+from shopflow.core.errors import ConfigError
+from shopflow.orchestration import alerts, nightly
+from shopflow.release.registry import BASELINE_VERSION, Entry
 from tests.conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.unit
@@ -30,9 +30,13 @@ def champion(kind: str = "model", at: str = "2026-10-20T02:10:00+00:00") -> Entr
 
 
 def drift_report(decision: str = "none", trained_until: str = "2026-10-22", **extra) -> dict:
-    return {"decision": decision, "reasons": [f"the drift stage says {decision}"],
-            "reference": {"days": f"2026-10-13..{trained_until}", "source": "champion #2's bundle"},
-            "report": "reports/drift/index.html", **extra}  # fmt: skip
+    return {
+        "decision": decision,
+        "reasons": [f"the drift stage says {decision}"],
+        "reference": {"days": f"2026-10-13..{trained_until}", "source": "champion #2's bundle"},
+        "report": "reports/drift/index.html",
+        **extra,
+    }
 
 
 def test_retrain_when_drift_says_so_and_not_when_quiet():
@@ -103,14 +107,17 @@ def test_set_window_end_keeps_comments_and_refuses_a_profile_override(tmp_path):
     assert len(after.splitlines()) == len(before.splitlines())
     assert load_params(path).ingest.window.end == dt.date(2026, 10, 30)
     assert nightly.set_window_end(path, dt.date(2026, 10, 30)) is False  # unchanged: no rewrite
-    path.write_text(after.replace("profile: default", "profile: pinned", 1).replace(
-        "profiles:\n", "profiles:\n  pinned: {ingest: {window: {end: '2026-01-01'}}}\n", 1))  # fmt: skip
+    path.write_text(
+        after.replace("profile: default", "profile: pinned", 1).replace(
+            "profiles:\n", "profiles:\n  pinned: {ingest: {window: {end: '2026-01-01'}}}\n", 1
+        )
+    )
     with pytest.raises(ConfigError, match=r"overrides ingest\.window\.end"):
         nightly.set_window_end(path, dt.date(2026, 10, 31))
 
 
 def test_stage_exit_code_is_the_commands_not_dvcs():
-    output = "ERROR: failed to reproduce 'validate': failed to run: python -m pipelines validate, exited with 3"
+    output = "ERROR: failed to reproduce 'validate': failed to run: python -m shopflow validate, exited with 3"
     assert nightly.stage_exit_code(255, output) == 3
     assert nightly.stage_exit_code(255, "ERROR: output 'x' does not exist") == 255
     assert nightly.StageRunError("validate", 3, "").final
@@ -118,11 +125,21 @@ def test_stage_exit_code_is_the_commands_not_dvcs():
 
 
 def test_graph_checks_and_training_roots():
-    edges = {("ingest", "validate"), ("validate", "drift"), ("validate", "prepare"),
-             ("prepare", "pretrain"), ("pretrain", "retriever"), ("prepare", "retriever"),
-             ("retriever", "evaluate"), ("evaluate", "promote"), ("drift", "promote")}  # fmt: skip
-    graph = nightly.StageGraph(("ingest", "validate", "prepare", "pretrain", "retriever", "drift",
-                                "evaluate", "promote"), frozenset(edges))  # fmt: skip
+    edges = {
+        ("ingest", "validate"),
+        ("validate", "drift"),
+        ("validate", "prepare"),
+        ("prepare", "pretrain"),
+        ("pretrain", "retriever"),
+        ("prepare", "retriever"),
+        ("retriever", "evaluate"),
+        ("evaluate", "promote"),
+        ("drift", "promote"),
+    }
+    graph = nightly.StageGraph(
+        ("ingest", "validate", "prepare", "pretrain", "retriever", "drift", "evaluate", "promote"),
+        frozenset(edges),
+    )
     assert graph.checks() == {"ingest", "validate", "drift"}
     assert graph.training_roots() == ["prepare"]
     assert graph.ancestors("retriever") == {"ingest", "validate", "prepare", "pretrain"}
@@ -164,8 +181,10 @@ def test_alerts_are_recorded_and_posted_and_a_dead_webhook_does_not_raise(tmp_pa
 
 
 def test_webhook_url_from_connection_parts():
-    conn = lambda **kw: SimpleNamespace(**({"extra_dejson": {}, "host": None, "port": None,  # noqa: E731
-                                           "schema": None, "conn_type": "http"} | kw))  # fmt: skip
+    def conn(**parts: object) -> SimpleNamespace:
+        empty = {"extra_dejson": {}, "host": None, "port": None, "schema": None}
+        return SimpleNamespace(**{**empty, "conn_type": "http", **parts})
+
     assert (
         alerts.webhook_url(conn(host="127.0.0.1", port=8080, schema="hook"))
         == "http://127.0.0.1:8080/hook"

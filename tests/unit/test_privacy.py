@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipelines.privacy import key_fingerprint, luhn_valid, pseudonymize, scrub_text
+from shopflow.data.privacy import key_fingerprint, luhn_valid, pseudonymize, scrub_text
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ def test_luhn():
 
 
 def test_scrub_series_keeps_nulls_and_order():
-    from pipelines.privacy import scrub_series
+    from shopflow.data.privacy import scrub_series
 
     texts = pd.Series(["sofa", None, "me@x.io sofa", "sofa", "me@x.io sofa"], index=[5, 6, 7, 8, 9])
     out = scrub_series(texts)

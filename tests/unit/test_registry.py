@@ -12,18 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.registry import BASELINE_VERSION, Entry, Registry, RegistryError, now
+from shopflow.release.registry import BASELINE_VERSION, Entry, Registry, RegistryError, now
 from tests.conftest import ROOT
 
 
 def promote(registry: Registry, version: str) -> Entry:
     with registry.locked():
         return registry.append(
-            Entry(id=0, action="promote", at=now(), kind="model", version=version,
-                  model_tag=f"shopflow:{version}", bento_tag=f"shopflow:bento-{version}",
-                  reason="test"),
+            Entry(
+                id=0,
+                action="promote",
+                at=now(),
+                kind="model",
+                version=version,
+                model_tag=f"shopflow:{version}",
+                bento_tag=f"shopflow:bento-{version}",
+                reason="test",
+            ),
             make_champion=True,
-        )  # fmt: skip
+        )
 
 
 def test_an_empty_registry_has_no_champion_and_the_baseline_is_registered_once(tmp_path):
@@ -92,7 +99,9 @@ def test_a_tampered_or_truncated_log_is_detected(tmp_path):
 
 KILL_AT_COMMIT = """
 import os, signal, sys
-from pipelines.registry import Entry, Registry, now
+from shopflow.release.registry import Entry, Registry, now
+
+pytestmark = pytest.mark.unit
 registry = Registry(sys.argv[1])
 real_fsync = os.fsync
 def fsync_then_die(fd):
@@ -147,15 +156,21 @@ def test_concurrent_writers_are_serialised(tmp_path):
         ("garbage", "not JSON"),
         ("[]", "not a decision of the evaluate stage"),
         ('{"verdict": "promote", "reasons": []}', "no ['champion', 'metrics', 'primary']"),
-        ('{"verdict": "maybe", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
-         "verdict 'maybe'"),
-        ('{"verdict": "reject", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
-         "champion lacks"),
+        (
+            '{"verdict": "maybe", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
+            "verdict 'maybe'",
+        ),
+        (
+            '{"verdict": "reject", "reasons": [], "champion": {}, "metrics": {}, "primary": {}}',
+            "champion lacks",
+        ),
     ],
-)  # fmt: skip
+)
 def test_promote_names_what_is_wrong_with_a_decision_file(tmp_path, text, says):
-    from pipelines.errors import StageInputError
-    from pipelines.gate import read_decision  # promote and the Airflow DAG both read through it
+    from shopflow.core.errors import StageInputError
+    from shopflow.evaluation.gate import (
+        read_decision,  # promote and the Airflow DAG both read through it
+    )
 
     path = tmp_path / "decision.json"
     if text is not None:

@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from pipelines.config import ServingConfig
-from pipelines.deploy import decide_onnx
-from pipelines.engine import Catalogue, Filters
-from pipelines.serving import RequestGuard, body_problem, request_models
-from pipelines.vector_index import VectorIndex, exact_top_k, recall_at
+from shopflow.engine.search import Catalogue, Filters
+from shopflow.models.vector_index import VectorIndex, exact_top_k, recall_at
+from shopflow.serving.http import RequestGuard, body_problem, request_models
+from shopflow.serving.model_store import decide_onnx
+from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.unit
 
@@ -62,8 +62,9 @@ def test_a_per_item_bias_reorders_exact_and_hnsw_search_alike():
     bias[[42, 4242 % 3000]] = 5.0  # two "best-sellers" that outweigh any cosine
     exact = exact_top_k(queries, items, 10, bias=bias)
     assert all({p for p, _ in row[:2]} == {42, 4242 % 3000} for row in exact)
-    hnsw = VectorIndex(items, ann_min_items=1000).search(queries, 10, exclude=[[42]] * 20,
-                                                          bias=bias)  # fmt: skip
+    hnsw = VectorIndex(items, ann_min_items=1000).search(
+        queries, 10, exclude=[[42]] * 20, bias=bias
+    )
     assert all(row[0][0] == 4242 % 3000 and 42 not in {p for p, _ in row} for row in hnsw)
     rest = [
         len({p for p, _ in h[1:]} & {p for p, _ in e[2:]}) / 8
@@ -73,11 +74,17 @@ def test_a_per_item_bias_reorders_exact_and_hnsw_search_alike():
 
 
 def test_catalogue_filters_by_category_prefix_and_price():
-    products = pd.DataFrame({
-        "product_id": ["a", "b", "c", "d"], "title": ["A", "B", "C", "D"],
-        "category": ["Garden > Hoses", "Garden", "Gardening Books", None],
-        "price": [10.0, 30.0, 5.0, None], "brand": None, "description": None, "attributes": None,
-    })  # fmt: skip
+    products = pd.DataFrame(
+        {
+            "product_id": ["a", "b", "c", "d"],
+            "title": ["A", "B", "C", "D"],
+            "category": ["Garden > Hoses", "Garden", "Gardening Books", None],
+            "price": [10.0, 30.0, 5.0, None],
+            "brand": None,
+            "description": None,
+            "attributes": None,
+        }
+    )
     catalogue = Catalogue(products)
     assert catalogue.allowed(Filters()) is None
     assert catalogue.allowed(Filters(category="garden")).tolist() == [True, True, False, False]
@@ -88,10 +95,15 @@ def test_catalogue_filters_by_category_prefix_and_price():
 
 
 def test_request_models_take_their_limits_from_the_config():
-    models = request_models(ServingConfig(max_k=5, max_query_chars=8, max_rank_products=2))
+    limits = {"max_k": 5, "max_query_chars": 8, "max_rank_products": 2}
+    models = request_models(tiny_params().serving.model_copy(update=limits))
     assert models.search.model_validate({"query": " lamp "}).query == "lamp"
-    for bad in ({"query": "x" * 9}, {"query": "lamp", "k": 6}, {"query": "lamp", "k": 2.5},
-                {"query": "lamp", "filters": {"price": {"min": -1}}}):  # fmt: skip
+    for bad in (
+        {"query": "x" * 9},
+        {"query": "lamp", "k": 6},
+        {"query": "lamp", "k": 2.5},
+        {"query": "lamp", "filters": {"price": {"min": -1}}},
+    ):
         with pytest.raises(ValidationError):
             models.search.model_validate(bad)
     with pytest.raises(ValidationError, match="at most 2"):
@@ -102,9 +114,14 @@ def test_request_models_take_their_limits_from_the_config():
 
 @pytest.mark.parametrize(
     ("body", "says"),
-    [(b"\xff", "not UTF-8"), (b"", "empty"), (b"{", "not JSON"), (b"3", "JSON object"),
-     (b'{"a": 1}', None)],
-)  # fmt: skip
+    [
+        (b"\xff", "not UTF-8"),
+        (b"", "empty"),
+        (b"{", "not JSON"),
+        (b"3", "JSON object"),
+        (b'{"a": 1}', None),
+    ],
+)
 def test_body_problem_names_what_is_wrong(body, says):
     problem = body_problem(body)
     assert problem is None if says is None else says in problem
@@ -114,11 +131,15 @@ def test_request_guard_checks_size_type_and_encoding_and_passes_good_bodies_inta
     async def echo(request):
         return JSONResponse({"got": json.loads(await request.body())})
 
-    app = Starlette(routes=[Route("/search", echo, methods=["POST"]),
-                            Route("/other", echo, methods=["POST"])])  # fmt: skip
+    app = Starlette(
+        routes=[Route("/search", echo, methods=["POST"]), Route("/other", echo, methods=["POST"])]
+    )
     client = TestClient(RequestGuard(app, max_body_bytes=1024, paths=("/search",)))
-    ok = client.post("/search", content=b'{"query": "lamp"}',
-                     headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    ok = client.post(
+        "/search",
+        content=b'{"query": "lamp"}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert ok.status_code == 200 and ok.json() == {"got": {"query": "lamp"}}
     big = client.post("/search", content=b'{"q": "' + b"x" * 2000 + b'"}')
     assert big.status_code == 413 and "1024" in big.json()["error"]

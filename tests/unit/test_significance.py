@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipelines import significance
+from shopflow.evaluation import significance
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

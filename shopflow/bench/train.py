@@ -1,0 +1,162 @@
+"""Training speed (`make bench-train`): samples/s and tokens/s of each model at each profile's
+batch shape, and on a GPU the model FLOPs utilisation (MFU) against the chip's bf16 peak.
+Writes `metrics/bench_train.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+
+from shopflow.core import paths
+from shopflow.core.config import Params
+
+log = logging.getLogger(__name__)
+
+TRAIN_RESULT = paths.metrics("bench_train")
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched on device name.
+BF16_PEAK = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+def bf16_peak(name: str) -> float | None:
+    for key, peak in BF16_PEAK.items():  # most specific first
+        if key in name:
+            return peak
+    return None
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """Parameters that do matmul work per token (embedding lookups are not FLOPs)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+def _batches(profile: Params, model_name: str, vocab: int, generator: torch.Generator) -> tuple:
+    """Random token batches of the shapes one training step of `model_name` sees (full length:
+    an upper bound on the padding-free lengths of real data)."""
+
+    def ids(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randint(1000, vocab, (rows, length), generator=generator), torch.ones(
+            rows, length, dtype=torch.long
+        )
+
+    if model_name == "pretrain":
+        mlm = profile.pretrain
+        return mlm.batch_size, [ids(mlm.batch_size, mlm.max_seq_len)]
+    if model_name == "retriever":
+        bi = profile.retriever
+        n = bi.batch_size
+        return n, [ids(n, bi.max_query_len), ids(n, bi.max_item_len), ids(n, bi.max_item_len)]
+    cross = profile.reranker
+    n = cross.groups_per_step * cross.group_size
+    return n, [ids(n, cross.max_len)]
+
+
+def _loss(model_name: str, forward, batches) -> torch.Tensor:
+    if model_name == "pretrain":
+        ids, mask = batches[0]
+        return forward(input_ids=ids, attention_mask=mask, labels=ids).loss
+    if model_name == "retriever":
+        return torch.stack([v.sum() for v in forward(*batches)]).sum()
+    ids, mask = batches[0]
+    return forward(ids, torch.zeros_like(ids), mask).sum()
+
+
+def _load(model_name: str, base: str, runtime):
+    from shopflow.models.bi_encoder import TextEncoder
+    from shopflow.models.cross_encoder import CrossEncoderModule
+    from shopflow.training.masked_lm import load_mlm
+
+    if model_name == "pretrain":
+        return load_mlm(base, runtime)[1]
+    if model_name == "retriever":
+        return TextEncoder.from_pretrained(base).to(runtime.device)
+    return CrossEncoderModule.from_pretrained(base).to(runtime.device)
+
+
+def _time_steps(model_name: str, model, profile: Params, runtime, steps: int, warmup: int) -> dict:
+    from shopflow.training.loop import make_optimizer
+
+    cfg = getattr(profile, model_name)
+    forward = torch.compile(model) if cfg.compile and runtime.cuda else model
+    optimizer = make_optimizer(model, 1e-5, 0.0, runtime)
+    samples, batches = _batches(profile, model_name, 30000, torch.Generator().manual_seed(0))
+    batches = [(i.to(runtime.device), m.to(runtime.device)) for i, m in batches]
+    tokens = sum(int(m.sum()) for _, m in batches)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if runtime.cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast():
+            loss = _loss(model_name, forward, batches)
+        loss.backward()
+        optimizer.step()
+    if runtime.cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / steps
+    row = {
+        "samples_per_step": samples,
+        "tokens_per_step": tokens,
+        "samples_per_s": round(samples / seconds, 1),
+        "tokens_per_s": round(tokens / seconds),
+        "non_embedding_params": non_embedding_params(model),
+    }
+    if runtime.cuda:
+        name = torch.cuda.get_device_name()
+        peak = bf16_peak(name)
+        flops = 6 * row["non_embedding_params"] * tokens / seconds
+        row["gpu"] = name
+        row["tflops"] = round(flops / 1e12, 1)
+        row["mfu"] = round(flops / peak, 4) if peak else None
+        row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmup: int = 3) -> list:
+    """Optimizer steps/s of each model at each profile's batch shape, on this machine's device.
+
+    Reports samples/s, tokens/s and, on a GPU with a known bf16 peak, the model FLOPs
+    utilisation: 6 × non-embedding params × tokens / time ÷ peak (forward + backward; attention
+    FLOPs are left out, so MFU is slightly understated at long sequence lengths).
+    """
+    from shopflow.core.config import load_params
+    from shopflow.models.base import resolve_base_model
+    from shopflow.training.loop import setup_runtime
+
+    rows = []
+    runtime = setup_runtime(params.models.device)
+    for profile_name in profiles:
+        profile = load_params("params.yaml", [f"profile={profile_name}"])
+        base = resolve_base_model(profile.models.base, profile.models.allow_download)
+        for model_name in ("pretrain", "retriever", "reranker"):
+            model = _load(model_name, base, runtime)
+            row = {
+                "profile": profile_name,
+                "model": model_name,
+                "device": str(runtime.device),
+                **_time_steps(model_name, model, profile, runtime, steps, warmup),
+            }
+            rows.append(row)
+            log.info("bench train: %s", row)
+    TRAIN_RESULT.parent.mkdir(parents=True, exist_ok=True)
+    TRAIN_RESULT.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\n{'profile':<9}{'model':<11}{'device':<8}{'samples/s':>11}{'tokens/s':>11}{'MFU':>8}")
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        print(
+            f"{r['profile']:<9}{r['model']:<11}{r['device']:<8}{r['samples_per_s']:>11,.1f}"
+            f"{r['tokens_per_s']:>11,}{mfu:>8}"
+        )
+    print(f"  written to {TRAIN_RESULT}")
+    return rows

@@ -1,0 +1,347 @@
+"""Command line: `python -m shopflow <stage>` or `shopflow <stage>`; dvc.yaml calls these.
+
+Errors caused by input print one clear message (no traceback) and exit non-zero: 2 for bad
+input or params, 3 for failed data validation. `--debug` (or SHOPFLOW_DEBUG=1) shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from shopflow.core.config import Params, load_params
+from shopflow.core.errors import ShopflowError
+from shopflow.orchestration import runlog
+
+log = logging.getLogger("shopflow")
+
+
+class StageCommand:
+    """A stage command: import `shopflow.stages.<stage>` only when run, then call its `run`.
+    Its runs are recorded in the run log (`shopflow.orchestration.runlog`)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def __call__(self, params: Params, args: argparse.Namespace) -> None:
+        importlib.import_module(f"shopflow.stages.{self.stage}").run(params)
+
+
+def _show_params(params: Params, args: argparse.Namespace) -> None:
+    print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
+
+
+def _flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(tree, dict):
+        return [item for k, v in tree.items() for item in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), tree)]
+
+
+def _show_metrics(params: Params, args: argparse.Namespace) -> None:
+    """One metric a line (DVC's table is one column per metric, too wide for a terminal)."""
+    for path in sorted(Path("metrics").glob("*.json")):
+        print(f"{path}:")
+        for key, value in _flatten(json.loads(path.read_text())):
+            print(f"  {key:<40} {value}")
+
+
+def _bench(params: Params, args: argparse.Namespace) -> None:
+    if args.what == "serve":
+        from shopflow.bench.serve import serve_throughput
+
+        serve_throughput(params, tuple(args.concurrency), seconds=args.seconds)
+    elif args.what == "drift":
+        from shopflow.bench.drift import drift_sensitivity
+
+        drift_sensitivity(params)
+    elif args.what == "simulate":
+        from shopflow.bench.data import simulate_throughput
+
+        simulate_throughput(params)
+    elif args.what == "train":
+        from shopflow.bench.train import train_throughput
+
+        profiles = args.profiles or (
+            ["tiny", "default", "gpu"] if torch_cuda() else ["tiny", "default"]
+        )
+        train_throughput(params, profiles, steps=args.steps)
+    else:
+        from shopflow.bench.data import ingest_throughput
+
+        ingest_throughput(params, events=args.events, workdir=args.workdir)
+
+
+def _save_model(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.serving.model_store import save_model
+
+    print(save_model(params))
+
+
+def _build_bento(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.serving.bento_build import build_bento
+    from shopflow.serving.model_store import current_model
+
+    print(build_bento(args.model or current_model(params)))
+
+
+def _serve(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.release.deploy import serve_champion
+
+    code = serve_champion(params, model=args.model, bento=args.bento, port=args.port)
+    if code:
+        raise SystemExit(code)
+
+
+def _deploy(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.release.deploy import deploy_champion
+    from shopflow.serving.local import stop_local
+
+    if args.stop:
+        stopped = stop_local(Path(params.deploy.state))
+        print(json.dumps(stopped or {"stopped": False, "why": "no local service recorded"}))
+        return
+    print(json.dumps(deploy_champion(params)))
+
+
+def _report(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.reporting.facts import runner_result
+    from shopflow.reporting.pages import write
+
+    runner = None if args.exit_code is None else runner_result(args.exit_code, args.output)
+    print(write(params, run_id=args.run, runner=runner))
+
+
+def _registry(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.release.registry import Registry
+
+    registry = Registry(params.promote.registry)
+    if args.what == "history":
+        entries = registry.history()
+        champion = registry.champion()
+        if not entries:
+            print(f"{registry.path}: empty (the first promote stage registers the baseline)")
+        for entry in entries:
+            marker = "*" if champion and entry.id == champion.id else " "
+            print(f"{marker} {entry.summary()}")
+        return
+    champion = registry.champion()
+    if champion is None:
+        print(f"{registry.path}: empty; the champion is the BM25 + popularity baseline")
+        return
+    print(json.dumps(dataclasses.asdict(champion), indent=2))
+
+
+def _rollback(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.release.rollback import rollback
+
+    entry = rollback(params, to=args.to)
+    print(f"champion is now #{entry.id}: {entry.version} (Bento {entry.bento_tag})")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
+    "ingest": (
+        "read the source for the window and write the data contract",
+        StageCommand("ingest"),
+    ),
+    "validate": ("Great Expectations gate over the ingested tables", StageCommand("validate")),
+    "prepare": ("splits and training examples", StageCommand("prepare")),
+    "baselines": (
+        "BM25, popularity and co-occurrence, with their test numbers",
+        StageCommand("baselines"),
+    ),
+    "pretrain": (
+        "domain-adaptive masked-LM pretraining of the base encoder",
+        StageCommand("pretrain"),
+    ),
+    "retriever": (
+        "fine-tune the two-tower retriever (search + recommendation)",
+        StageCommand("retriever"),
+    ),
+    "reranker": (
+        "fine-tune the cross-encoder reranker (grades + debiased clicks)",
+        StageCommand("reranker"),
+    ),
+    "drift": (
+        "Evidently drift check of the latest day against the champion's training window",
+        StageCommand("drift"),
+    ),
+    "evaluate": (
+        "A/B evaluation of the challenger against the champion; writes the gate's decision",
+        StageCommand("evaluate"),
+    ),
+    "promote": (
+        "on a promote verdict: save, build and smoke-test the Bento, then move the champion",
+        StageCommand("promote"),
+    ),
+    "report": (
+        "write the HTML report of a run (default: the latest) and the runs' index; print its path",
+        _report,
+    ),
+    "registry": (
+        "the champion (`registry show`) or the promotion log (`registry history`)",
+        lambda params, args: _registry(params, args),
+    ),
+    "rollback": (
+        "re-point the champion to an earlier model (default: the one before)",
+        lambda params, args: _rollback(params, args),
+    ),
+    "save-model": (
+        "save the current models, catalogue and users as a BentoML model; print its tag",
+        _save_model,
+    ),
+    "build-bento": (
+        "build a Bento (service + model; default: the current outputs); print its tag",
+        _build_bento,
+    ),
+    "deploy": (
+        "deploy the champion's Bento (params deploy.target: local serve or BentoCloud); "
+        "--stop stops the local one",
+        _deploy,
+    ),
+    "serve": ("serve a Bento or a saved model (default: the current outputs) on 127.0.0.1", _serve),
+    "params": ("print the effective params (profile applied)", _show_params),
+    "metrics": ("print metrics/*.json one metric a line", _show_metrics),
+    "bench": ("benchmarks (see `make bench`)", _bench),
+}
+
+
+def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """Options accepted before or after the command (`shopflow ingest -S a=b` reads naturally)."""
+    parser.add_argument(
+        "--params", type=Path, default=default or Path("params.yaml"), help="params file"
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=default or [],
+        metavar="KEY=VALUE",
+        dest="set_after" if default is argparse.SUPPRESS else "set",
+        help="override a param for this run (like `dvc exp run -S`), e.g. -S ingest.window.days=7",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default or False, help="debug logging"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default or False,
+        help="show tracebacks of input errors",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopflow", description=__doc__.splitlines()[0])
+    _common_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text)
+        _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
+        if name == "bench":
+            cmd.add_argument(
+                "what", choices=["ingest", "simulate", "train", "serve", "drift"], help="which one"
+            )
+            cmd.add_argument("--seconds", type=float, default=20.0, help="serve: per cell")
+            cmd.add_argument(
+                "--concurrency",
+                type=int,
+                nargs="*",
+                default=[1, 8, 32],
+                help="serve: concurrent clients",
+            )
+            cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
+            cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
+            cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
+            cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+        if name == "registry":
+            cmd.add_argument("what", choices=["show", "history"], nargs="?", default="show")
+        if name == "rollback":
+            cmd.add_argument(
+                "--to",
+                default=None,
+                help="entry id (#3) or model version; default: the model before",
+            )
+        if name == "report":
+            cmd.add_argument("--run", default=None, help="run id (default: the latest run)")
+            cmd.add_argument(
+                "--exit-code",
+                type=int,
+                default=None,
+                help="exit code of the command that ran the stages (dvc repro)",
+            )
+            cmd.add_argument(
+                "--output",
+                type=Path,
+                default=None,
+                help="that command's output, for its error lines",
+            )
+        if name == "deploy":
+            cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
+        if name in ("serve", "build-bento"):
+            cmd.add_argument("--model", default=None, help="BentoML model tag (shopflow:...)")
+        if name == "serve":
+            cmd.add_argument("--bento", default=None, help="a built Bento's tag")
+            cmd.add_argument("--port", type=int, default=None, help="default: serving.port")
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in (
+        "great_expectations",
+        "urllib3",
+        "numba",
+        "filelock",
+        "fsspec",
+        "bm25s",
+        "sentence_transformers",
+        "httpx",
+        "huggingface_hub",
+        "matplotlib",
+    ):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    debug = args.debug or os.environ.get("SHOPFLOW_DEBUG") == "1"
+    command = COMMANDS[args.command][1]
+    # a stage's record includes failures to read its params: the run report names them
+    recorded = runlog.recorded(args.command) if isinstance(command, StageCommand) else None
+    try:
+        with recorded or contextlib.nullcontext():
+            params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
+            command(params, args)
+    except ShopflowError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"shopflow {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"shopflow {args.command}: interrupted; outputs were left as they were", file=sys.stderr
+        )
+        return 130
+    return 0

@@ -1,0 +1,420 @@
+"""Typed view of params.yaml, the one place every knob and its value live.
+
+params.yaml holds the default (2-core CPU) values per section, a `profile` name and a
+`profiles` table of overrides (`tiny` for tests and CI, `gpu` for a GPU box). The effective
+config is the sections with the chosen profile's overrides merged on top.
+
+The models below carry each knob's type, bounds and meaning, but no default value: a value
+written in two places drifts apart, and DVC can only track what is in params.yaml. A key
+missing from params.yaml, a typo in a key (`extra="forbid"`) or a value out of bounds is an
+error that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shopflow.core.errors import ConfigError
+
+SourceName = Literal["synthetic", "judgments", "events", "esci", "wands", "online_retail"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Window(Section):
+    """The data window: `days` whole UTC days ending with `end` (inclusive)."""
+
+    end: dt.date
+    days: int = Field(ge=1, le=3660)
+
+    @property
+    def start(self) -> dt.date:
+        return self.end - dt.timedelta(days=self.days - 1)
+
+    def dates(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range(self.days)]
+
+    def bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        """[start, end) as UTC datetimes: the half-open interval events must fall in."""
+        start = dt.datetime.combine(self.start, dt.time(), tzinfo=dt.UTC)
+        return start, start + dt.timedelta(days=self.days)
+
+
+class IngestConfig(Section):
+    source: SourceName
+    path: str
+    window: Window
+    encoding: str
+    mapping: dict[str, str] = Field(description="contract column -> source column")
+    options: dict[str, Any] = Field(description="per source: relevance_scale, locale, ...")
+    on_unparseable: Literal["fail", "quarantine"]
+    max_quarantine_share: float = Field(ge=0, le=1)
+
+
+class InjectedDrift(Section):
+    """Injected drift from `start` on; every magnitude 0 means off."""
+
+    start: dt.date | None
+    new_category: float = Field(ge=0, le=1)
+    seasonal_shift: float = Field(ge=0, le=1)
+    price_change: float = Field(ge=-0.9, le=5)
+    new_vocab: float = Field(ge=0, le=1)
+
+
+class SyntheticConfig(Section):
+    start_date: dt.date
+    n_products: int = Field(ge=50, le=5_000_000)
+    n_users: int = Field(ge=10)
+    sessions_per_day: int = Field(ge=1)
+    search_share: float = Field(ge=0, le=1)
+    judged_queries_per_day: int = Field(ge=0)
+    pii_query_rate: float = Field(ge=0, le=1)
+    candidate_pool: int = Field(ge=10)
+    drift: InjectedDrift
+
+
+class ValidateConfig(Section):
+    on_invalid: Literal["fail", "quarantine"]
+    max_quarantine_share: float = Field(ge=0, le=1)
+    max_unknown_product_share: float = Field(ge=0, le=1)
+    volume_ratio_min: float = Field(gt=0)
+    volume_ratio_max: float = Field(gt=0)
+    volume_lookback_days: int = Field(ge=1)
+    closed_weekdays: list[int] = Field(
+        description="weekdays the shop is closed (0 = Monday): no volume check, no baseline"
+    )
+    closed_dates: list[dt.date] = Field(description="holidays the shop is closed")
+    max_title_chars: int = Field(ge=1)
+    max_query_chars: int = Field(ge=1)
+    future_tolerance_minutes: int = Field(ge=0)
+
+
+class PrepareConfig(Section):
+    test_days: int = Field(ge=1)
+    valid_days: int = Field(ge=0)
+    judgments_test_share: float = Field(gt=0, lt=1)
+    judgments_valid_share: float = Field(ge=0, lt=1)
+    history_length: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _shares_leave_training_data(self) -> PrepareConfig:
+        if self.judgments_test_share + self.judgments_valid_share >= 1:
+            raise ValueError("judgments_test_share + judgments_valid_share must be < 1")
+        return self
+
+
+class ModelsConfig(Section):
+    base: str
+    allow_download: bool
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class PretrainConfig(Section):
+    """Domain-adaptive masked-LM pretraining of the base encoder on the shop's own text."""
+
+    enabled: bool
+    max_seq_len: int = Field(ge=8, le=512)
+    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    mask_prob: float = Field(gt=0, lt=1)
+    heldout_share: float = Field(gt=0, lt=0.5)
+    max_heldout_lines: int = Field(ge=8)
+    checkpoint_every: int = Field(ge=0)
+    group_by_length: bool
+    compile: bool
+
+
+class TrainingConfig(Section):
+    """Knobs every fine-tuning stage shares (the loop in `shopflow.training.loop`)."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    checkpoint_every: int = Field(ge=0)
+    compile: bool
+
+
+class RetrieverConfig(TrainingConfig):
+    """The bi-encoder: query tower (query + recent items) and item tower share one encoder."""
+
+    batch_size: int = Field(ge=2, description="examples per step; in-batch negatives")
+    temperature: float = Field(gt=0)
+    max_query_len: int = Field(ge=8, le=512)
+    max_item_len: int = Field(ge=8, le=512)
+    history_items: int = Field(ge=0, description="recent item titles appended to a query")
+    history_share: float = Field(ge=0, le=1, description="search examples given history")
+    bm25_negative_depth: int = Field(30, ge=1)
+    max_examples_per_source: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+
+
+class RerankerConfig(TrainingConfig):
+    """The cross-encoder: listwise on graded judgments, inverse-propensity-weighted on clicks."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    groups_per_step: int = Field(ge=1)
+    group_size: int = Field(ge=2, description="products per query in one listwise group")
+    click_share: float = Field(ge=0, le=1, description="groups drawn from the click log")
+    max_len: int = Field(ge=16, le=512)
+    max_query_len: int = Field(ge=4, le=128)
+    max_position: int = Field(ge=2, description="deeper positions share one propensity")
+    propensity_clip: float = Field(gt=0, le=1)
+    candidates: int = Field(ge=1, description="retriever hits reranked at evaluation")
+    eval_batch_size: int = Field(ge=1)
+
+
+class EvaluationConfig(Section):
+    relevant_at: float = Field(description="grade counted as relevant by MRR, recall, MAP")
+    exclude_history: bool = Field(
+        description="recommenders never return what the user already interacted with"
+    )
+    significance: float = Field(gt=0, lt=1)
+    confidence: float = Field(gt=0, lt=1, description="level of every interval")
+    resamples: int = Field(ge=100, description="bootstrap and permutation resamples")
+    interleaving_sessions: int = Field(ge=0, description="simulated sessions; 0 = off")
+    power: float = Field(gt=0, lt=1, description="of the A/B test sized for the CTR gap")
+    latency_queries: int = Field(ge=1, description="single-query searches timed per system")
+    head_min_count: int = Field(ge=1, description="a head query: seen this often in training")
+    min_slice_queries: int = Field(ge=2, description="smaller slices are shown, not gated")
+
+
+class GuardrailMargins(Section):
+    """How much worse than the champion a challenger may be on each guardrail."""
+
+    recall_at_100: float = Field(0.01, ge=0)
+    recommend_hit_at_10: float = Field(0.005, ge=0)
+    coverage: float = Field(ge=0, description="catalogue coverage@10, absolute")
+    slice_ndcg_at_10: float = Field(0.02, ge=0, description="every slice with enough queries")
+    brand_disparity: float = Field(ge=0, description="exposure vs relevance, per brand")
+    latency: float = Field(ge=0, description="relative p95 increase over a model champion")
+    max_p95_latency_ms: float = Field(2000, gt=0, description="absolute p95 budget per query")
+
+
+class GateConfig(Section):
+    """When a challenger replaces the champion (the evaluate stage's decision)."""
+
+    primary: Literal["auto", "search_ndcg@10", "recommend_ndcg@10", "recommend_hit@10"]
+    min_gain: float = Field(ge=0, description="smallest improvement worth a promotion")
+    alpha: float = Field(gt=0, lt=1)
+    require_interleaving: bool
+    margins: GuardrailMargins
+
+
+class PromoteConfig(Section):
+    """Where the registry lives and how a promoted Bento is smoke-tested."""
+
+    registry: str
+    smoke_queries: int = Field(ge=1)
+    smoke_p95_ms: float = Field(5000, gt=0)
+    smoke_min_overlap: float = Field(ge=0, le=1, description="top-10 served vs evaluated")
+
+
+class DriftThresholds(Section):
+    """Effect sizes above which a feature has drifted. Effect sizes, not p-values: on a big
+    shop every difference is significant, and a p-value test would fire every night."""
+
+    numeric: float = Field(gt=0, description="Wasserstein distance / reference std")
+    categorical: float = Field(gt=0, le=1, description="Jensen-Shannon distance")
+    proportion: float = Field(gt=0, description="Cohen's h of a rate (CTR per position)")
+    embedding: float = Field(gt=0.5, le=1, description="domain classifier ROC AUC")
+    prediction: float = Field(
+        gt=0, description="Wasserstein / std of the champion's score on sampled queries"
+    )
+
+
+class DriftAlerts(Section):
+    """Changes too large or too broad to be the world changing: a broken data pipeline."""
+
+    drift_share: float = Field(gt=0, le=1, description="share of features drifted at once")
+    min_drifted: int = Field(
+        ge=1,
+        description="... and at least this many (a source with 4 features is not broken"
+        " because 2 moved)",
+    )
+    ctr_drop: float = Field(gt=0, le=1, description="relative fall of the overall CTR")
+
+
+class DriftCheckConfig(Section):
+    """The drift stage: the champion's training window against the latest days."""
+
+    current_days: int = Field(ge=1, description="the latest days checked (the current window)")
+    min_rows: int = Field(ge=10, description="fewer current values: insufficient data")
+    max_reference_rows: int = Field(ge=100, description="rows sampled per feature group")
+    text_sample: int = Field(ge=50, description="queries embedded and scored per window")
+    new_product_days: int = Field(ge=1, description="a product is new this long after launch")
+    ctr_positions: int = Field(ge=1, description="CTR drift checked at positions 1..this")
+    thresholds: DriftThresholds
+    alerts: DriftAlerts
+    cooldown_days: int = Field(ge=0, description="the same drift retrains once in this time")
+    cooldown_growth: float = Field(
+        ge=1, description="... unless a feature's score grew by this factor"
+    )
+    history: str = Field(description="decisions of past nights (cool-down)")
+
+
+class ServingConfig(Section):
+    """The BentoML service: limits of a request, the reranker's adaptive batching, the index."""
+
+    max_k: int = Field(ge=1, le=1000)
+    max_query_chars: int = Field(ge=1)
+    max_rank_products: int = Field(ge=1, description="products one /rank call may send")
+    max_recent_products: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1024)
+    adaptive_batching: bool
+    max_batch_size: int = Field(ge=2, description="(query, product) pairs per batch")
+    max_latency_ms: int = Field(ge=1, description="a request's wait + compute budget")
+    ann_min_items: int = Field(ge=1, description="HNSW from this catalogue size on")
+    batch_size: int = Field(ge=1, description="texts per forward pass")
+    onnx: Literal["none", "fp32", "int8"]
+    max_int8_ndcg_drop: float = Field(0.005, ge=0, description="int8 only offered below this")
+    port: int = Field(ge=1, le=65535)
+
+
+class DeployConfig(Section):
+    """Where the deploy DAG puts a new champion's Bento."""
+
+    target: Literal["local", "bentocloud"] = Field(
+        description="local: `bentoml serve` on 127.0.0.1; bentocloud: `bentoml deploy`"
+    )
+    name: str = Field(min_length=1, description="the BentoCloud deployment's name")
+    state: str = Field(description="the local service's pid, port and log")
+
+
+class AirflowConfig(Section):
+    """The nightly DAG's schedule and its operational knobs; no stage reads these, so changing
+    one re-runs nothing."""
+
+    schedule: str | None = Field(min_length=1, description="cron (UTC); null: triggered runs only")
+    max_model_age_days: int = Field(ge=1, description="retrain at least this often")
+    retries: int = Field(ge=0)
+    retry_delay_minutes: float = Field(gt=0, description="doubled at each retry")
+    max_retry_delay_minutes: float = Field(gt=0)
+    timeout_minutes: dict[str, float] = Field(
+        description="per stage; `default` for the rest",
+    )
+    gpu_pool: str
+    gpu_queue: str = Field(description="the Celery queue GPU workers serve")
+    gpu_stages: list[str]
+    alert_connection: str = Field(description="HTTP webhook connection id")
+
+    @model_validator(mode="after")
+    def _has_default_timeout(self) -> AirflowConfig:
+        if "default" not in self.timeout_minutes:
+            raise ValueError("timeout_minutes needs a `default` entry")
+        if any(v <= 0 for v in self.timeout_minutes.values()):
+            raise ValueError("timeout_minutes values must be positive")
+        return self
+
+    def timeout(self, stage: str) -> float:
+        return self.timeout_minutes.get(stage, self.timeout_minutes["default"])
+
+
+class ReportConfig(Section):
+    """The run report (`shopflow report`): one page per run and an index of all runs."""
+
+    folder: str = Field(description="one sub-folder per run, index.html on top")
+    keep_linked_reports: int | None = Field(
+        ge=1, description="newest runs keeping copies of Data Docs and Evidently (null: all)"
+    )
+
+
+class Params(Section):
+    """The effective configuration of one run."""
+
+    profile: str
+    seed: int
+    ingest: IngestConfig
+    synthetic: SyntheticConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    prepare: PrepareConfig
+    models: ModelsConfig
+    pretrain: PretrainConfig
+    retriever: RetrieverConfig
+    reranker: RerankerConfig
+    evaluation: EvaluationConfig
+    serving: ServingConfig
+    gate: GateConfig
+    promote: PromoteConfig
+    drift: DriftCheckConfig
+    deploy: DeployConfig
+    airflow: AirflowConfig
+    report: ReportConfig
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `override` merged in; nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_dotted(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML, like `dvc exp run -S`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Merge the selected profile over the sections; CLI overrides win over both.
+
+    Overrides are applied before the merge too, so `-S profile=tiny` selects the profile.
+    """
+    tree = copy.deepcopy(raw)
+    for assignment in overrides:
+        set_dotted(tree, assignment)
+    profiles = tree.pop("profiles", {}) or {}
+    profile = tree.get("profile", "default")
+    if profile != "default":
+        if profile not in profiles:
+            known = ", ".join(["default", *profiles])
+            raise ConfigError(f"params: profile {profile!r} is not defined (known: {known})")
+        tree = deep_merge(tree, profiles[profile])
+    for assignment in overrides:
+        set_dotted(tree, assignment)
+    return tree
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()
+) -> Params:
+    """Read, resolve and validate params; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    tree = resolve(raw, overrides)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid params: {problems}") from None

@@ -1,0 +1,65 @@
+"""Every file and folder shopflow reads or writes, declared once.
+
+Paths are relative to the project root (where dvc.yaml and params.yaml live): DVC runs each
+stage there, Airflow's tasks `cd` there, and the tests run stages inside a scratch folder
+laid out the same way. `dvc.yaml` names the same paths; a test checks that the two agree.
+
+Locations a user may move (the registry, the drift history, the local service's state, the
+run report) are params, not constants: see `promote.registry`, `drift.history`,
+`deploy.state` and `report.folder`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# -- stage outputs (DVC-tracked) ---------------------------------------------------------
+DATA = Path("data")
+INGESTED = DATA / "ingested"
+VALIDATED = DATA / "validated"
+PREPARED = DATA / "prepared"
+CORPUS = PREPARED / "corpus.txt"
+MODELS = DATA / "models"
+BASELINES = MODELS / "baselines"
+ENCODER = MODELS / "encoder"
+RETRIEVER = MODELS / "retriever"
+RERANKER = MODELS / "reranker"
+DRIFT = DATA / "drift"
+DRIFT_REFERENCE = DRIFT / "reference"  # tonight's training days: a promoted model's reference
+EVALUATION = DATA / "evaluation"
+
+# -- reports, metrics and learning curves (small, kept in Git by DVC: `cache: false`) -----
+REPORTS = Path("reports")
+VALIDATION_REPORT = REPORTS / "validation"  # summary.json + data_docs/
+DATA_DOCS = VALIDATION_REPORT / "data_docs"
+DRIFT_REPORT = REPORTS / "drift.json"
+DRIFT_PAGES = REPORTS / "drift"  # index.html + Evidently's pages
+DECISION = REPORTS / "decision.json"  # evaluate writes it; promote and Airflow read it
+METRICS = Path("metrics")
+LIVE = Path("dvclive")
+
+# -- scratch and state that DVC does not track -------------------------------------------
+TINY_BERT = MODELS / "tiny-random-bert"  # built on first use by the `tiny` profile
+CHECKPOINTS = Path(".checkpoints")  # removed once a training stage's output is written
+STATE = Path(".shopflow")
+RUN_LOG = STATE / "runs" / "stages.jsonl"
+RUN_OUTPUTS = STATE / "runs"  # `make run` keeps DVC's output here, one file per run
+ALERTS = STATE / "alerts.jsonl"
+
+# -- development data (never in the default path) -----------------------------------------
+SHARED_DATA = Path("../shared/data")
+
+
+def metrics(name: str) -> Path:
+    """`metrics/<name>.json`: a stage's numbers (`dvc metrics show`) or a benchmark's."""
+    return METRICS / f"{name}.json"
+
+
+def live(stage: str) -> Path:
+    """`dvclive/<stage>`: a training stage's learning curves (`dvc plots show`)."""
+    return LIVE / stage
+
+
+def evaluation_of(model_dir: Path) -> Path:
+    """Where a model stage keeps its per-query test scores (paired tests read them)."""
+    return model_dir / "eval"

@@ -1,0 +1,171 @@
+"""A serving bundle: everything the engine needs to serve exactly as the stages evaluated.
+
+One folder: the retriever with the catalogue's vectors (`retriever/`, `index/` inside), the
+reranker (`reranker/`, absent when its stage was skipped: the retriever's order is served),
+the catalogue and the user profiles, plus `shopflow.json` with versions and the serving
+settings (`bundle_settings`). The model store saves bundles as BentoML models; the service,
+the A/B evaluation of a promoted champion and the drift probe load engines from them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopflow.core.artifacts import read_json, write_json, write_parquet
+from shopflow.core.config import Params
+from shopflow.core.errors import StageInputError
+from shopflow.engine.search import Catalogue, PairScorer, SearchEngine
+from shopflow.models.bi_encoder import BiEncoder
+from shopflow.models.cross_encoder import CrossEncoder
+
+log = logging.getLogger(__name__)
+
+INFO = "shopflow.json"
+CATALOGUE = "catalogue.parquet"
+USERS = "users.parquet"
+
+
+def bundle_settings(params: Params) -> dict:
+    """What the engine needs to serve exactly as the stages evaluated."""
+    return {
+        "max_item_len": params.retriever.max_item_len,
+        "max_query_len": params.retriever.max_query_len,
+        "history_items": params.retriever.history_items,
+        "rerank_max_len": params.reranker.max_len,
+        "rerank_max_query_len": params.reranker.max_query_len,
+        "candidates": params.reranker.candidates,
+        "ann_min_items": params.serving.ann_min_items,
+        "batch_size": params.serving.batch_size,
+    }
+
+
+def save_bundle(
+    out: Path,
+    *,
+    retriever_dir: Path,
+    reranker_dir: Path,
+    prepared_dir: Path,
+    settings: dict,
+    info: dict,
+) -> Path:
+    """Copy what serving needs into `out` (a fresh folder): models, catalogue, users, info."""
+    if not (retriever_dir / "index" / "item_vectors.npy").exists():
+        raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
+    out.mkdir(parents=True, exist_ok=False)
+    shutil.copytree(retriever_dir, out / "retriever", ignore=shutil.ignore_patterns("eval"))
+    if (reranker_dir / "config.json").exists():
+        shutil.copytree(reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval"))
+    products = pd.read_parquet(prepared_dir / "products.parquet")
+    write_parquet(products, out / CATALOGUE)
+    if (prepared_dir / USERS).exists():
+        shutil.copy2(prepared_dir / USERS, out / USERS)
+    write_json(out / INFO, {**info, "settings": settings})
+    return out
+
+
+def read_bundle_info(bundle: str | Path) -> dict:
+    """A bundle's `shopflow.json` (versions, settings, ONNX choice)."""
+    path = Path(bundle) / INFO
+    if not path.exists():
+        raise StageInputError(f"{bundle}: not a serving bundle (no {INFO})")
+    return read_json(path)
+
+
+def load_reranker(folder: Path, settings: dict, device: str) -> CrossEncoder | None:
+    """The reranker in `folder`, or None when its stage was skipped (no search data)."""
+    if not (folder / "config.json").exists():
+        return None
+    return CrossEncoder.load(
+        folder,
+        device,
+        max_len=settings["rerank_max_len"],
+        max_query_len=settings["rerank_max_query_len"],
+        batch_size=settings["batch_size"],
+    )
+
+
+def assemble_engine(
+    retriever_dir: Path,
+    reranker_dir: Path,
+    products: pd.DataFrame,
+    settings: dict,
+    device: str = "cpu",
+    users: pd.DataFrame | None = None,
+    info: dict | None = None,
+    item_prior: np.ndarray | None = None,
+) -> SearchEngine:
+    """An engine from model folders over `products`. The saved product vectors are used when
+    they are of exactly these products; otherwise the catalogue is embedded again (a champion
+    evaluated on tonight's catalogue), and the recommendation prior is the fitted weight times
+    `item_prior` (tonight's popularity, aligned with `products`)."""
+    catalogue = Catalogue(products)
+    retriever = BiEncoder.load(
+        retriever_dir,
+        device,
+        max_len=settings["max_item_len"],
+        query_max_len=settings["max_query_len"],
+        batch_size=settings["batch_size"],
+    )
+    if not retriever.load_index(retriever_dir / "index", catalogue.ids.tolist()):
+        log.info(
+            "%s: product vectors are of another catalogue; embedding %d products",
+            retriever_dir,
+            len(catalogue),
+        )
+        retriever.index(catalogue.ids.tolist(), catalogue.texts)
+        weight = BiEncoder.saved_prior_weight(retriever_dir / "index")
+        if item_prior is not None and weight is not None:
+            retriever.item_prior = item_prior
+            retriever.prior_weight = weight
+    return SearchEngine(
+        retriever,
+        load_reranker(reranker_dir, settings, device),
+        catalogue,
+        candidates=settings["candidates"],
+        history_items=settings["history_items"],
+        ann_min_items=settings["ann_min_items"],
+        users=users,
+        info=info,
+    )
+
+
+def load_engine(
+    bundle: str | Path, device: str = "cpu", runtime: str | None = None
+) -> SearchEngine:
+    """The engine of a bundle; `runtime` torch | fp32 | int8 (ONNX) overrides the one the
+    bundle was saved with (`settings.onnx`)."""
+    bundle = Path(bundle)
+    info = read_bundle_info(bundle)
+    settings = info["settings"]
+    products = pd.read_parquet(bundle / CATALOGUE)
+    users = pd.read_parquet(bundle / USERS) if (bundle / USERS).exists() else None
+    engine = assemble_engine(
+        bundle / "retriever", bundle / "reranker", products, settings, device, users, info
+    )
+    runtime = runtime or settings.get("onnx", "none")
+    if runtime in ("fp32", "int8"):
+        from shopflow.engine.onnx import use_onnx
+
+        use_onnx(engine, bundle / "onnx" / runtime)
+    log.info(
+        "serving bundle %s: %d products (%s search), reranker %s, %d users, %s runtime",
+        bundle,
+        len(engine.catalogue),
+        engine.index.kind,
+        "on" if engine.reranker is not None else "off (skipped stage)",
+        len(engine.users),
+        f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
+    )
+    return engine
+
+
+def load_pair_scorer(bundle: str | Path, device: str = "cpu") -> PairScorer:
+    """The reranker of a bundle over its catalogue: what the service's batching worker runs."""
+    info = read_bundle_info(bundle)
+    catalogue = Catalogue(pd.read_parquet(Path(bundle) / CATALOGUE))
+    return PairScorer(load_reranker(Path(bundle) / "reranker", info["settings"], device), catalogue)

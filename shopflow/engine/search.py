@@ -1,0 +1,302 @@
+"""Search, recommend and rank: the one implementation behind offline evaluation and the service.
+
+`SearchEngine` retrieves candidates with the two-tower retriever over the whole catalogue
+(precomputed product vectors, `models.vector_index`), reorders the top `candidates` with the
+cross-encoder and returns the top k. The reranker stage's evaluation, the A/B evaluation and
+the BentoML service all call it, so the numbers in `metrics/` are the numbers of what is
+served. An engine is loaded from a serving bundle by `engine.bundle`.
+
+The steps are public (`candidates_for`, `rank_candidates`, `score_pairs`, `merge`) because
+the service runs the reranker's `score_pairs` in a batching worker of its own and composes
+the steps itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from shopflow.core.errors import StageInputError
+from shopflow.data.features import product_text, query_text
+from shopflow.models.bi_encoder import BiEncoder
+from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+Candidates = list[tuple[str, float]]  # (product id, retriever cosine), best first
+CATALOGUE_COLUMNS = ["product_id", "title", "brand", "category", "price"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: str
+    title: str
+    score: float  # what the list is ordered by: the reranker's, else the retriever's
+    retriever_score: float
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A category (matches its subcategories: "Garden" matches "Garden > Hoses") and a price
+    range, inclusive."""
+
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.category, self.min_price, self.max_price))
+
+
+class Catalogue:
+    """The products a shop serves, in the order of the retriever's vectors."""
+
+    def __init__(self, products: pd.DataFrame) -> None:
+        self.ids = products["product_id"].astype(str).to_numpy()
+        self.titles = products["title"].astype(str).to_numpy()
+        column = products.get("category", pd.Series([None] * len(products)))
+        self.categories = column.fillna("").astype(str).to_numpy()
+        price = products.get("price", pd.Series([np.nan] * len(products)))
+        self.prices = pd.to_numeric(price, errors="coerce").to_numpy(float)
+        self.texts = product_text(products)
+        self.position = {pid: i for i, pid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, product_ids: Sequence[str]) -> list[int]:
+        return [self.position[p] for p in product_ids if p in self.position]
+
+    def unknown(self, product_ids: Sequence[str]) -> list[str]:
+        return [p for p in product_ids if p not in self.position]
+
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Boolean mask of the products passing `filters` (None when there are none)."""
+        if not filters:
+            return None
+        mask = np.ones(len(self), bool)
+        if filters.category is not None:
+            wanted = filters.category.strip().lower()
+            lower = np.char.lower(self.categories.astype(str))
+            mask &= (lower == wanted) | np.char.startswith(lower, wanted + " >")
+        if filters.min_price is not None:
+            mask &= self.prices >= filters.min_price  # unknown prices (NaN) never pass
+        if filters.max_price is not None:
+            mask &= self.prices <= filters.max_price
+        return mask
+
+
+class PairScorer:
+    """Cross-encoder scores of (query, product) pairs, products tokenised once and cached.
+
+    Its own class because the service runs it in a batching worker of its own."""
+
+    def __init__(self, reranker: CrossEncoder | None, catalogue: Catalogue) -> None:
+        self.reranker = reranker
+        self.catalogue = catalogue
+        self._pieces: dict[int, list[int]] = {}  # product position -> reranker tokens
+
+    def __call__(
+        self, queries: Sequence[str], product_ids: Sequence[str], priors: Sequence[float]
+    ) -> np.ndarray:
+        """Cross-encoder scores; the retriever cosine (the prior) when there is no reranker."""
+        if self.reranker is None or not len(product_ids):
+            return np.asarray(priors, np.float32)
+        unique = list(dict.fromkeys(queries))
+        query_pieces = dict(zip(unique, self.reranker.pairs.pieces(unique), strict=True))
+        positions = [self.catalogue.position[p] for p in product_ids]
+        missing = [p for p in dict.fromkeys(positions) if p not in self._pieces]
+        if missing:
+            texts = [self.catalogue.texts[p] for p in missing]
+            self._pieces.update(zip(missing, self.reranker.pairs.pieces(texts), strict=True))
+        return self.reranker.score_tokens(
+            [query_pieces[q] for q in queries],
+            [self._pieces[p] for p in positions],
+            priors,
+            progress="reranking" if len(positions) > 5000 else None,
+        )
+
+
+class SearchEngine:
+    """Retriever → reranker over one catalogue."""
+
+    def __init__(
+        self,
+        retriever: BiEncoder,
+        reranker: CrossEncoder | None,
+        catalogue: Catalogue,
+        candidates: int = 50,
+        history_items: int = 3,
+        ann_min_items: int = 100_000,
+        users: pd.DataFrame | None = None,
+        info: dict | None = None,
+    ) -> None:
+        if len(retriever.item_ids) != len(catalogue) or list(retriever.item_ids) != list(
+            catalogue.ids
+        ):
+            raise StageInputError(
+                "the retriever's product vectors do not match the catalogue (re-run the "
+                "retriever stage, or rebuild the bundle)"
+            )
+        self.retriever = retriever
+        self.reranker = reranker
+        self.catalogue = catalogue
+        self.candidates = candidates
+        self.history_items = history_items
+        self.index = VectorIndex(retriever.item_vectors, ann_min_items)
+        self.users: dict[str, tuple[list[str], list[str]]] = {}
+        if users is not None:
+            for key, recent, bought in users[["user_key", "recent", "purchased"]].itertuples(
+                index=False
+            ):
+                self.users[str(key)] = (list(recent), list(bought))
+        self.info = info or {}
+        self.score_pairs = PairScorer(reranker, catalogue)
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.retriever.encode(texts, max_len=self.retriever.query_max_len)
+
+    def retrieve(
+        self,
+        vectors: np.ndarray,
+        depth: int,
+        allowed: np.ndarray | None = None,
+        exclude: Sequence[Sequence[str]] | None = None,
+        bias: np.ndarray | None = None,
+    ) -> list[Candidates]:
+        banned = [self.catalogue.positions(e) for e in exclude] if exclude is not None else None
+        hits = self.index.search(vectors, depth, allowed, banned, bias)
+        return [[(self.catalogue.ids[p], s) for p, s in row] for row in hits]
+
+    def priors(self, query_vector: np.ndarray, product_ids: Sequence[str]) -> np.ndarray:
+        """Retriever cosine of products to a (bare) query: the reranker's prior feature."""
+        positions = [self.catalogue.position[p] for p in product_ids]
+        return self.retriever.item_vectors[positions] @ query_vector
+
+    def merge(
+        self, candidates: Candidates, scores: Sequence[float] | np.ndarray, k: int
+    ) -> list[Hit]:
+        """Candidates reordered by `scores`, top k."""
+        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+        return [
+            Hit(
+                product_id=candidates[i][0],
+                title=str(self.catalogue.titles[self.catalogue.position[candidates[i][0]]]),
+                score=float(scores[i]),
+                retriever_score=float(candidates[i][1]),
+            )
+            for i in order
+        ]
+
+    # -- what callers ask ----------------------------------------------------------------
+
+    def user(self, user_key: str | None) -> tuple[list[str], list[str]]:
+        """(recent products, bought products) of a user; empty for unknown users."""
+        return self.users.get(user_key, ([], [])) if user_key else ([], [])
+
+    def history_text(self, query: str | None, recent: Sequence[str]) -> str:
+        titles = [
+            str(self.catalogue.titles[self.catalogue.position[p]])
+            for p in recent
+            if p in self.catalogue.position
+        ]
+        return query_text(query, titles, self.history_items)
+
+    def candidates_for(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        recents: Sequence[Sequence[str]] | None = None,
+        filters: Filters | None = None,
+    ) -> list[tuple[Candidates, list[float]]]:
+        """Per query: the retrieved candidates and their reranker priors (the first half of
+        `search`; the service sends the pairs to its batching scorer, then `merge`s).
+
+        With `recents` (a user's latest products), retrieval reads the query and those items;
+        the reranker's prior always reads the bare query, as it was trained.
+        """
+        if not len(queries):
+            return []
+        bare = self.embed_queries(queries)
+        vectors = bare
+        if recents is not None and any(len(r) for r in recents):
+            vectors = self.embed_queries(
+                [self.history_text(q, r) for q, r in zip(queries, recents, strict=True)]
+            )
+        depth = max(k, self.candidates if self.reranker is not None else k)
+        found = self.retrieve(vectors, depth, self.catalogue.allowed(filters))
+        return [
+            (cands, self.priors(vector, [p for p, _ in cands]).tolist() if cands else [])
+            for vector, cands in zip(bare, found, strict=True)
+        ]
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        recents: Sequence[Sequence[str]] | None = None,
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:
+        """Top k products per query: retrieve `candidates`, rerank them."""
+        return self.rerank(queries, self.candidates_for(queries, k, recents, filters), k)
+
+    def rerank(
+        self,
+        queries: Sequence[str],
+        found: Sequence[tuple[Candidates, list[float]]],
+        k: int,
+        limit: int | None = None,
+    ) -> list[list[Hit]]:
+        """Each query's first `limit` candidates (all when None), from `candidates_for`, scored
+        in one reranker batch; the top k of them."""
+        heads = [(cands[:limit], priors[:limit]) for cands, priors in found]
+        flat_q, flat_p, flat_prior = [], [], []
+        for query, (cands, priors) in zip(queries, heads, strict=True):
+            flat_q += [query] * len(cands)
+            flat_p += [pid for pid, _ in cands]
+            flat_prior += priors
+        scores = self.score_pairs(flat_q, flat_p, flat_prior)
+        out, at = [], 0
+        for cands, _ in heads:
+            out.append(self.merge(cands, scores[at : at + len(cands)], k))
+            at += len(cands)
+        return out
+
+    def recommend(
+        self,
+        recents: Sequence[Sequence[str]],
+        k: int = 10,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Hit]]:
+        """Next products for each history (latest last): the user tower's nearest products
+        plus the retriever's fitted popularity prior, never one in `exclude` (what the user
+        already bought)."""
+        if not len(recents):
+            return []
+        vectors = self.embed_queries([self.history_text(None, r) for r in recents])
+        found = self.retrieve(vectors, k, exclude=exclude, bias=self.retriever.recommend_bias)
+        return [self.merge(c, [s for _, s in c], k) for c in found]
+
+    def rank_candidates(self, query: str, product_ids: Sequence[str]) -> Candidates:
+        """The given products (duplicates dropped) with their priors for `query`: the first
+        half of `rank`, which the service scores in its batching worker."""
+        ids = list(dict.fromkeys(product_ids))
+        if not ids:
+            return []
+        priors = self.priors(self.embed_queries([query])[0], ids)
+        return list(zip(ids, map(float, priors), strict=True))
+
+    def rank(self, query: str, product_ids: Sequence[str]) -> list[Hit]:
+        """Given products reordered for a query (for shops that keep their own retrieval)."""
+        cands = self.rank_candidates(query, product_ids)
+        scores = self.score_pairs(
+            [query] * len(cands), [p for p, _ in cands], [s for _, s in cands]
+        )
+        return self.merge(cands, scores, len(cands))

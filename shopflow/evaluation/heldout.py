@@ -1,0 +1,51 @@
+"""The test split both systems of an A/B evaluation answer: judged queries (search) and
+held-out purchases with the shopper's history (recommendation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from shopflow.core.config import Params
+from shopflow.core.errors import StageInputError
+from shopflow.evaluation import ranking
+
+
+@dataclass
+class HeldOut:
+    products: pd.DataFrame
+    qrels: dict[str, dict[str, float]]
+    histories: list[list[str]]
+    targets: list[str]
+    exclude: list[list[str]] | None
+    popular: pd.Series
+
+    @property
+    def queries(self) -> list[str]:
+        return list(self.qrels)
+
+
+def held_out(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: Path) -> HeldOut:
+    judged = tables.get("judgments")
+    qrels = {}
+    if judged is not None and (judged["split"] == "test").any():
+        qrels = ranking.qrels_from(judged[judged["split"] == "test"])
+    sequences = tables.get("sequences")
+    histories, targets = [], []
+    if sequences is not None and (sequences["split"] == "test").any():
+        test = sequences[sequences["split"] == "test"]
+        histories = [list(h) for h in test["history"]]
+        targets = test["product_id"].tolist()
+    if not qrels and not targets:
+        raise StageInputError(
+            "the test split has neither judged queries nor held-out purchases: nothing to "
+            "evaluate a challenger on (check prepare.test_days and the source's judgments)"
+        )
+    popular_path = baselines_dir / "popularity.parquet"
+    if not popular_path.exists():
+        raise StageInputError(f"{popular_path}: missing; run the baselines stage first")
+    popular = pd.read_parquet(popular_path).set_index("product_id")["score"]
+    exclude = histories if params.evaluation.exclude_history else None
+    return HeldOut(tables["products"], qrels, histories, targets, exclude, popular)

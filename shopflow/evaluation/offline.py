@@ -1,0 +1,135 @@
+"""Test-split numbers of one model or baseline, per query or per held-out purchase.
+
+Every model stage writes its per-query scores (`<model>/eval/*.parquet`) so that later
+comparisons are paired: the reranker against BM25, the zero-shot encoder and the retriever;
+the A/B evaluation of challenger against champion. Search is scored on the judged test
+queries (NDCG@10, MRR@10, MAP, Recall@100), recommendation on the test purchases (HitRate@10,
+NDCG@10 of the next product bought, history excluded as in serving).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from shopflow.core.config import Params
+from shopflow.data.features import history_texts, titles_of
+from shopflow.data.tables import Tables, split_of
+from shopflow.evaluation import ranking, significance
+from shopflow.models.bi_encoder import BiEncoder
+from shopflow.models.popularity import CoOccurrenceRecommender, without_history
+
+log = logging.getLogger(__name__)
+
+Hits = list[list[tuple[str, float]]]  # per query: (product id, score), best first
+SEARCH_DEPTH = 100  # Recall@100
+TOP = 10
+
+
+def test_qrels(tables: Tables) -> dict[str, dict[str, float]]:
+    """The judged test queries: query → product → grade (empty without judgments)."""
+    judged = split_of(tables, "judgments", "test")
+    return {} if judged is None else ranking.qrels_from(judged)
+
+
+def search_scores(
+    qrels: Mapping[str, Mapping[str, float]], queries: Sequence[str], hits: Hits, params: Params
+) -> pd.DataFrame:
+    """Per-query search metrics of ranked hits (`hits[i]` answers `queries[i]`)."""
+    ranked = {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
+    return ranking.per_query(qrels, ranked, params.evaluation.relevant_at)
+
+
+def baseline_scores(
+    tables: Tables,
+    bm25_search: Callable[[list[str]], Hits],
+    zero_shot_search: Callable[[list[str]], Hits],
+    popular: pd.Series,
+    cooccurrence: pd.DataFrame,
+    params: Params,
+) -> dict[str, pd.DataFrame]:
+    """Every baseline's per-query (search) or per-purchase (recommend) test scores."""
+    result: dict[str, pd.DataFrame] = {}
+    qrels = test_qrels(tables)
+    if qrels:
+        queries = list(qrels)
+        runs = {"bm25": bm25_search(queries), "zero_shot_encoder": zero_shot_search(queries)}
+        for name, hits in runs.items():
+            result[f"{name}_search"] = search_scores(qrels, queries, hits, params)
+    test = split_of(tables, "sequences", "test")
+    if test is not None:
+        histories = [list(h) if params.evaluation.exclude_history else [] for h in test["history"]]
+        depth = TOP + max((len(h) for h in histories), default=0)
+        popular_top = list(popular.index[:depth])
+        recommender = CoOccurrenceRecommender(cooccurrence, popular)
+        recommendations = {
+            "popularity": [without_history(popular_top, h) for h in histories],
+            "cooccurrence": [
+                without_history(recommender.recommend(list(h), depth), seen)
+                for h, seen in zip(test["history"], histories, strict=True)
+            ],
+        }
+        targets = list(test["product_id"])
+        for name, recs in recommendations.items():
+            result[f"{name}_recommend"] = ranking.next_item(targets, recs)
+    return result
+
+
+def bi_encoder_scores(
+    encoder: BiEncoder, tables: Tables, params: Params
+) -> dict[str, pd.DataFrame]:
+    """Search and recommendation test scores of a bi-encoder that has the catalogue indexed
+    (and its popularity prior fitted)."""
+    out: dict[str, pd.DataFrame] = {}
+    qrels = test_qrels(tables)
+    if qrels:
+        queries = list(qrels)
+        out["search"] = search_scores(qrels, queries, encoder.search(queries, SEARCH_DEPTH), params)
+    test = split_of(tables, "sequences", "test")
+    if test is not None:
+        titles = titles_of(tables["products"])
+        texts = history_texts(test["history"], titles, params.retriever.history_items)
+        exclude = [list(h) for h in test["history"]] if params.evaluation.exclude_history else None
+        hits = encoder.search(texts, k=TOP, exclude=exclude, bias=encoder.recommend_bias)
+        out["recommend"] = ranking.next_item(
+            test["product_id"].tolist(), [[pid for pid, _ in h] for h in hits]
+        )
+    return out
+
+
+def summarize(per_query: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """Means of every metric column, and how many queries/examples they are over."""
+    return {name: {**ranking.means(frame), "n": len(frame)} for name, frame in per_query.items()}
+
+
+def compare_with(
+    per_query: pd.DataFrame, others: Mapping[str, Path], alpha: float, metric: str = "ndcg@10"
+) -> dict[str, dict]:
+    """Paired tests of `per_query` against each other system's saved per-query scores, over
+    the queries both answered (a missing file is skipped with a warning)."""
+    result = {}
+    ours = per_query.set_index("query")[metric]
+    for name, path in others.items():
+        if not path.exists():
+            log.warning("no per-query scores at %s: not compared with %s", path, name)
+            continue
+        other = pd.read_parquet(path).set_index("query")[metric]
+        common = ours.index.intersection(other.index)
+        test = significance.paired_test(ours[common].to_numpy(), other[common].to_numpy())
+        test["significant"] = bool(test["p_ttest"] < alpha and test["mean_diff"] > 0)
+        result[f"vs_{name}"] = test
+        log.info(
+            "vs %s on %s: %+.4f (%.4f vs %.4f, t-test p=%.2g, Wilcoxon p=%.2g, n=%d)",
+            name,
+            metric,
+            test["mean_diff"],
+            test["mean_a"],
+            test["mean_b"],
+            test["p_ttest"],
+            test["p_wilcoxon"],
+            test["n"],
+        )
+    return result

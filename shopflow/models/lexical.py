@@ -1,0 +1,51 @@
+"""BM25 over product text: the lexical baseline every model must beat, and the retriever's
+source of hard negatives.
+
+`bm25s` (a maintained, sparse-matrix BM25) does the work: fast to index and to query, with
+English stop words removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopflow.core.artifacts import write_parquet
+
+
+class BM25:
+    """BM25 search over product text."""
+
+    def __init__(self, product_ids: Sequence[str], texts: Sequence[str]) -> None:
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+
+        self.product_ids = np.asarray(product_ids)
+        self.index = bm25s.BM25()
+        self.index.index(
+            bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False
+        )
+
+    def search(self, queries: Sequence[str], k: int = 100) -> list[list[tuple[str, float]]]:
+        import bm25s
+
+        tokens = bm25s.tokenize(
+            list(queries), stopwords="en", return_ids=False, show_progress=False
+        )
+        k = min(k, len(self.product_ids))
+        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return [
+            [(self.product_ids[d], float(s)) for d, s in zip(row_d, row_s, strict=True) if s > 0]
+            for row_d, row_s in zip(docs, scores, strict=True)
+        ]
+
+    def save(self, folder: Path) -> None:
+        self.index.save(str(folder))
+        write_parquet(
+            pd.DataFrame({"product_id": self.product_ids}), folder / "product_ids.parquet"
+        )

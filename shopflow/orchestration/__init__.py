@@ -1,0 +1,1 @@
+"""What Airflow and `make run` call: the nightly decisions, alerts and the run log."""

@@ -1,0 +1,2 @@
+"""Which model serves: the registry (champion and promotion log), promotion, deployment and
+rollback."""

@@ -1,0 +1,226 @@
+"""Promotion: a challenger the gate passed becomes the champion, if its Bento works.
+
+Steps, each safe to repeat, and the champion moves only at the last one:
+1. register the BM25 + popularity baseline as the first champion if the registry is empty
+   (so even a rejected first night leaves a registry that says what serves);
+2. stop here unless `reports/decision.json` says promote, or if the champion has moved since
+   the decision was made (a stale decision must never promote);
+3. save the models, product vectors, catalogue and serving settings as a BentoML model
+   (content-addressed: the same models give the same tag and nothing new is stored);
+4. build its Bento offline, or reuse the Bento already built for that model;
+5. smoke-test the built Bento: serve it on a free 127.0.0.1 port, wait for /readyz, send
+   canned /search, /recommend, /rank and /version requests; check statuses, that the served
+   top 10 matches what was evaluated, and the latency budget;
+6. under the registry lock, re-check the champion and append the promotion (one atomic
+   rename). A kill before this leaves the old champion in place; a rerun redoes nothing that
+   already exists.
+
+A failed smoke test leaves the champion as it was, writes why to `metrics/promote.json` and
+fails the stage (exit 4), so the night is marked failed and alerts fire.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopflow.core import paths
+from shopflow.core.artifacts import write_json
+from shopflow.core.config import Params
+from shopflow.core.errors import ShopflowError, StageInputError
+from shopflow.release.registry import Entry, Registry, now
+from shopflow.serving.bento_build import build_bento, find_bento
+from shopflow.serving.local import RunningService, free_port
+from shopflow.serving.model_store import save_model
+
+log = logging.getLogger(__name__)
+
+
+class SmokeTestError(ShopflowError):
+    """The built Bento did not serve correctly: the champion was not moved."""
+
+    exit_code = 4
+
+
+def promote(params: Params, decision: dict) -> dict:
+    """Act on the evaluate stage's decision (see the module docstring); the outcome."""
+    metrics = paths.metrics("promote")
+    registry = Registry(params.promote.registry)
+    baseline_metrics = (
+        decision["metrics"].get("champion", {})
+        if decision["champion"]["kind"] == "baseline"
+        else {}
+    )
+    registry.ensure_baseline(baseline_metrics, decision.get("data_hash"))
+    champion = registry.current()
+    outcome = {"verdict": decision["verdict"], "promoted": 0, "at": now()}
+    if decision["verdict"] != "promote":
+        log.info(
+            "verdict reject: the champion stays #%d %s. Why: %s",
+            champion.id,
+            champion.version,
+            "; ".join(decision["reasons"]),
+        )
+        return _finish(metrics, outcome, champion, reasons=decision["reasons"])
+
+    tag = save_model(params, metadata={"decision": _decision_summary(decision)})
+    version = tag.split(":", 1)[1]
+    if champion.version == version:
+        log.info("%s is already the champion (#%d): nothing to do", tag, champion.id)
+        return _finish(metrics, outcome | {"promoted": 1, "already": True}, champion)
+    _check_not_stale(decision, champion)
+
+    bento = find_bento(tag)
+    if bento:
+        log.info("reusing Bento %s, already built for %s", bento, tag)
+    else:
+        bento = build_bento(tag)
+    smoke = smoke_test(bento, tag, params, paths.EVALUATION)
+    outcome["smoke_test"] = smoke
+    if not smoke["passed"]:
+        _finish(metrics, outcome | {"bento": bento}, champion, reasons=smoke["failures"])
+        raise SmokeTestError(
+            f"the Bento {bento} failed its smoke test; the champion stays #{champion.id} "
+            f"({champion.version}): " + "; ".join(smoke["failures"])
+        )
+    with registry.locked():
+        current = registry.current()
+        if current.id != champion.id:
+            raise StageInputError(
+                f"the champion moved to #{current.id} ({current.version}) while this promotion "
+                "ran; re-run evaluate against it"
+            )
+        entry = registry.append(
+            Entry(
+                id=0,
+                action="promote",
+                at=now(),
+                kind="model",
+                version=version,
+                model_tag=tag,
+                bento_tag=bento,
+                reason="; ".join(decision["reasons"]),
+                metrics=decision["metrics"].get("challenger", {}),
+                data_hash=decision.get("data_hash"),
+                params_hash=decision.get("params_hash"),
+                git_revision=decision.get("git_revision"),
+                decision=_decision_summary(decision),
+            ),
+            make_champion=True,
+        )
+    log.info(
+        "promoted %s (Bento %s) as champion #%d, replacing #%d %s",
+        tag,
+        bento,
+        entry.id,
+        champion.id,
+        champion.version,
+    )
+    return _finish(metrics, outcome | {"promoted": 1, "bento": bento}, entry)
+
+
+def _check_not_stale(decision: dict, champion: Entry) -> None:
+    decided_against = decision["champion"]["entry"]
+    implicit_baseline = decided_against is None and champion.kind == "baseline"
+    if decided_against != champion.id and not implicit_baseline:
+        raise StageInputError(
+            f"the decision was made against champion #{decided_against} but the champion is "
+            f"now #{champion.id} ({champion.version}); re-run evaluate (`dvc repro -f evaluate`)"
+        )
+
+
+def _decision_summary(decision: dict) -> dict:
+    p = decision["primary"]
+    out = {
+        "metric": p["metric"],
+        "difference": p["difference"],
+        "ci": [p["ci_low"], p["ci_high"]],
+        "p_value": p["p_value"],
+        "champion": decision["champion"]["label"],
+    }
+    if decision.get("interleaving"):
+        out["interleaving_win_rate"] = decision["interleaving"]["win_rate"]
+    return out
+
+
+def _finish(
+    metrics: Path, outcome: dict, champion: Entry, reasons: list[str] | None = None
+) -> dict:
+    about = {"entry": champion.id, "version": champion.version, "bento": champion.bento_tag}
+    outcome = {**outcome, "champion": about, "reasons": reasons or []}
+    write_json(metrics, outcome)
+    return outcome
+
+
+def smoke_test(bento: str, model_tag: str, params: Params, evaluation_dir: Path) -> dict:
+    """Serve `bento` on loopback and check what it answers; never raises for a bad answer."""
+    import httpx
+
+    version = model_tag.split(":", 1)[1]
+    cfg = params.promote
+    failures: list[str] = []
+    timings: list[float] = []
+    expected = _evaluated_top10(evaluation_dir)
+    queries = list(expected)[: cfg.smoke_queries] or ["gift"]
+    port = free_port()
+    log.info("smoke test: serving %s on 127.0.0.1:%d", bento, port)
+    try:
+        with RunningService(bento, port) as base, httpx.Client(base_url=base, timeout=60) as client:
+
+            def post(path: str, body: dict) -> httpx.Response:
+                started = time.perf_counter()
+                response = client.post(path, json=body)
+                timings.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    failures.append(f"{path} {body} → {response.status_code} {response.text[:200]}")
+                return response
+
+            served = client.get("/version").json()
+            if served.get("model_version") != version:
+                failures.append(f"/version serves {served.get('model_version')}, not {version}")
+            overlaps = []
+            first_hits: list[str] = []
+            for query in queries:
+                response = post("/search", {"query": query, "k": 10})
+                if response.status_code == 200:
+                    ids = [h["product_id"] for h in response.json()["products"]]
+                    first_hits = first_hits or ids
+                    if query in expected:
+                        overlaps.append(len(set(ids) & set(expected[query])) / 10)
+            if first_hits:
+                post("/rank", {"query": queries[0], "product_ids": first_hits[::-1][:5]})
+                post("/recommend", {"recent_product_ids": first_hits[:2], "k": 5})
+            overlap = float(np.mean(overlaps)) if overlaps else None
+            if overlap is not None and overlap < cfg.smoke_min_overlap:
+                failures.append(
+                    f"served top 10 overlaps the evaluated top 10 by {overlap:.2f} "
+                    f"(< {cfg.smoke_min_overlap}): the Bento does not serve what was evaluated"
+                )
+    except (StageInputError, httpx.HTTPError) as exc:
+        failures.append(f"the Bento did not serve: {str(exc)[-1500:]}")
+        overlap = None
+    p95 = float(np.percentile(timings, 95)) if timings else None
+    if p95 is not None and p95 > cfg.smoke_p95_ms:
+        failures.append(f"p95 latency {p95:.0f} ms > smoke_p95_ms {cfg.smoke_p95_ms:g}")
+    result = {
+        "passed": not failures,
+        "failures": failures,
+        "requests": len(timings),
+        "p95_ms": p95,
+        "top10_overlap": overlap,
+        "bento": bento,
+    }
+    log.info("smoke test %s: %s", "passed" if not failures else "FAILED", result)
+    return result
+
+
+def _evaluated_top10(evaluation_dir: Path) -> dict[str, list[str]]:
+    path = evaluation_dir / "challenger_search_top10.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    return {q: list(ids) for q, ids in zip(frame["query"], frame["top10"], strict=True)}

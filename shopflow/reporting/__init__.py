@@ -1,0 +1,1 @@
+"""The run report: facts gathered from a run's outputs, rendered to a static HTML page."""

@@ -1,0 +1,97 @@
+"""Bentos: the service code and one saved model, built offline through BentoML's Python API.
+
+`bento/bentofile.yaml` lists exactly the files the service imports and sets
+`lock_packages: false` (locking reaches the network). A Bento is labelled with the version of
+the model it packs, so it is found again (`find_bento`) instead of being rebuilt, and so a
+served Bento is pinned to its own model (`packed_model`), whatever else the store holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from shopflow.core.errors import StageInputError
+from shopflow.serving.model_store import MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]  # the project: bento/ and its bentofile live here
+BENTOFILE = ROOT / "bento" / "bentofile.yaml"  # lists exactly what the service imports
+MODEL_ENV = "SHOPFLOW_MODEL"  # the model the service declares (bento/service.py)
+
+
+@contextlib.contextmanager
+def model_env(model_tag: str) -> Iterator[None]:
+    """`SHOPFLOW_MODEL` set to `model_tag` while the service module is imported by a build."""
+    before = os.environ.get(MODEL_ENV)
+    os.environ[MODEL_ENV] = model_tag
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MODEL_ENV, None)
+        else:
+            os.environ[MODEL_ENV] = before
+
+
+def build_bento(model_tag: str) -> str:
+    """Build bento/bentofile.yaml with `model_tag` packed; returns the Bento's tag.
+
+    BentoML imports the service to find the model it declares, so the service module is
+    re-imported (`reload`) with `SHOPFLOW_MODEL` pointing at this model: a process that builds
+    twice packs each time the model it was asked for."""
+    import bentoml
+
+    version = model_tag.split(":", 1)[1]
+    try:
+        with model_env(model_tag):
+            bento = bentoml.bentos.build_bentofile(
+                str(BENTOFILE),
+                build_ctx=str(ROOT),
+                labels={"model_version": version},
+                reload=True,
+            )
+    except bentoml.exceptions.BentoMLException as exc:
+        raise StageInputError(f"bentoml build of {model_tag} failed: {exc}") from exc
+    log.info("built Bento %s with model %s", bento.tag, model_tag)
+    return str(bento.tag)
+
+
+def find_bento(model_tag: str) -> str | None:
+    """The newest Bento in the store built for `model_tag` (None when there is none)."""
+    import bentoml
+
+    version = model_tag.split(":", 1)[1]
+    packing = [b for b in bentoml.list() if b.info.labels.get("model_version") == version]
+    packing.sort(key=lambda b: b.info.creation_time, reverse=True)
+    return str(packing[0].tag) if packing else None
+
+
+def packed_model(bento_tag: str, env: dict[str, str] | None = None) -> str:
+    """The model a Bento was built for (its `model_version` label).
+
+    The service declares its model by tag, and `bentoml serve <bento>` on a machine resolves
+    that tag in the local store: without this pin, "shopflow:latest" would be the newest
+    model saved there, not the one packed in the Bento (measured: a Bento served the model
+    of a later promotion). In a container the Bento's own store holds only its model.
+    Asked through the CLI, so that `env`'s BENTOML_HOME is the store read.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", bento_tag, "-o", "json"],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise StageInputError(f"Bento {bento_tag} is not in the store: {done.stderr[-500:]}")
+    version = (json.loads(done.stdout).get("labels") or {}).get("model_version")
+    if not version:
+        raise StageInputError(f"Bento {bento_tag} was not built by shopflow (no model_version)")
+    return f"{MODEL_NAME}:{version}"

@@ -1,0 +1,80 @@
+"""Stage `evaluate`: the A/B evaluation of tonight's challenger against the champion.
+
+The champion is whatever the registry points to: a promoted model (its bundle from the
+BentoML store, re-embedding tonight's catalogue so that models, not catalogue snapshots, are
+compared) or, before any promotion, the BM25 + popularity baseline rebuilt from tonight's
+data. The comparison and the gate are `shopflow.evaluation.ab_test`.
+
+Writes `data/evaluation/` (per-query tables and top-10 lists), `reports/decision.json` (the
+verdict, every number, every reason, and what was compared) and `metrics/evaluate.json` (the
+headline numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+
+from shopflow.core import paths
+from shopflow.core.artifacts import files_hash, staged_dir, write_json, write_parquet
+from shopflow.core.config import Params
+from shopflow.core.provenance import git_revision, params_hash
+from shopflow.data.tables import read_prepared
+from shopflow.evaluation.ab_test import baseline_means, compare_systems, headline
+from shopflow.evaluation.heldout import held_out
+from shopflow.evaluation.systems import System, challenger_system, champion_system
+from shopflow.release.registry import BASELINE_VERSION, Registry, champion_bundle, now
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> dict:
+    started = time.perf_counter()
+    tables = read_prepared()
+    split = held_out(tables, params, paths.BASELINES)
+    entry = Registry(params.promote.registry).champion()
+    label = (
+        f"#{entry.id} {entry.version}"
+        if entry
+        else "BM25 + popularity baseline (empty registry: the first champion)"
+    )
+    log.info("champion: %s", label)
+    bundle = champion_bundle(entry)
+    systems: dict[str, System] = {
+        "challenger": challenger_system(params, split.products),
+        "champion": champion_system(bundle, split.products, split.popular, params),
+    }
+    comparison = compare_systems(systems, split, tables, params)
+    reranker = paths.RERANKER
+    result = {
+        **comparison.result,
+        "created_at": now(),
+        "champion": {
+            "entry": entry.id if entry else None,
+            "version": entry.version if entry else BASELINE_VERSION,
+            "kind": systems["champion"].kind,
+            "label": label,
+        },
+        "challenger": {
+            "retriever": files_hash(paths.RETRIEVER, "*.safetensors"),
+            "reranker": files_hash(reranker, "*.safetensors") if reranker.exists() else None,
+        },
+        "data_hash": files_hash(paths.PREPARED, "*.parquet"),
+        "params_hash": params_hash(params.model_dump(mode="json", by_alias=True)),
+        "git_revision": git_revision(),
+        "baselines": baseline_means(paths.BASELINES),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    with staged_dir(paths.EVALUATION) as staging:
+        for name, scored in comparison.scored.items():
+            for task in ("search", "recommend"):
+                if task in scored:
+                    write_parquet(scored[task], staging / f"{name}_{task}.parquet")
+            if "search_lists" in scored:
+                top10 = pd.DataFrame({"query": split.queries, "top10": scored["search_lists"]})
+                write_parquet(top10, staging / f"{name}_search_top10.parquet")
+    write_json(paths.DECISION, result)
+    write_json(paths.metrics("evaluate"), headline(result))
+    return result

@@ -1,0 +1,48 @@
+"""The training objectives: masked-token prediction inputs, InfoNCE for the bi-encoder and a
+listwise softmax cross-entropy for the cross-encoder."""
+
+from __future__ import annotations
+
+import torch
+
+
+def mask_tokens(
+    ids: torch.Tensor, special: torch.Tensor, prob: float, generator: torch.Generator, tokenizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking (80% [MASK], 10% random token, 10% unchanged) from an explicit generator."""
+    labels = ids.clone()
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
+    labels[~chosen] = -100
+    inputs = ids.clone()
+    replace = chosen & (torch.rand(ids.shape, generator=generator) < 0.8)
+    inputs[replace] = tokenizer.mask_token_id
+    randomize = chosen & ~replace & (torch.rand(ids.shape, generator=generator) < 0.5)
+    inputs[randomize] = torch.randint(len(tokenizer), ids.shape, generator=generator)[randomize]
+    return inputs, labels
+
+
+def contrastive_loss(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    positives: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """InfoNCE: row i's positive is item i; items equal to row i's positive elsewhere are masked.
+
+    `positives` holds the product row of each query's positive, `candidates` the product row
+    of every item column (the positives first, then the hard negatives).
+    """
+    logits = queries @ items.T / temperature
+    duplicate = candidates.unsqueeze(0) == positives.unsqueeze(1)
+    own = torch.arange(len(positives), device=logits.device)
+    duplicate[own, own] = False
+    logits = logits.masked_fill(duplicate, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, own)
+
+
+def listwise_loss(scores: torch.Tensor, targets: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Softmax cross-entropy of scores against targets (graded: normalised to a distribution;
+    clicks: raw inverse-propensity weights, which keeps the estimate unbiased)."""
+    weights = targets / targets.sum() if normalize else targets
+    return -(weights * torch.log_softmax(scores, dim=0)).sum()

@@ -1,0 +1,140 @@
+"""The package's shape stays readable: stages are thin and independent, the library is layered
+without cycles, dvc.yaml's deps and paths follow the code, and the Bento packs only what the
+service imports. Read from the source (nothing imported), so these run in a second."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shopflow.core import paths
+from tests.unit.import_graph import (
+    PACKAGE,
+    ROOT,
+    all_modules,
+    closure,
+    find_cycle,
+    imports_of,
+    module_file,
+)
+
+pytestmark = pytest.mark.unit
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = sorted(DVC)
+MAX_LINES = 400
+# Modules allowed past MAX_LINES, with the reason.
+LONG_MODULES = {
+    "shopflow/core/config.py": "the params schema: one small class per params.yaml section",
+}
+
+
+def sub_package(module: str) -> str:
+    """`shopflow.models.bi_encoder` → `shopflow.models`; `shopflow.cli` is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def is_package_init(module: str) -> bool:
+    return module_file(module).name == "__init__.py"
+
+
+def test_every_dvc_stage_has_a_stage_module_and_every_stage_module_a_dvc_stage():
+    modules = {p.stem for p in (ROOT / PACKAGE / "stages").glob("*.py") if p.stem != "__init__"}
+    assert modules == set(STAGES)
+    for stage, spec in DVC.items():
+        assert spec["cmd"] == f"python -m shopflow {stage}"
+
+
+def test_no_stage_imports_another_stage():
+    for stage in STAGES:
+        module = f"{PACKAGE}.stages.{stage}"
+        others = {m for m in closure(module) if m.startswith(f"{PACKAGE}.stages.")} - {module}
+        assert not others, f"{module} imports stage(s) {sorted(others)}: move what they share"
+
+
+def test_modules_import_each_other_without_cycles():
+    graph = {m: set(imports_of(m)) for m in all_modules()}
+    assert find_cycle(graph) is None
+
+
+def test_sub_packages_are_layered_without_cycles():
+    graph: dict[str, set[str]] = {}
+    for module in all_modules():
+        for imported in imports_of(module):
+            a, b = sub_package(module), sub_package(imported)
+            if a != b and b != PACKAGE:
+                graph.setdefault(a, set()).add(b)
+    assert find_cycle(graph) is None
+    # the core is the bottom layer, the stages sit on the library, never under it
+    assert graph.get(f"{PACKAGE}.core", set()) == set()
+    library = {
+        p for p in graph if p not in {f"{PACKAGE}.stages", f"{PACKAGE}.cli", f"{PACKAGE}.bench"}
+    }
+    assert not any(f"{PACKAGE}.stages" in graph[p] for p in library)
+
+
+def test_dvc_code_deps_cover_every_module_a_stage_imports():
+    for stage, spec in DVC.items():
+        deps = [d for d in spec["deps"] if d.startswith(f"{PACKAGE}/")]
+        for module in closure(f"{PACKAGE}.stages.{stage}"):
+            if module == PACKAGE or (
+                module.count(".") == 1 and module_file(module).name == "__init__.py"
+            ):
+                continue  # a package's empty __init__ (docstring only)
+            file = module_file(module).relative_to(ROOT).as_posix()
+            assert any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps), (
+                f"dvc.yaml stage {stage}: {file} is imported but not a dependency"
+            )
+
+
+def test_package_inits_hold_only_a_docstring():
+    for module in all_modules():
+        if is_package_init(module) and module.count(".") <= 1:
+            body = ast.parse(module_file(module).read_text(encoding="utf-8")).body
+            assert all(isinstance(n, ast.Expr | ast.Assign) for n in body), module
+
+
+def declared_paths() -> set[str]:
+    values = {str(v) for v in vars(paths).values() if isinstance(v, Path)}
+    values |= {str(paths.metrics(stage)) for stage in STAGES}
+    values |= {str(paths.live(stage) / "plots" / "metrics") for stage in STAGES}
+    return values
+
+
+def test_dvc_data_paths_are_the_ones_the_code_declares():
+    declared = declared_paths()
+    for stage, spec in DVC.items():
+        listed = [d for d in spec["deps"] if not d.startswith((f"{PACKAGE}/", "bento", "${"))]
+        for key in ("outs", "metrics", "plots"):
+            listed += [next(iter(o)) if isinstance(o, dict) else o for o in spec.get(key, [])]
+        for path in listed:
+            assert path in declared, f"dvc.yaml stage {stage}: {path} is not in core/paths.py"
+
+
+def test_modules_stay_small():
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if name not in LONG_MODULES:
+            assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by concern"
+
+
+def test_the_bento_packs_exactly_what_the_service_imports():
+    service = ROOT / "bento" / "service.py"
+    tree = ast.parse(service.read_text(encoding="utf-8"))
+    imported = {
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith(PACKAGE)
+    }
+    needed = {PACKAGE}
+    for module in imported:
+        needed |= closure(module)
+    files = {module_file(m).relative_to(ROOT).as_posix() for m in needed}
+    bentofile = yaml.safe_load((ROOT / "bento" / "bentofile.yaml").read_text())
+    packed = {p for p in bentofile["include"] if p.startswith(f"{PACKAGE}/")}
+    assert packed == files
+    assert bentofile["python"]["lock_packages"] is False  # locking reaches the network
