@@ -32,13 +32,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.engine.bundle import load_engine, load_pair_scorer
 from shopflow.engine.search import Filters, Hit
 from shopflow.serving.http import RequestGuard, UnknownProductsError, request_models
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / "params.yaml"))
+PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / paths.PARAMS))
 CFG = PARAMS.serving
 MODEL_TAG = os.environ.get("SHOPFLOW_MODEL", "shopflow:latest")
 DEVICE = "cuda" if PARAMS.models.device == "cuda" else "cpu"

@@ -20,6 +20,7 @@ import sys
 from airflow.sdk import DAG, Asset, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.orchestration import alerts, nightly
 
@@ -27,7 +28,7 @@ PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
 log = logging.getLogger(__name__)
 
-settings = load_params(PROJECT / "params.yaml").airflow
+settings = load_params(PROJECT / paths.PARAMS).airflow
 alert = alerts.Alerter(PROJECT, settings.alert_connection)
 
 

@@ -43,7 +43,7 @@ PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
 log = logging.getLogger(__name__)
 
-config = load_params(PROJECT / "params.yaml")
+config = load_params(PROJECT / paths.PARAMS)
 settings = config.airflow
 graph = nightly.StageGraph.read(PROJECT)
 alert = alerts.Alerter(PROJECT, settings.alert_connection)
@@ -116,7 +116,7 @@ def promote_task(
 @task.short_circuit(task_id="should_retrain", ignore_downstream_trigger_rules=False)
 def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
-    night = load_params(PROJECT / "params.yaml")
+    night = load_params(PROJECT / paths.PARAMS)
     decision = nightly.decide_retrain(
         nightly.read_report(PROJECT, paths.DRIFT_REPORT),
         Registry(PROJECT / night.promote.registry).champion(),
@@ -149,7 +149,7 @@ def should_promote() -> bool:
 def write_report(logical_date: dt.datetime | None = None, run_id: str | None = None) -> str:
     """The night's run report (also after a failure: it says where the night stopped)."""
     page = pages.write(
-        load_params(PROJECT / "params.yaml"),
+        load_params(PROJECT / paths.PARAMS),
         run_id=run_id,
         project=PROJECT,
         night=night_of(logical_date).isoformat(),

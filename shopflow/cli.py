@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from shopflow.core import paths
 from shopflow.core.config import Params, load_params
 from shopflow.core.errors import ShopflowError
 from shopflow.orchestration import runlog
@@ -49,7 +50,7 @@ def _flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
 
 def _show_metrics(params: Params, args: argparse.Namespace) -> None:
     """One metric a line (DVC's table is one column per metric, too wide for a terminal)."""
-    for path in sorted(Path("metrics").glob("*.json")):
+    for path in sorted(paths.METRICS.glob("*.json")):
         print(f"{path}:")
         for key, value in _flatten(json.loads(path.read_text())):
             print(f"  {key:<40} {value}")
@@ -223,9 +224,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
 
 def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
     """Options accepted before or after the command (`shopflow ingest -S a=b` reads naturally)."""
-    parser.add_argument(
-        "--params", type=Path, default=default or Path("params.yaml"), help="params file"
-    )
+    parser.add_argument("--params", type=Path, default=default or paths.PARAMS, help="params file")
     parser.add_argument(
         "-S",
         "--set",

@@ -124,9 +124,9 @@ def serve_throughput(
     rows = []
     for batching in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
-            tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+            tree = yaml.safe_load((ROOT / paths.PARAMS).read_text())
             tree.setdefault("serving", {})["adaptive_batching"] = batching
-            params_file = Path(tmp) / "params.yaml"
+            params_file = Path(tmp) / paths.PARAMS.name
             params_file.write_text(yaml.safe_dump(tree))
             env = {"SHOPFLOW_MODEL": tag, "SHOPFLOW_PARAMS": str(params_file)}
             with RunningService(SERVICE, free_port(), env) as base:

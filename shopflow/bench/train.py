@@ -137,7 +137,7 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
     rows = []
     runtime = setup_runtime(params.models.device)
     for profile_name in profiles:
-        profile = load_params("params.yaml", [f"profile={profile_name}"])
+        profile = load_params(paths.PARAMS, [f"profile={profile_name}"])
         base = resolve_base_model(profile.models.base, profile.models.allow_download)
         for model_name in ("pretrain", "retriever", "reranker"):
             model = _load(model_name, base, runtime)

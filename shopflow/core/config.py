@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shopflow.core.errors import ConfigError
+from shopflow.core.paths import PARAMS
 
 SourceName = Literal["synthetic", "judgments", "events", "esci", "wands", "online_retail"]
 
@@ -399,9 +400,7 @@ def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
     return tree
 
 
-def load_params(
-    path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()
-) -> Params:
+def load_params(path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read, resolve and validate params; errors name the file and the offending key."""
     path = Path(path)
     try:

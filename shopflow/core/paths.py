@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PARAMS = Path("params.yaml")  # every knob; DVC tracks the sections each stage reads
+
 # -- stage outputs (DVC-tracked) ---------------------------------------------------------
 DATA = Path("data")
 INGESTED = DATA / "ingested"

@@ -51,6 +51,7 @@ def bootstrap_ci(
     diff = _differences(a, b)
     if np.ptp(diff) == 0:  # every query moved by the same amount: no sampling spread
         return float(diff[0]), float(diff[0])
+
     def interval(method: str) -> tuple[float, float]:
         result = stats.bootstrap(
             (diff,),

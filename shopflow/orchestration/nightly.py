@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from shopflow.core import paths
 from shopflow.core.config import AirflowConfig, Params, load_params
 from shopflow.core.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
 from shopflow.core.processes import die_with_parent, stop_process_tree
@@ -228,7 +229,7 @@ def run_stage(
 
     `run_id` (the DAG run's) goes to the stage as SHOPFLOW_RUN_ID: the run log groups the
     night's stages under it for the run report."""
-    if set_window_end(project / "params.yaml", night):
+    if set_window_end(project / paths.PARAMS, night):
         log.info("params.yaml: ingest.window.end = %s (the night's date)", night)
     stale = stale_upstream(project, list(upstream))
     if stale:

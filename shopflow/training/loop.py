@@ -29,12 +29,11 @@ from typing import Protocol, cast
 import torch
 import torch.distributed as dist
 
+from shopflow.core import paths
 from shopflow.core.progress import Progress
 from shopflow.models.device import autocast
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_ROOT = Path(".checkpoints")
 
 
 class Knobs(Protocol):
@@ -195,7 +194,7 @@ def run_key(**inputs: object) -> str:
 
 class Checkpoints:
     def __init__(self, stage: str, key: str, every: int, runtime: Runtime) -> None:
-        self.folder = CHECKPOINT_ROOT / stage / key
+        self.folder = paths.CHECKPOINTS / stage / key
         self.every = every
         self.runtime = runtime
 
