@@ -15,6 +15,8 @@ import pytest
 from shopflow.release.registry import BASELINE_VERSION, Entry, Registry, RegistryError, now
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 
 def promote(registry: Registry, version: str) -> Entry:
     with registry.locked():
@@ -100,8 +102,6 @@ def test_a_tampered_or_truncated_log_is_detected(tmp_path):
 KILL_AT_COMMIT = """
 import os, signal, sys
 from shopflow.release.registry import Entry, Registry, now
-
-pytestmark = pytest.mark.unit
 registry = Registry(sys.argv[1])
 real_fsync = os.fsync
 def fsync_then_die(fd):
