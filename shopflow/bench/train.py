@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import cast
 
 import torch
 
@@ -82,32 +83,52 @@ def _load(model_name: str, base: str, runtime):
     return CrossEncoderModule.from_pretrained(base).to(runtime.device)
 
 
-def _time_steps(model_name: str, model, profile: Params, runtime, steps: int, warmup: int) -> dict:
+def time_training_steps(
+    model_name: str, model: torch.nn.Module, profile: Params, runtime, steps: int, warmup: int
+) -> dict:
+    """Optimizer steps of `model` on batches of `profile`'s shapes for `model_name`: samples/s,
+    tokens/s and, on a GPU, TFLOP/s, MFU against the datasheet peak and peak memory. With
+    the profile's `compile`, torch.compile is tried first and eager mode is the fallback."""
     from shopflow.training.loop import make_optimizer
 
     cfg = getattr(profile, model_name)
-    forward = torch.compile(model) if cfg.compile and runtime.cuda else model
+    forward, compiled = model, False
+    if cfg.compile and runtime.cuda:
+        forward, compiled = cast(torch.nn.Module, torch.compile(model)), True
     optimizer = make_optimizer(model, 1e-5, 0.0, runtime)
     samples, batches = _batches(profile, model_name, 30000, torch.Generator().manual_seed(0))
     batches = [(i.to(runtime.device), m.to(runtime.device)) for i, m in batches]
     tokens = sum(int(m.sum()) for _, m in batches)
-    for i in range(warmup + steps):
-        if i == warmup:
-            if runtime.cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            started = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             loss = _loss(model_name, forward, batches)
         loss.backward()
         optimizer.step()
+
+    try:
+        step()
+    except Exception as exc:  # torch.compile can fail on a new stack: eager still measures
+        if not compiled:
+            raise
+        log.warning("torch.compile failed (%s): timing eager mode", exc)
+        forward, compiled = model, False
+    for _ in range(warmup):
+        step()
+    if runtime.cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
     if runtime.cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
-    row = {
+    row: dict = {
         "samples_per_step": samples,
         "tokens_per_step": tokens,
+        "compiled": compiled,
         "samples_per_s": round(samples / seconds, 1),
         "tokens_per_s": round(tokens / seconds),
         "non_embedding_params": non_embedding_params(model),
@@ -145,7 +166,7 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
                 "profile": profile_name,
                 "model": model_name,
                 "device": str(runtime.device),
-                **_time_steps(model_name, model, profile, runtime, steps, warmup),
+                **time_training_steps(model_name, model, profile, runtime, steps, warmup),
             }
             rows.append(row)
             log.info("bench train: %s", row)

@@ -173,7 +173,7 @@ class CrossEncoder:
         self,
         queries: Sequence[Sequence[int]],
         products: Sequence[Sequence[int]],
-        priors: Sequence[float],
+        priors: Sequence[float] | np.ndarray,
         progress: str | None = None,
     ) -> np.ndarray:
         """Scores of pre-tokenised pairs (`pieces` output) with their retriever similarities."""
