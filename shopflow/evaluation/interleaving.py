@@ -9,8 +9,9 @@ contributed the product; the system with more clicks wins the session, equal cou
 Clicks come from a position-based click model, P(click at k) = θ_k · γ(grade):
 - the synthetic shop: its own user model (`synthetic.world`'s examination curve and
   grade → attractiveness table), the ground truth that generated the logs;
-- real data with click logs: θ fitted by EM on the logs (`clicks.estimate_propensities`)
-  and γ per grade fitted on the logged impressions of judged products;
+- real data with click logs: θ fitted by EM on the logs
+  (`models.propensity.estimate_propensities`) and γ per grade fitted on the logged
+  impressions of judged products;
 - judgments only: θ_k = 1/k and γ = (2^g - 1) / (2^g_max - 1) (Chapelle et al., CIKM 2009),
   recorded as assumed.
 
