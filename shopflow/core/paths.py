@@ -45,7 +45,6 @@ TINY_BERT = MODELS / "tiny-random-bert"  # built on first use by the `tiny` prof
 CHECKPOINTS = Path(".checkpoints")  # removed once a training stage's output is written
 STATE = Path(".shopflow")
 RUN_LOG = STATE / "runs" / "stages.jsonl"
-RUN_OUTPUTS = STATE / "runs"  # `make run` keeps DVC's output here, one file per run
 ALERTS = STATE / "alerts.jsonl"
 
 # -- development data (never in the default path) -----------------------------------------

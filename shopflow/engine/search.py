@@ -29,7 +29,6 @@ from shopflow.models.vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 Candidates = list[tuple[str, float]]  # (product id, retriever cosine), best first
-CATALOGUE_COLUMNS = ["product_id", "title", "brand", "category", "price"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
-from shopflow.evaluation import ranking
+from shopflow.data.tables import split_of
+from shopflow.evaluation.offline import test_qrels
 
 
 @dataclass
@@ -28,14 +29,10 @@ class HeldOut:
 
 
 def held_out(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: Path) -> HeldOut:
-    judged = tables.get("judgments")
-    qrels = {}
-    if judged is not None and (judged["split"] == "test").any():
-        qrels = ranking.qrels_from(judged[judged["split"] == "test"])
-    sequences = tables.get("sequences")
+    qrels = test_qrels(tables)
+    test = split_of(tables, "sequences", "test")
     histories, targets = [], []
-    if sequences is not None and (sequences["split"] == "test").any():
-        test = sequences[sequences["split"] == "test"]
+    if test is not None:
         histories = [list(h) for h in test["history"]]
         targets = test["product_id"].tolist()
     if not qrels and not targets:

@@ -56,8 +56,9 @@ def free_port() -> int:
 def serve_foreground(target: str, port: int, env: dict[str, str], cwd: Path | None) -> int:
     """`bentoml serve` of `target` until Ctrl-C; its exit code."""
     base = f"http://{HOST}:{port}"
+    served = target if target != SERVICE else env.get(MODEL_ENV)  # a Bento, or a saved model
     print(
-        f"serving {env.get(MODEL_ENV)} on {base} (Ctrl-C stops it). Try:\n"
+        f"serving {served} on {base} (Ctrl-C stops it). Try:\n"
         f"  curl -s {base}/readyz\n"
         f"  curl -s -X POST {base}/search -H 'Content-Type: application/json' "
         '-d \'{"query": "oak coffee table", "k": 5}\'\n'

@@ -31,6 +31,7 @@ from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
 from shopflow.engine.onnx import PRECISIONS
 from shopflow.engine.search import SearchEngine
 from shopflow.evaluation import ranking
+from shopflow.evaluation.offline import test_qrels
 from shopflow.monitoring.reference import REFERENCE
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,8 @@ def choose_onnx(bundle: Path, params: Params, prepared_dir: Path) -> dict:
     wanted = params.serving.onnx
     judged_path = prepared_dir / "judgments.parquet"
     checks: dict = {}
-    judged = pd.read_parquet(judged_path) if judged_path.exists() else None
-    if judged is not None and (judged["split"] == "test").any():
-        qrels = ranking.qrels_from(judged[judged["split"] == "test"])
+    qrels = test_qrels({"judgments": pd.read_parquet(judged_path)}) if judged_path.exists() else {}
+    if qrels:
         checks = measure_runtimes(
             lambda runtime: load_engine(bundle, runtime=runtime),
             list(qrels),

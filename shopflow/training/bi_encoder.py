@@ -139,7 +139,8 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
         model = TextEncoder.from_pretrained(paths.ENCODER).to(runtime.device)
-        self.item_tokens = tokenize(self.tokenizer, product_text(products), cfg.max_item_len)
+        self.item_texts = product_text(products)
+        self.item_tokens = tokenize(self.tokenizer, self.item_texts, cfg.max_item_len)
         self.train_batches = Batches.of(examples, self.tokenizer, cfg.max_query_len)
         valid = validation_examples(self.tables, params)
         self.valid_batches = (
@@ -221,7 +222,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             cfg.max_query_len,
             cfg.eval_batch_size,
         )
-        self.encoder.index(products["product_id"].tolist(), product_text(products))
+        self.encoder.index(products["product_id"].tolist(), self.item_texts)
         prior = fit_prior_weight(self.encoder, self.tables, self.params)
         self.per_query = bi_encoder_scores(self.encoder, self.tables, self.params)
         sources = pd.Series(self.train_batches.examples.sources).value_counts().to_dict()

@@ -211,13 +211,14 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         )
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         self.pairs = PairTokens(self.tokenizer, cfg.max_len, cfg.max_query_len)
-        self.product_tokens = self.pairs.pieces(product_text(products))
+        texts = product_text(products)
+        self.product_tokens = self.pairs.pieces(texts)
         queries = sorted(set(self.graded.queries) | set(self.clicks.queries))
         self.query_tokens = dict(zip(queries, self.pairs.pieces(queries), strict=True))
         self.retriever = BiEncoder.load_indexed(
             paths.RETRIEVER,
             products["product_id"].tolist(),
-            product_text(products),
+            texts,
             runtime.device,
             max_len=params.retriever.max_item_len,
             query_max_len=params.retriever.max_query_len,
