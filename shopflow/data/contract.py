@@ -58,6 +58,9 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         Column("query", "str"),
         Column("product_id", "str"),
         Column("relevance", "float"),
+        # the raters' disagreement on this pair (repeated ratings merged at ingest, or the
+        # source's own column): a graded loss may trust a contested label less
+        Column("relevance_variance", "float", required=False, nullable=True),
     ),
 }
 

@@ -29,10 +29,17 @@ class Rule:
     expectation: gxe.Expectation
     severity: Severity
     row_level: bool = True  # can offending rows be quarantined one by one?
+    hint: str = ""  # what to do about a failure, when the params offer a way on
 
 
-def _r(name: str, exp: gxe.Expectation, severity: Severity = "critical", rows: bool = True) -> Rule:
-    return Rule(name, exp, severity, rows)
+def _r(
+    name: str,
+    exp: gxe.Expectation,
+    severity: Severity = "critical",
+    rows: bool = True,
+    hint: str = "",
+) -> Rule:
+    return Rule(name, exp, severity, rows, hint)
 
 
 def _schema_rule(table: str) -> Rule:
@@ -145,6 +152,10 @@ def judgment_rules(params: Params, scale: tuple[float, float] | None) -> list[Ru
         _r(
             "one judgment per (query, product)",
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["query", "product_id"]),
+            hint=(
+                "several ratings of one pair: set ingest.options.repeated_judgments to mean, "
+                "median, max or first to merge them at ingest (the default, fail, stops here)"
+            ),
         ),
         _r(
             f"product_id in the catalogue (>= {1 - cfg.max_unknown_product_share:.1%})",

@@ -2,8 +2,9 @@
 
 Order of work: parse to the contract (unparseable values fail or are quarantined by
 `ingest.on_unparseable`), keep the window's events (future-dated rows are kept so that
-validate can reject them loudly), replace user and session ids with keyed pseudonyms and
-scrub PII from query text. Nothing raw leaves this module.
+validate can reject them loudly), replace user and session ids with keyed pseudonyms,
+scrub PII from query text and merge repeated judgments of one (query, product) by the
+declared policy. Nothing raw leaves this module.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shopflow.data.privacy import (
     pseudonymize,
     scrub_series,
 )
+from shopflow.data.repeated_judgments import apply_policy
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def normalize(raw: Tables, params: Params, key: bytes, now: dt.datetime) -> Inge
     )
     apply_reject_policy(reject_frame, total_rows, params, origin)
     stats: dict[str, int] = {}
+    repeated: dict | None = None
     if "events" in tables:
         events = select_window(tables["events"], params, now)
         events = events.assign(
@@ -117,7 +120,9 @@ def normalize(raw: Tables, params: Params, key: bytes, now: dt.datetime) -> Inge
         judged = tables["judgments"]
         scrubbed = scrub_series(judged["query"])
         stats["judgment_queries_scrubbed"] = int((scrubbed != judged["query"]).sum())
-        tables["judgments"] = judged.assign(query=scrubbed)
+        tables["judgments"], repeated = apply_policy(
+            judged.assign(query=scrubbed), params.ingest.options
+        )
     if "products" not in tables or tables["products"].empty:
         raise EmptyDataError(f"{origin}: the source yields no products")
     window = params.ingest.window
@@ -131,6 +136,7 @@ def normalize(raw: Tables, params: Params, key: bytes, now: dt.datetime) -> Inge
             for name, frame in tables.items()
         },
         "relevance_scale": list(raw.relevance_scale) if raw.relevance_scale else None,
+        "repeated_judgments": repeated,
         "quarantined_rows": int(reject_frame[["table", "source_row"]].drop_duplicates().shape[0]),
         "pseudonym_key_id": key_fingerprint(key),
         "privacy": stats,

@@ -37,6 +37,7 @@ class Failure:
     unexpected_count: int
     rows: list[int]
     sample: list[dict[str, str]]
+    hint: str = ""
 
     def describe(self) -> str:
         where = f"{self.table}.{self.column}" if self.column else self.table
@@ -44,6 +45,8 @@ class Failure:
             f"[{self.severity}] {where}: {self.rule} — {self.unexpected_count:,} offending row(s)"
         )
         lines = [head] + [f"    row {s['row']}: {s['values']}" for s in self.sample]
+        if self.hint:
+            lines.append(f"    fix: {self.hint}")
         return "\n".join(lines)
 
 
@@ -114,6 +117,7 @@ def _run_suite(context, table: str, frame: pd.DataFrame, rules: list[ex.Rule]) -
                 unexpected_count=int(details.get("unexpected_count") or len(rows) or 1),
                 rows=rows if rule.row_level else [],
                 sample=_sample(frame, rows, column),
+                hint=rule.hint,
             )
         )
     return failures

@@ -67,6 +67,8 @@ def data_section(project: Path) -> dict | None:
     manifest = read_fact(project / paths.INGESTED / "manifest.json")
     if manifest is None:
         return None
+    if not (project / paths.INGESTED / "events.parquet").exists():  # judgments-only source
+        return {**data_facts(manifest), "per_day": {}}
     events = pd.read_parquet(
         project / paths.INGESTED / "events.parquet", columns=["ts", "event_type"]
     )
@@ -82,16 +84,25 @@ def data_section(project: Path) -> dict | None:
         days_seen = seen.dt.strftime("%Y-%m-%d").dropna()  # a source may not know launch days
         launched = days_seen[days_seen >= window["start"]].value_counts()
     per_day["new products"] = [int(launched.get(str(day), 0)) for day in per_day.index]
-    tables = {n: {"rows": t["rows"], "sha256": t["sha256"]} for n, t in manifest["tables"].items()}
     return {
-        "source": manifest.get("source"),
-        "window": window,
-        "tables": tables,
+        **data_facts(manifest),
         "per_day": {
             str(day): {k: int(v) for k, v in row.items()} for day, row in per_day.iterrows()
         },
+    }
+
+
+def data_facts(manifest: dict) -> dict:
+    """What the ingest manifest says about the data, whatever tables the source has."""
+    return {
+        "source": manifest.get("source"),
+        "window": manifest.get("window", {}),
+        "tables": {
+            n: {"rows": t["rows"], "sha256": t["sha256"]} for n, t in manifest["tables"].items()
+        },
         "quarantined_rows": manifest.get("quarantined_rows", 0),
         "privacy": manifest.get("privacy", {}),
+        "repeated_judgments": manifest.get("repeated_judgments"),
     }
 
 

@@ -192,3 +192,27 @@ def test_missing_source_file(tmp_path):
 
 def test_validate_before_ingest(tmp_path):
     assert_clear_error(cli(tmp_path, "validate"), 2, "run `python -m shopflow ingest` first")
+
+
+def test_repeated_judgments_stop_validate_by_default_naming_the_option(tmp_path):
+    from tests.data.test_repeated_judgments import write_ratings
+
+    path = write_ratings(tmp_path / "ratings.csv")
+    args = [
+        "-S",
+        "ingest.source=judgments",
+        "-S",
+        f"ingest.path={path}",
+        "-S",
+        "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade}",
+    ]
+    assert cli(tmp_path, "ingest", *args).returncode == 0
+    result = cli(tmp_path, "validate", *args)
+    assert_clear_error(
+        result,
+        3,
+        "one judgment per (query, product)",
+        "ingest.options.repeated_judgments",
+        "mean, median, max or first",
+    )
+    assert not (tmp_path / "data" / "validated").exists()

@@ -189,3 +189,25 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
     assert all(p.is_file() for p in local_links(index))
     shot = screenshot(tmp_path, page, "run.png", height=5000)
     assert shot.stat().st_size > 100_000  # charts and tables, not a blank page
+
+
+def test_repeated_judgments_merge_by_policy_through_dvc_repro(project):
+    """Several raters per (query, product): `dvc repro prepare` with `mean`, then `median`,
+    lands the expected grade on every pair; the manifest records what was merged."""
+    import pandas as pd
+
+    from tests.data.test_repeated_judgments import EXPECTED, MAPPING, grades, write_ratings
+
+    ratings = write_ratings(project / "ratings.csv")
+    set_param(project, "ingest.source", "judgments")
+    set_param(project, "ingest.path", str(ratings))
+    set_param(project, "ingest.mapping", yaml.safe_load(MAPPING))
+    for policy in ("mean", "median"):
+        set_param(project, "ingest.options", {"repeated_judgments": policy})
+        out = dvc(project, "repro", "prepare").stdout
+        assert {"ingest", "validate", "prepare"} <= ran(out)
+        judged = pd.read_parquet(project / "data/prepared/judgments.parquet")
+        assert grades(judged) == pytest.approx(EXPECTED[policy])
+        manifest = json.loads((project / "data/ingested/manifest.json").read_text())
+        assert manifest["repeated_judgments"]["policy"] == policy
+        assert manifest["repeated_judgments"]["repeated_pairs"] == 2

@@ -205,6 +205,35 @@ def test_a_page_renders_before_any_output_exists():
     assert 'href="../index.html"' in page and "<script" not in page
 
 
+def test_a_judgments_only_source_shows_its_merged_ratings(tmp_path):
+    from shopflow.core import paths
+
+    ingested = tmp_path / paths.INGESTED
+    ingested.mkdir(parents=True)
+    repeated = {
+        "policy": "mean",
+        "repeated_pairs": 2,
+        "extra_rows": 3,
+        "max_ratings_per_pair": 3,
+        "disagreement_share": 1.0,
+        "disagreement_over_1_share": 0.5,
+        "max_spread": 2.0,
+    }
+    manifest = {
+        "source": "judgments",
+        "window": {},
+        "quarantined_rows": 0,
+        "tables": {"judgments": {"rows": 3, "sha256": "ab"}},
+        "repeated_judgments": repeated,
+    }
+    (ingested / "manifest.json").write_text(json.dumps(manifest))
+    data = facts.data_section(tmp_path)  # no events table: no rows per day, no error
+    assert data is not None and data["per_day"] == {} and data["repeated_judgments"] == repeated
+    page = pages.render_run(bare_run(data=data), {}, {"data_docs": False, "drift": False})
+    assert "2 (query, product) pair(s) rated more than once" in page
+    assert "50.0% by more than one grade" in page and "repeated_judgments: mean" in page
+
+
 def test_values_from_the_data_are_escaped():
     validation = {
         "passed": False,

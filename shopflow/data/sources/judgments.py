@@ -4,6 +4,9 @@
 `{query: search_term, product_id: product_uid, title: product_title}`. Without a product id
 column a stable id is derived from the product text. `ingest.options.relevance_scale: [lo, hi]`
 declares the source scale (validate checks it); otherwise the observed range is recorded.
+A pair rated several times is merged at ingest by `ingest.options.repeated_judgments`
+(`shopflow.data.repeated_judgments`); a per-rating variance column maps as
+`relevance_variance`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from shopflow.core.errors import SourceError
 from shopflow.data.sources.files import apply_mapping, read_table, require_rows
 
 PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "category", "price")
-WANTED = ("query", "relevance", *PRODUCT_COLUMNS)
+JUDGMENT_COLUMNS = ("query", "product_id", "relevance", "relevance_variance")
+WANTED = ("query", "relevance", "relevance_variance", *PRODUCT_COLUMNS)
 
 
 def with_product_ids(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
@@ -67,7 +71,7 @@ def read(params: Params) -> Tables:
     products = products.drop_duplicates("product_id").reset_index(drop=True)
     return Tables(
         products=products,
-        judgments=frame[["query", "product_id", "relevance"]],
+        judgments=frame[[c for c in JUDGMENT_COLUMNS if c in frame.columns]],
         relevance_scale=declared_scale(params, frame["relevance"]),
         notes={"scale_declared": "relevance_scale" in cfg.options},
     )
