@@ -114,7 +114,7 @@ class Shopflow:
     def __init__(self) -> None:
         model = stored_model(type(self).bundle)
         self.engine = load_engine(model.path, DEVICE)
-        if self.engine.candidates > CFG.max_batch_size:
+        if self.engine.reranker is not None and self.engine.candidates > CFG.max_batch_size:
             raise ValueError(
                 f"reranker.candidates ({self.engine.candidates}) exceeds serving.max_batch_size "
                 f"({CFG.max_batch_size}): one request's pairs must fit one batch"
@@ -144,6 +144,8 @@ class Shopflow:
         started = time.perf_counter()
         if not pairs:
             return []
+        if self.engine.reranker is None:  # the retriever's order is served: no scorer hop
+            return [p.prior for p in pairs]
         if CFG.adaptive_batching:
             try:
                 scores = await self.scorer.to_async.score(pairs)

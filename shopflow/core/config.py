@@ -166,6 +166,7 @@ class RerankerConfig(TrainingConfig):
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0)
+    head_lr: float = Field(gt=0, description="the head, pooler and prior weight (start untrained)")
     groups_per_step: int = Field(ge=1)
     group_size: int = Field(ge=2, description="products per query in one listwise group")
     click_share: float = Field(ge=0, le=1, description="groups drawn from the click log")
@@ -175,6 +176,9 @@ class RerankerConfig(TrainingConfig):
     propensity_clip: float = Field(gt=0, le=1)
     candidates: int = Field(ge=1, description="retriever hits reranked at evaluation")
     eval_batch_size: int = Field(ge=1)
+    serve: Literal["auto", "always", "never"] = Field(
+        description="auto: served only when it beats the retriever alone on valid, in budget"
+    )
 
 
 class EvaluationConfig(Section):
@@ -277,6 +281,7 @@ class ServingConfig(Section):
     adaptive_batching: bool
     max_batch_size: int = Field(ge=2, description="(query, product) pairs per batch")
     max_latency_ms: int = Field(ge=1, description="a request's wait + compute budget")
+    max_p50_ms: float = Field(gt=0, description="the serving mix's single-query search p50")
     ann_min_items: int = Field(ge=1, description="HNSW from this catalogue size on")
     batch_size: int = Field(ge=1, description="texts per forward pass")
     onnx: Literal["none", "fp32", "int8"]

@@ -1,7 +1,8 @@
 """A serving bundle: everything the engine needs to serve exactly as the stages evaluated.
 
 One folder: the retriever with the catalogue's vectors (`retriever/`, `index/` inside), the
-reranker (`reranker/`, absent when its stage was skipped: the retriever's order is served),
+reranker (`reranker/`, absent when its stage was skipped or the serving mix chosen on the
+valid split left it out: the retriever's order is served),
 the catalogue and the user profiles, plus `shopflow.json` with versions and the serving
 settings (`bundle_settings`). The model store saves bundles as BentoML models; the service,
 the A/B evaluation of a promoted champion and the drift probe load engines from them here.
@@ -58,7 +59,7 @@ def save_bundle(
         raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
     out.mkdir(parents=True, exist_ok=False)
     shutil.copytree(retriever_dir, out / "retriever", ignore=shutil.ignore_patterns("eval"))
-    if (reranker_dir / "config.json").exists():
+    if serves(reranker_dir):
         shutil.copytree(reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval"))
     products = pd.read_parquet(prepared_dir / "products.parquet")
     write_parquet(products, out / CATALOGUE)
@@ -76,9 +77,17 @@ def read_bundle_info(bundle: str | Path) -> dict:
     return read_json(path)
 
 
+def serves(reranker_dir: Path) -> bool:
+    """Is there a reranker to serve? Not when its stage was skipped (no search data), nor when
+    the serving mix left it out (`reranker.serve`; a folder from before the choice serves)."""
+    if not (reranker_dir / "config.json").exists():
+        return False
+    return bool(read_json(reranker_dir / INFO).get("serve", True))
+
+
 def load_reranker(folder: Path, settings: dict, device: str) -> CrossEncoder | None:
-    """The reranker in `folder`, or None when its stage was skipped (no search data)."""
-    if not (folder / "config.json").exists():
+    """The reranker in `folder`, or None when there is none to serve (see `serves`)."""
+    if not serves(folder):
         return None
     return CrossEncoder.load(
         folder,
@@ -157,7 +166,7 @@ def load_engine(
         bundle,
         len(engine.catalogue),
         engine.index.kind,
-        "on" if engine.reranker is not None else "off (skipped stage)",
+        "on" if engine.reranker is not None else "off (skipped stage or left out of the mix)",
         len(engine.users),
         f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
     )

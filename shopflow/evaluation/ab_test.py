@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ def score_system(system: System, split: HeldOut, params: Params) -> dict:
     return out
 
 
-def time_searches(systems: dict[str, System], queries: Sequence[str]) -> dict[str, dict]:
+def time_searches(systems: Mapping[str, System], queries: Sequence[str]) -> dict[str, dict]:
     """p50/p95 milliseconds of a single-query search, systems alternating query by query."""
     timings: dict[str, list[float]] = {name: [] for name in systems}
     for system in systems.values():

@@ -92,11 +92,17 @@ class CrossEncoderModule(torch.nn.Module):
     """A transformer with a one-logit head over [CLS], added to the retriever's score.
 
     score(q, d) = prior_weight · cos(q, d) + head(transformer([q; d])), where cos is the
-    retriever's similarity. A fresh head starts at zero and prior_weight at 1/temperature of
-    the retriever, so an untrained reranker ranks exactly like the retriever, and training only
-    has to learn what joint attention over query and product adds. (A cross-encoder learned
-    from scratch needs thousands of steps to catch up with the retriever, more than a CPU
-    night affords.)
+    retriever's similarity and prior_weight starts at 1/temperature of the retriever: training
+    only has to learn what joint attention over query and product adds. (A cross-encoder
+    learned from scratch needs thousands of steps to catch up with the retriever, more than a
+    CPU night affords.)
+
+    A fresh head starts at the transformer's own random init, never at zero: a zero head passes
+    no gradient to the body, and next to a prior of ~20·cos it barely moves in a night's steps,
+    so the reranker would stay the retriever. A pooler the encoder lacks (a masked-LM or
+    mean-pooling checkpoint has none) starts as the identity, so the head reads [CLS] rather
+    than a random projection of it. The head, pooler and prior weight train at their own,
+    larger learning rate (`head_parameters`, `reranker.head_lr`).
     """
 
     def __init__(self, model: PreTrainedModel, prior_weight: float = 0.0) -> None:
@@ -117,11 +123,23 @@ class CrossEncoderModule(torch.nn.Module):
         meta = Path(path) / "shopflow.json"
         if meta.exists() and "prior_weight" in json.loads(meta.read_text()):
             prior_weight = json.loads(meta.read_text())["prior_weight"]
-        if any(key.startswith("classifier") for key in info["missing_keys"]):
+        base = getattr(model, model.base_model_prefix, None)
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None and any(".pooler." in f".{key}" for key in info["missing_keys"]):
             with torch.no_grad():
-                model.classifier.weight.zero_()
-                model.classifier.bias.zero_()
+                dense = pooler.dense
+                dense.weight.copy_(torch.eye(*dense.weight.shape))
+                dense.bias.zero_()
         return cls(model, prior_weight)
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """The parts that start untrained: the prior weight, the pooler and the head."""
+        fresh = [
+            param
+            for name, param in self.model.named_parameters()
+            if {"classifier", "pooler"} & set(name.split("."))
+        ]
+        return [self.prior_weight, *fresh]
 
     def forward(
         self,

@@ -4,15 +4,19 @@ reranker stage's task).
 Two kinds of training groups, each a query and a handful of products scored together with a
 listwise softmax cross-entropy (`losses.listwise_loss`: the scores of a group compete for
 the probability mass):
-- graded judgments: the target distribution is proportional to the gain 2^grade - 1, so a
-  grade-3 product must outrank a grade-2 one, not merely a grade-0 one;
+- graded judgments: the target distribution is proportional to the gain 2^(grade - lowest)
+  - 1, where lowest is the lowest grade of the judgments, so a grade-3 product must outrank
+  a grade-2 one, and a product on the bottom grade gets no target mass on any scale (on
+  1..3, "irrelevant" would otherwise keep a share);
 - clicks: one shown list (session, query); each click is weighted by 1/propensity of its
   position (`shopflow.models.propensity`, estimated from the training logs by EM), so the
-  model learns what shoppers prefer rather than what the old ranking put on top.
+  model learns what shoppers prefer rather than what the old ranking put on top; the
+  weights are self-normalised per list.
 `click_share` of each step's groups come from clicks when both kinds exist.
 
 The score is the retriever's similarity (weight learned, starting at 1/temperature) plus the
-cross-encoder's output (head starting at zero): see `models.cross_encoder.CrossEncoderModule`.
+cross-encoder's output: see `models.cross_encoder.CrossEncoderModule`. The head, pooler and
+prior weight start untrained and learn at `head_lr`, the pretrained body at `lr`.
 Evaluation reranks the fine-tuned retriever's top `candidates` for every test query through
 `engine.search.SearchEngine` (the code the service runs) and compares it, query by query,
 with BM25, the zero-shot encoder and the retriever alone.
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,123 +39,28 @@ from shopflow.data.features import product_text
 from shopflow.data.tables import Tables, read_prepared
 from shopflow.engine.search import Catalogue, SearchEngine
 from shopflow.evaluation.offline import compare_with, search_scores, summarize, test_qrels
+from shopflow.evaluation.serving_mix import RERANKER, RETRIEVER, measure_mix
 from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
-from shopflow.models.propensity import click_weights, estimate_propensities
-from shopflow.training.loop import Fitted, Runtime, batch_order, shard
+from shopflow.training.listwise_groups import (
+    PRIOR_FIT_GROUPS,
+    Group,
+    Groups,
+    click_groups,
+    fit_prior_weight,
+    graded_groups,
+    lowest_grade,
+    prior_losses,
+    propensities_of,
+    sample_group,
+    validation_groups,
+)
+from shopflow.training.loop import Fitted, Head, Runtime, batch_order, shard
 from shopflow.training.losses import listwise_loss
 from shopflow.training.trainer import NothingToTrainError, TrainingTask, training_figures
 
 log = logging.getLogger(__name__)
-
-Group = tuple[str, np.ndarray, np.ndarray, bool]  # query, product rows, targets, normalise
-
-
-@dataclass
-class Groups:
-    """Listwise training groups: a query, its products (row numbers) and their targets."""
-
-    queries: list[str]
-    products: list[np.ndarray]
-    targets: list[np.ndarray]  # graded: gains; clicks: inverse-propensity click weights
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-
-def graded_groups(judged: pd.DataFrame, product_row: dict[str, int]) -> Groups:
-    """One group per training query whose judged products carry a positive gain."""
-    groups = Groups([], [], [])
-    for query, frame in judged.groupby("query", sort=True):
-        gains = np.power(2.0, frame["relevance"].to_numpy(float)) - 1.0
-        if gains.max() <= 0 or len(frame) < 2:
-            continue
-        groups.queries.append(query)
-        groups.products.append(frame["product_id"].map(product_row).to_numpy(int))
-        groups.targets.append(gains)
-    return groups
-
-
-def click_groups(
-    pairs: pd.DataFrame, product_row: dict[str, int], propensity: pd.Series, clip: float
-) -> Groups:
-    """One group per shown list with clicked and unclicked items; targets: 1/propensity per
-    click. (A list clicked everywhere or nowhere says nothing about preference.)"""
-    shown = pairs.sort_values(["session_id", "query", "position"], kind="stable")
-    list_id = pd.factorize(shown["session_id"].astype(str) + "\x1f" + shown["query"])[0]
-    clicked = shown["clicked"].to_numpy(bool)
-    weights = click_weights(shown["position"].to_numpy(int), propensity, clip) * clicked
-    products = shown["product_id"].map(product_row).to_numpy(int)
-    queries = shown["query"].to_numpy()
-    clicks = np.bincount(list_id, clicked)
-    sizes = np.bincount(list_id)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    groups = Groups([], [], [])
-    for group in np.flatnonzero((clicks > 0) & (clicks < sizes)):
-        rows = slice(starts[group], starts[group] + sizes[group])
-        groups.queries.append(queries[starts[group]])
-        groups.products.append(products[rows])
-        groups.targets.append(weights[rows])
-    return groups
-
-
-def sample_group(
-    products: np.ndarray, targets: np.ndarray, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `size` items: one with the highest target, the rest at random."""
-    if len(products) <= size:
-        return products, targets
-    best = int(rng.choice(np.flatnonzero(targets == targets.max())))
-    others = np.delete(np.arange(len(products)), best)
-    chosen = np.concatenate([[best], rng.choice(others, size - 1, replace=False)])
-    return products[chosen], targets[chosen]
-
-
-VALID_STEPS = 4  # steps' worth of valid-split groups scored at each checkpoint
-
-
-def validation_groups(
-    tables: dict[str, pd.DataFrame],
-    product_row: dict[str, int],
-    propensity: pd.Series | None,
-    counts: tuple[int, int],
-    params: Params,
-) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
-    """A fixed sample of valid-split groups, graded and click ones in the training mix
-    (`counts` per step), scored by the validation curve at every checkpoint."""
-    cfg = params.reranker
-    rng = np.random.default_rng(params.seed)
-    sources = []
-    if "judgments" in tables:
-        judged = tables["judgments"]
-        sources.append(
-            (graded_groups(judged[judged["split"] == "valid"], product_row), counts[0], True)
-        )
-    if propensity is not None:
-        valid_pairs = tables["pairs"][tables["pairs"]["split"] == "valid"]
-        sources.append(
-            (
-                click_groups(valid_pairs, product_row, propensity, cfg.propensity_clip),
-                counts[1],
-                False,
-            )
-        )
-    chosen = []
-    for groups, per_step, normalize in sources:
-        for i in rng.permutation(len(groups))[: VALID_STEPS * per_step]:
-            items, targets = sample_group(
-                groups.products[i], groups.targets[i], cfg.group_size, rng
-            )
-            chosen.append((groups.queries[i], items, targets, normalize))
-    return chosen
-
-
-def propensities_of(pairs: pd.DataFrame, max_position: int) -> pd.Series | None:
-    """Examination propensity per position from the training clicks (None without clicks)."""
-    if not pairs["clicked"].any():
-        return None
-    return estimate_propensities(pairs[pairs["split"] == "train"], max_position)
 
 
 class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
@@ -183,7 +91,8 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         self.graded, self.clicks, self.propensity = Groups([], [], []), Groups([], [], []), None
         if "judgments" in tables:
             judged = tables["judgments"]
-            self.graded = graded_groups(judged[judged["split"] == "train"], product_row)
+            train = judged[judged["split"] == "train"]
+            self.graded = graded_groups(train, product_row, lowest_grade(tables))
         if "pairs" in tables:
             self.propensity = propensities_of(tables["pairs"], cfg.max_position)
         if self.propensity is not None:
@@ -232,10 +141,34 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             self.query_tokens |= dict(zip(unseen, self.pairs.pieces(unseen), strict=True))
             self.query_vectors |= dict(zip(unseen, self.embed(unseen), strict=True))
         torch.manual_seed(params.seed)
-        prior_weight = 1.0 / params.retriever.temperature
-        model = CrossEncoderModule.from_pretrained(paths.ENCODER, prior_weight)
+        model = CrossEncoderModule.from_pretrained(paths.ENCODER, self.prior_weight())
         self.runtime = runtime
         return model.to(runtime.device)
+
+    def prior_weight(self) -> float:
+        """The prior's weight fitted on a sample of the training groups (`fit_prior_weight`)."""
+        rng = np.random.default_rng(self.params.seed)
+        groups = [
+            (source.queries[i], source.products[i], source.targets[i])
+            for source in (self.graded, self.clicks)
+            for i in rng.permutation(len(source))[: PRIOR_FIT_GROUPS // 2]
+        ]
+        vectors = self.retriever.item_vectors
+        priors = [vectors[items] @ self.query_vectors[query] for query, items, _ in groups]
+        targets = [target for *_, target in groups]
+        weight = fit_prior_weight(priors, targets)
+        start = 1.0 / self.params.retriever.temperature
+        loss_start, loss = prior_losses(priors, targets, np.array([start, weight]))
+        log.info(
+            "reranker: the retriever prior's weight, fitted on %d training groups: %.3g "
+            "(listwise loss of the prior alone %.4f; at 1/temperature = %.3g it is %.4f)",
+            len(groups),
+            weight,
+            loss,
+            start,
+            loss_start,
+        )
+        return weight
 
     def embed(self, queries: list[str]) -> np.ndarray:
         return self.retriever.encode(queries, max_len=self.params.retriever.max_query_len)
@@ -255,14 +188,14 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         seed, size = self.params.seed, self.knobs.group_size
         rng = np.random.default_rng([seed, step])
         chosen = []
-        sources = ((self.graded, self.n_graded, True, 0), (self.clicks, self.n_click, False, 1))
-        for source, count, normalize, salt in sources:
+        sources = ((self.graded, self.n_graded, 0), (self.clicks, self.n_click, 1))
+        for source, count, salt in sources:
             if not count:
                 continue
             index = batch_order(len(source), count, seed * 2 + salt, step)
             for i in shard(index, self.runtime).tolist():
                 items, targets = sample_group(source.products[i], source.targets[i], size, rng)
-                chosen.append((source.queries[i], items, targets, normalize))
+                chosen.append((source.queries[i], items, targets))
         return chosen
 
     def groups_loss(
@@ -272,13 +205,13 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         dev = self.runtime.device
         joined = [
             self.pairs.join(self.query_tokens[q], self.product_tokens[p])
-            for q, items, _, _ in groups
+            for q, items, _ in groups
             for p in items
         ]
         ids, types, mask = self.pairs.pad(joined)
         vectors = self.retriever.item_vectors
         prior = torch.as_tensor(
-            np.concatenate([vectors[items] @ self.query_vectors[q] for q, items, _, _ in groups]),
+            np.concatenate([vectors[items] @ self.query_vectors[q] for q, items, _ in groups]),
             device=dev,
         )
         if count_tokens:
@@ -286,15 +219,18 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         with self.runtime.autocast():
             scores = forward(ids.to(dev), types.to(dev), mask.to(dev), prior)
         losses, at = [], 0
-        for _, items, targets, normalize in groups:
+        for _, items, targets in groups:
             part = scores[at : at + len(items)]
             at += len(items)
             target = torch.as_tensor(targets, dtype=torch.float32, device=dev)
-            losses.append(listwise_loss(part, target, normalize))
+            losses.append(listwise_loss(part, target))
         return torch.stack(losses).mean()
 
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
         return self.groups_loss(forward, self.step_groups(step))
+
+    def head(self, model: CrossEncoderModule) -> Head:
+        return model.head_parameters(), self.knobs.head_lr
 
     def validator(self) -> Callable[[torch.nn.Module], float] | None:
         if not self.valid:
@@ -316,6 +252,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         cfg = self.knobs
         reranker = CrossEncoder(model, self.pairs, runtime.device, cfg.eval_batch_size)
         self.per_query = search_test_scores(reranker, self.retriever, self.tables, self.params)
+        self.mix = self.serving_mix(reranker)
         result: dict = {
             "train": {
                 "graded_groups": len(self.graded),
@@ -323,6 +260,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
                 **training_figures(self, fitted, runtime),
             },
         }
+        result["serving_mix"] = self.mix
         if self.propensity is not None:
             result["propensity"] = {str(k): round(float(v), 4) for k, v in self.propensity.items()}
         if self.per_query is not None:
@@ -340,6 +278,20 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         log.info("reranker on the test split: %s", result.get("test"))
         return result
 
+    def serving_mix(self, reranker: CrossEncoder) -> dict:
+        """Whether the reranker is served (`reranker.serve`; auto: chosen on the valid split)."""
+        serve = self.knobs.serve
+        if serve != "auto":
+            return {
+                "chosen": RERANKER if serve == "always" else RETRIEVER,
+                "reasons": [f"reranker.serve: {serve}"],
+            }
+        mix = measure_mix(self.retriever, reranker, self.tables, self.params)
+        if mix is None:
+            log.warning("serving mix: no judged valid query to choose on; the reranker is served")
+            return {"chosen": RERANKER, "reasons": ["no judged valid query to choose on"]}
+        return mix
+
     def save(self, model: CrossEncoderModule, folder: Path, result: dict) -> None:
         cfg = self.knobs
         model.save(folder, self.tokenizer)
@@ -350,6 +302,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             "candidates": cfg.candidates,
             "base_model": self.params.models.base,
             "prior_weight": float(model.prior_weight.detach()),
+            "serve": self.mix["chosen"] == RERANKER,
             "metrics": result.get("test", {}),
         }
         write_json(folder / "shopflow.json", meta)

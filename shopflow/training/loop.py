@@ -134,17 +134,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, runtime: Runtime):
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+Head = tuple[list[torch.nn.Parameter], float]  # parameters that start untrained, their lr
+
+
+def make_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    runtime: Runtime,
+    head: Head | None = None,
+):
+    """AdamW without decay on biases and norms; `head`'s parameters (a freshly initialised
+    head on a pretrained body) at their own learning rate, so that they catch up within the
+    steps the body needs only to adapt."""
+    fast = {id(p) for p in head[0]} if head else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, fused=runtime.cuda)
+            decays = not (param.ndim < 2 or "LayerNorm" in name)
+            groups.setdefault((id(param) in fast, decays), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": head[1] if is_head and head else lr,
+            }
+            for (is_head, decays), params in sorted(groups.items())
+        ],
+        lr=lr,
+        fused=runtime.cuda,
+    )
 
 
 def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -313,6 +333,7 @@ def fit(
     key: str,
     loss_of_step: Callable[[torch.nn.Module, int], torch.Tensor],
     validate: Callable[[torch.nn.Module], float] | None = None,
+    head: Head | None = None,
 ) -> Fitted:
     """Train `model` for `cfg.steps` steps, resuming from this run's last checkpoint if any.
 
@@ -320,13 +341,14 @@ def fit(
     `loss_of_step(forward, step)` computes one global step's loss on this rank's shard with
     `forward` (the model wrapped for DDP and, on CUDA with `compile`, torch.compile).
     `validate(model)` computes a held-out loss (no gradients; every rank computes the same):
-    before the first step, at every checkpoint step and after the last.
+    before the first step, at every checkpoint step and after the last. `head`: parameters
+    trained at a learning rate of their own (see `make_optimizer`).
     """
     ddp_model = wrap_ddp(model, runtime)
     forward = ddp_model
     if cfg.compile and runtime.cuda:
         forward = cast(torch.nn.Module, torch.compile(ddp_model))
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, runtime)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, runtime, head)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     checkpoints = Checkpoints(stage, key, cfg.checkpoint_every, runtime)
     start, extra = checkpoints.restore(model, optimizer, scheduler)

@@ -26,7 +26,16 @@ import torch
 from shopflow.core import paths
 from shopflow.core.artifacts import staged_dir, write_json
 from shopflow.core.config import Params
-from shopflow.training.loop import Fitted, Knobs, Runtime, fit, run_key, stage_runtime, unwrap
+from shopflow.training.loop import (
+    Fitted,
+    Head,
+    Knobs,
+    Runtime,
+    fit,
+    run_key,
+    stage_runtime,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,10 @@ class TrainingTask(ABC, Generic[Model]):
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
         """The loss of global step `step` on this rank's shard, computed with `forward`."""
 
+    def head(self, model: Model) -> Head | None:
+        """Parameters that start untrained and their learning rate (None: one rate for all)."""
+        return None
+
     def validator(self) -> Callable[[torch.nn.Module], float] | None:
         """A held-out loss (no gradients), or None when there is nothing held out."""
         return None
@@ -108,6 +121,7 @@ def train(task: TrainingTask[Model]) -> dict:
             key=run_key(**task.key(runtime)),
             loss_of_step=task.loss,
             validate=task.validator(),
+            head=task.head(model),
         )
         if not runtime.is_main:
             return {}

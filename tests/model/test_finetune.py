@@ -178,3 +178,79 @@ def test_fine_tune_runs_under_ddp_with_two_cpu_processes(tmp_path, stage):
     assert proc.returncode == 0, output
     metrics = json.loads((tmp_path / f"metrics/{stage}.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["test"]["search"]["n"] == 8
+
+
+def tiny_cross_encoder(tmp_path: Path, prior_weight: float = 20.0):
+    from transformers import AutoTokenizer
+
+    from shopflow.models.base import build_tiny_bert
+    from shopflow.models.cross_encoder import CrossEncoderModule, PairTokens
+
+    folder = build_tiny_bert(tmp_path / "bert")
+    pairs = PairTokens(AutoTokenizer.from_pretrained(folder), max_len=32, max_query_len=8)
+    return CrossEncoderModule.from_pretrained(folder, prior_weight), pairs
+
+
+def test_the_reranker_body_learns_from_the_first_step_under_a_big_prior(tmp_path):
+    """A head starting at zero passes no gradient to the body, and next to a prior of 20·cos
+    its own small updates never reorder a list: the reranker would stay the retriever."""
+    from shopflow.training.losses import listwise_loss
+
+    model, pairs = tiny_cross_encoder(tmp_path)
+    query = pairs.pieces(["cordless drill"])[0]
+    products = pairs.pieces(["cordless drill 18v", "garden hose", "drill bits", "velvet sofa"])
+    ids, types, mask = pairs.pad([pairs.join(query, p) for p in products])
+    prior = torch.tensor([0.6, 0.1, 0.4, 0.05])
+    loss = listwise_loss(model(ids, types, mask, prior), torch.tensor([7.0, 0.0, 1.0, 0.0]))
+    loss.backward()
+    body = model.model.bert.encoder.layer[0].attention.self.query.weight.grad
+    assert body is not None and body.abs().sum() > 0
+    assert model.model.classifier.weight.abs().sum() > 0
+
+
+def test_the_reranker_head_trains_at_its_own_rate_and_a_missing_pooler_starts_as_identity(
+    tmp_path,
+):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from shopflow.models.cross_encoder import CrossEncoderModule
+    from shopflow.training.loop import make_optimizer, setup_runtime
+
+    model, _ = tiny_cross_encoder(tmp_path)
+    optimizer = make_optimizer(
+        model, 1e-5, 0.01, setup_runtime("cpu"), (model.head_parameters(), 1e-3)
+    )
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    bert = model.model.bert
+    assert rate[id(model.prior_weight)] == rate[id(model.model.classifier.weight)] == 1e-3
+    assert rate[id(bert.pooler.dense.weight)] == 1e-3
+    assert rate[id(bert.encoder.layer[0].output.dense.weight)] == 1e-5
+    assert len(rate) == len(list(model.parameters()))
+
+    masked_lm = tmp_path / "mlm"  # what pretrain-adapt writes: no pooler
+    config = BertConfig.from_pretrained(tmp_path / "bert")
+    BertForMaskedLM(config).save_pretrained(masked_lm)
+    dense = CrossEncoderModule.from_pretrained(masked_lm).model.bert.pooler.dense
+    assert torch.equal(dense.weight, torch.eye(config.hidden_size))
+    assert not dense.bias.any()
+
+
+@pytest.mark.parametrize(
+    ("serve", "served", "reason"),
+    [
+        ("never", False, "reranker.serve: never"),
+        ("auto", True, "no judged valid query to choose on"),  # the planted shop has no valid
+    ],
+)
+def test_the_serving_mix_decides_whether_the_reranker_is_served(in_tmp, serve, served, reason):
+    from shopflow.core import paths
+    from shopflow.engine.bundle import load_reranker, serves
+
+    write_planted_shop(in_tmp)
+    retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
+    result = reranker.run(tiny_params("reranker.steps=2", f"reranker.serve={serve}"))
+    assert result["serving_mix"]["reasons"] == [reason]
+    assert serves(paths.RERANKER) is served
+    settings = {"rerank_max_len": 32, "rerank_max_query_len": 8, "batch_size": 8}
+    assert (load_reranker(paths.RERANKER, settings, "cpu") is not None) is served
+    assert "test" in result  # its own test numbers are kept whatever is served

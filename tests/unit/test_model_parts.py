@@ -8,7 +8,7 @@ from shopflow.data.features import query_text
 from shopflow.evaluation.significance import paired_test
 from shopflow.models.base import resolve_base_model
 from shopflow.models.cross_encoder import PairTokens
-from shopflow.training.cross_encoder import sample_group
+from shopflow.training.listwise_groups import sample_group
 from shopflow.training.losses import contrastive_loss, listwise_loss
 
 pytestmark = pytest.mark.unit
@@ -27,9 +27,9 @@ def test_contrastive_loss_does_not_punish_a_duplicate_positive():
 def test_listwise_loss_prefers_the_order_of_the_targets():
     gains = torch.tensor([7.0, 3.0, 0.0])
     right, wrong = torch.tensor([3.0, 2.0, 0.0]), torch.tensor([0.0, 2.0, 3.0])
-    assert listwise_loss(right, gains, True) < listwise_loss(wrong, gains, True)
-    clicks = torch.tensor([0.0, 4.0, 0.0])  # one click, inverse-propensity weight 4
-    assert listwise_loss(torch.zeros(3), clicks, False) == pytest.approx(4 * np.log(3))
+    assert listwise_loss(right, gains) < listwise_loss(wrong, gains)
+    clicks = torch.tensor([0.0, 4.0, 0.0])  # one click, inverse-propensity weight 4 ...
+    assert listwise_loss(torch.zeros(3), clicks) == pytest.approx(np.log(3))  # ... self-normalised
 
 
 def test_sample_group_keeps_a_best_item_and_its_target():
@@ -72,3 +72,17 @@ def test_paired_test_detects_a_consistent_gain_and_not_noise():
     assert paired_test(base, base)["p_ttest"] == 1.0
     with pytest.raises(ValueError, match="equally long"):
         paired_test(base, base[:10])
+
+
+def test_the_prior_weight_is_fitted_to_how_far_the_cosine_can_be_trusted():
+    from shopflow.training.listwise_groups import PRIOR_WEIGHTS, fit_prior_weight, prior_losses
+
+    rng = np.random.default_rng(0)
+    cosines = [rng.uniform(0.2, 0.6, 8) for _ in range(200)]
+    best_first = [(c == c.max()).astype(float) for c in cosines]  # the cosine is always right
+    coin = [np.eye(8)[rng.integers(8)] for _ in cosines]  # clicks unrelated to the cosine
+    assert fit_prior_weight(cosines, best_first) == PRIOR_WEIGHTS[-1]
+    noisy = fit_prior_weight(cosines, coin)
+    assert noisy < 5.0  # a weight of 20 would be overconfident about a coin toss
+    losses = prior_losses(cosines, coin, np.array([noisy, 20.0]))
+    assert losses[0] < losses[1] and losses[0] <= np.log(8) + 0.01

@@ -1,0 +1,56 @@
+"""The serving mix: a cross-encoder is served only when it clearly helps on the valid split
+and fits the latency budget; otherwise the retriever alone is the answer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shopflow.evaluation.serving_mix import RERANKER, RETRIEVER, MixCandidate, choose_mix
+
+pytestmark = pytest.mark.unit
+QUERIES = [f"q{i}" for i in range(60)]
+
+
+def scores(values) -> pd.Series:
+    return pd.Series(values, index=QUERIES)
+
+
+def mix(retriever: pd.Series, reranker: pd.Series, reranker_ms: float = 20.0) -> dict:
+    candidates = [
+        MixCandidate(RETRIEVER, retriever, 1.0),
+        MixCandidate(RERANKER, reranker, reranker_ms),
+    ]
+    return choose_mix(candidates, max_p50_ms=100.0, alpha=0.05, resamples=2000)
+
+
+rng = np.random.default_rng(0)
+BASE = scores(rng.uniform(0.3, 0.9, len(QUERIES)))
+
+
+def test_a_reranker_that_hurts_is_left_out():
+    decision = mix(BASE, BASE - rng.uniform(0.0, 0.1, len(QUERIES)))
+    assert decision["chosen"] == RETRIEVER
+    assert decision["candidates"][RERANKER]["gain_over_retriever"] < 0
+    assert "not a significant gain" in decision["reasons"][0]
+
+
+def test_a_reranker_within_noise_is_left_out():
+    decision = mix(BASE, BASE + rng.normal(0.0, 0.05, len(QUERIES)))
+    assert decision["chosen"] == RETRIEVER
+
+
+def test_a_clear_gain_over_the_latency_budget_is_left_out():
+    decision = mix(BASE, BASE + 0.1, reranker_ms=600.0)
+    assert decision["chosen"] == RETRIEVER
+    assert "is a significant gain" in decision["reasons"][0]
+    assert "p50 600 ms is over the budget serving.max_p50_ms=100" in decision["reasons"][0]
+
+
+def test_a_clear_gain_within_the_budget_is_served():
+    decision = mix(BASE, BASE + rng.uniform(0.02, 0.1, len(QUERIES)))
+    assert decision["chosen"] == RERANKER
+    row = decision["candidates"][RERANKER]
+    assert row["p_value"] < 0.05 and row["p50_ms"] == 20.0 and row["n"] == len(QUERIES)
+    assert decision["candidates"][RETRIEVER]["valid_ndcg@10"] == pytest.approx(
+        BASE.mean(), abs=1e-4
+    )
