@@ -333,7 +333,7 @@ def decide_retrain(
     if champion is None or champion.kind == "baseline":
         return Decision(True, ["no trained champion yet (the baseline serves)"], None, facts)
     reference = drift.get("reference", {})
-    if reference.get("source", "").startswith("tonight"):
+    if reference.get("source", "").startswith("tonight") or not reference.get("days"):
         # A bundle saved before the drift stage carries no training window: its promotion
         # day stands in (a wall-clock date: in a backfill it can lie after tonight, then 0).
         trained_until = dt.date.fromisoformat(champion.at[:10])

@@ -17,12 +17,11 @@ from dataclasses import asdict
 from shopflow.core import paths
 from shopflow.core.artifacts import staged_dir, write_json, write_parquet
 from shopflow.core.config import Params
-from shopflow.core.errors import StageInputError
 from shopflow.data.tables import read_validated
 from shopflow.models.device import device_of
 from shopflow.monitoring.drift import decide, headline, measure
 from shopflow.monitoring.history import History
-from shopflow.monitoring.pages import write_reports
+from shopflow.monitoring.pages import summary_page, write_reports
 from shopflow.monitoring.probes import baseline_probe, model_probe
 from shopflow.monitoring.reference import (
     REFERENCE,
@@ -41,9 +40,10 @@ def run(params: Params) -> dict:
     cfg = params.drift
     tables, manifest = read_validated()
     if "events" not in tables:
-        raise StageInputError(
-            f"{paths.VALIDATED}: the source {manifest['source']!r} has no events: the drift "
-            "check compares shoppers' behaviour"
+        return not_measured(
+            str(params.ingest.window.end),
+            f"the source {manifest['source']!r} has no events: the drift check compares "
+            "shoppers' behaviour, so there is nothing to measure (judgments alone have no days)",
         )
     events, products = tables["events"], tables["products"]
 
@@ -113,4 +113,35 @@ def run(params: Params) -> dict:
     )
     if verdict.decision == "alert":
         log.warning("drift ALERT: %s", "; ".join(verdict.reasons))
+    return result
+
+
+def not_measured(night: str, reason: str) -> dict:
+    """`insufficient_data` with the reason, an empty reference and a summary page: the rest of
+    the pipeline runs on (a model saved from this run carries no drift reference)."""
+    log.warning("drift: not measured: %s", reason)
+    result = {
+        "decision": "insufficient_data",
+        "reasons": [reason],
+        "date": night,
+        "reference": {"source": "none", "days": "", "rows": 0},
+        "current": {"days": "", "rows": 0},
+        "probe": "none",
+        "dataset_drift_share": 0.0,
+        "drifted": [],
+        "cooldown": None,
+        "features": [],
+        "thresholds": {},
+        "report": str(paths.DRIFT_PAGES / "index.html"),
+    }
+    paths.DRIFT_PAGES.mkdir(parents=True, exist_ok=True)
+    for stale in paths.DRIFT_PAGES.glob("*.html"):
+        stale.unlink()
+    (paths.DRIFT_PAGES / "index.html").write_text(summary_page(result, []), encoding="utf-8")
+    with staged_dir(paths.DRIFT) as staging:
+        reference = staging / paths.DRIFT_REFERENCE.name
+        reference.mkdir()
+        write_json(reference / "not_measured.json", {"reason": reason})
+    write_json(paths.DRIFT_REPORT, result)
+    write_json(paths.metrics("drift"), headline(result))
     return result

@@ -211,3 +211,7 @@ def test_repeated_judgments_merge_by_policy_through_dvc_repro(project):
         manifest = json.loads((project / "data/ingested/manifest.json").read_text())
         assert manifest["repeated_judgments"]["policy"] == policy
         assert manifest["repeated_judgments"]["repeated_pairs"] == 2
+    dvc(project, "repro", "drift")  # judgments alone: nothing to measure, and no failure
+    drift = json.loads((project / "reports/drift.json").read_text())
+    assert drift["decision"] == "insufficient_data" and "has no events" in drift["reasons"][0]
+    assert (project / "reports/drift/index.html").exists()

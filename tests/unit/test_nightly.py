@@ -67,6 +67,11 @@ def test_age_is_counted_in_data_days_from_the_champions_training_window():
     )
     backfill = nightly.decide_retrain(legacy, champion(at="2026-11-23T02:00:00+00:00"), PARAMS)
     assert not backfill.go and backfill.facts["champion_age_days"] == 0  # "promoted" after tonight
+    # a source without events (judgments only): nothing measured, the promotion date stands in
+    unmeasured = drift_report("insufficient_data")
+    unmeasured["reference"] = {"source": "none", "days": "", "rows": 0}
+    stale = nightly.decide_retrain(unmeasured, champion(at="2026-10-01T02:00:00+00:00"), PARAMS)
+    assert stale.go and "days old" in stale.reasons[0]
 
 
 def test_no_trained_champion_always_trains_and_forcing_wins():
