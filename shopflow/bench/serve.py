@@ -34,6 +34,9 @@ import yaml
 
 from shopflow.core import paths
 from shopflow.core.config import Params
+from shopflow.engine.bundle import load_engine
+from shopflow.engine.search import SearchEngine
+from shopflow.evaluation.offline import test_qrels
 from shopflow.serving.bento_build import ROOT
 from shopflow.serving.local import SERVICE, RunningService, free_port
 from shopflow.serving.model_store import current_model
@@ -79,12 +82,9 @@ async def drive(base: str, path: str, bodies: list[dict], concurrency: int, seco
     }
 
 
-def raw_reranker(model_path: Path, queries: list[str], batch: int, seconds: float) -> float:
+def raw_reranker(engine: SearchEngine, queries: list[str], batch: int, seconds: float) -> float:
     """Pairs per second of the reranker in-process: retrieve once, then score `batch` pairs
     per call as a /search request does, for `seconds`."""
-    from shopflow.engine.bundle import load_engine
-
-    engine = load_engine(model_path)
     vectors = engine.embed_queries(queries)
     found = engine.retrieve(vectors, batch)
     calls = [
@@ -99,11 +99,8 @@ def raw_reranker(model_path: Path, queries: list[str], batch: int, seconds: floa
     return pairs / (time.perf_counter() - started)
 
 
-def raw_search(model_path: Path, queries: list[str], seconds: float) -> dict:
+def raw_search(engine: SearchEngine, queries: list[str], seconds: float) -> dict:
     """The /search path in-process, one query a call for `seconds`: requests/s and latency."""
-    from shopflow.engine.bundle import load_engine
-
-    engine = load_engine(model_path)
     engine.search([queries[0]], k=10)  # warm-up
     latencies, started, i = [], time.perf_counter(), 0
     while time.perf_counter() - started < seconds:
@@ -121,18 +118,15 @@ def raw_search(model_path: Path, queries: list[str], seconds: float) -> dict:
     }
 
 
-def served_quality(base: str, model_path: Path, params: Params) -> dict | None:
+def served_quality(
+    base: str, engine: SearchEngine, qrels: dict[str, dict[str, float]], params: Params
+) -> dict | None:
     """NDCG@10 of the judged test queries through the service, in-process on the same bundle,
     and as the A/B evaluation measured it (None without judged test queries)."""
     import httpx
 
-    from shopflow.engine.bundle import load_engine
     from shopflow.evaluation import ranking
 
-    judged = paths.PREPARED / "judgments.parquet"
-    if not judged.exists():
-        return None
-    qrels = ranking.qrels_from(pd.read_parquet(judged).query("split == 'test'"))
     if not qrels:
         return None
     queries = list(qrels)
@@ -144,7 +138,6 @@ def served_quality(base: str, model_path: Path, params: Params) -> dict | None:
             ]
             for q in queries
         }
-    engine = load_engine(model_path)
     in_process = {
         q: [h.product_id for h in row]
         for q, row in zip(queries, engine.search(queries, k=10), strict=True)
@@ -180,10 +173,9 @@ def serve_throughput(
     model_path = Path(bentoml.models.get(tag).path)
     catalogue = pd.read_parquet(model_path / "catalogue.parquet")
     judged = paths.PREPARED / "judgments.parquet"
+    qrels = test_qrels({"judgments": pd.read_parquet(judged)}) if judged.exists() else {}
     queries = (
-        sorted(pd.read_parquet(judged).query("split == 'test'")["query"].unique())
-        if judged.exists()
-        else catalogue["title"].str.split().str[:2].str.join(" ").tolist()
+        sorted(qrels) if qrels else catalogue["title"].str.split().str[:2].str.join(" ").tolist()
     )[:500]
     rng = np.random.default_rng(params.seed)
     ids = catalogue["product_id"].to_numpy()
@@ -192,10 +184,11 @@ def serve_throughput(
         "/search": [{"query": q, "k": 10} for q in queries],
         "/rank": [{"query": q, "product_ids": p} for q, p in zip(queries, picks, strict=True)],
     }
-    raw_path = raw_search(model_path, queries, seconds)
+    engine = load_engine(model_path)
+    raw_path = raw_search(engine, queries, seconds)
     log.info("raw /search path in-process: %s", raw_path)
     candidates = params.reranker.candidates if raw_path["reranker"] else 0
-    raw = raw_reranker(model_path, queries[:64], candidates, seconds) if candidates else None
+    raw = raw_reranker(engine, queries[:64], candidates, seconds) if candidates else None
     if raw is not None:
         log.info("raw reranker in-process: %.0f pairs/s at %d pairs a call", raw, candidates)
     quality = None
@@ -209,7 +202,7 @@ def serve_throughput(
             env = {"SHOPFLOW_MODEL": tag, "SHOPFLOW_PARAMS": str(params_file)}
             with RunningService(SERVICE, free_port(), env) as base:
                 if quality is None:
-                    quality = served_quality(base, model_path, params)
+                    quality = served_quality(base, engine, qrels, params)
                     log.info("served quality: %s", quality)
                 for path, pairs_per_request in (("/search", candidates), ("/rank", rank_products)):
                     asyncio.run(drive(base, path, bodies[path], 4, 3.0))  # warm-up

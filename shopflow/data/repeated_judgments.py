@@ -64,13 +64,9 @@ def merge_repeated(judgments: pd.DataFrame, policy: Policy) -> pd.DataFrame:
         return judgments
     frame = judgments.reset_index(drop=True)
     grouped = frame.groupby(KEY, sort=False)
-    if policy == "first":
-        merged = grouped.head(1)
-    else:
-        merged = grouped.head(1).copy()
-        how = {"mean": "mean", "median": "median", "max": "max"}[policy]
-        merged["relevance"] = grouped["relevance"].transform(how)[merged.index]
-    merged = merged.copy()
+    merged = grouped.head(1).copy()
+    if policy != "first":
+        merged["relevance"] = grouped["relevance"].transform(policy)[merged.index]
     merged["relevance_variance"] = rater_variance(frame, grouped)[merged.index]
     return merged.reset_index(drop=True)
 
@@ -78,10 +74,7 @@ def merge_repeated(judgments: pd.DataFrame, policy: Policy) -> pd.DataFrame:
 def rater_variance(frame: pd.DataFrame, grouped) -> pd.Series:
     """Per row, its pair's rating variance: between raters (ddof 0) plus, where the source
     reports a variance per rating, their mean (the law of total variance)."""
-    grade = frame["relevance"].astype(float)
-    mean = grouped["relevance"].transform("mean")
-    square = (grade**2).groupby([frame[k] for k in KEY], sort=False).transform("mean")
-    between = (square - mean**2).clip(lower=0.0)
+    between = grouped["relevance"].transform("var", ddof=0)
     repeated = grouped["relevance"].transform("size") > 1
     own = frame.get("relevance_variance")
     if own is None or own.isna().all():

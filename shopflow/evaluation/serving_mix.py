@@ -95,7 +95,11 @@ def choose_mix(
 
 
 def measure_mix(
-    retriever: BiEncoder, reranker: CrossEncoder, tables: Tables, params: Params
+    retriever: BiEncoder,
+    reranker: CrossEncoder,
+    catalogue: Catalogue,
+    tables: Tables,
+    params: Params,
 ) -> dict | None:
     """Score and time the retriever alone and with the reranker on the valid split, and
     choose; None when the valid split has no judged query to choose on."""
@@ -104,7 +108,6 @@ def measure_mix(
         return None
     qrels = ranking.qrels_from(judged)
     queries = list(qrels)
-    catalogue = Catalogue(tables["products"])
     systems = {
         name: ModelSystem(
             SearchEngine(retriever, model, catalogue, candidates=params.reranker.candidates)

@@ -251,8 +251,11 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
     def evaluate(self, model: CrossEncoderModule, fitted: Fitted, runtime: Runtime) -> dict:
         cfg = self.knobs
         reranker = CrossEncoder(model, self.pairs, runtime.device, cfg.eval_batch_size)
-        self.per_query = search_test_scores(reranker, self.retriever, self.tables, self.params)
-        self.mix = self.serving_mix(reranker)
+        catalogue = Catalogue(self.tables["products"])
+        self.per_query = search_test_scores(
+            reranker, self.retriever, catalogue, self.tables, self.params
+        )
+        self.mix = self.serving_mix(reranker, catalogue)
         result: dict = {
             "train": {
                 "graded_groups": len(self.graded),
@@ -278,7 +281,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         log.info("reranker on the test split: %s", result.get("test"))
         return result
 
-    def serving_mix(self, reranker: CrossEncoder) -> dict:
+    def serving_mix(self, reranker: CrossEncoder, catalogue: Catalogue) -> dict:
         """Whether the reranker is served (`reranker.serve`; auto: chosen on the valid split)."""
         serve = self.knobs.serve
         if serve != "auto":
@@ -286,7 +289,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
                 "chosen": RERANKER if serve == "always" else RETRIEVER,
                 "reasons": [f"reranker.serve: {serve}"],
             }
-        mix = measure_mix(self.retriever, reranker, self.tables, self.params)
+        mix = measure_mix(self.retriever, reranker, catalogue, self.tables, self.params)
         if mix is None:
             log.warning("serving mix: no judged valid query to choose on; the reranker is served")
             return {"chosen": RERANKER, "reasons": ["no judged valid query to choose on"]}
@@ -316,14 +319,18 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
 
 
 def search_test_scores(
-    reranker: CrossEncoder, retriever: BiEncoder, tables: Tables, params: Params
+    reranker: CrossEncoder,
+    retriever: BiEncoder,
+    catalogue: Catalogue,
+    tables: Tables,
+    params: Params,
 ) -> pd.DataFrame | None:
     """Per-query test scores of the served path: retriever top-`candidates` → reranker."""
     qrels = test_qrels(tables)
     if not qrels:
         return None
     candidates = params.reranker.candidates
-    engine = SearchEngine(retriever, reranker, Catalogue(tables["products"]), candidates=candidates)
+    engine = SearchEngine(retriever, reranker, catalogue, candidates=candidates)
     queries = list(qrels)
     hits = engine.search(queries, k=candidates)
     ranked = [[(h.product_id, h.score) for h in row] for row in hits]
