@@ -35,7 +35,7 @@ from starlette.routing import Route
 from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.engine.bundle import load_engine, load_pair_scorer
-from shopflow.engine.search import Filters, Hit
+from shopflow.engine.search import Candidates, Filters, Hit
 from shopflow.serving.http import RequestGuard, UnknownProductsError, request_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,12 +140,18 @@ class Shopflow:
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
 
-    async def _scores(self, endpoint: str, pairs: list[Pair]) -> list[float]:
+    async def _scores(
+        self, endpoint: str, query: str, found: Candidates, priors: list[float]
+    ) -> list[float]:
+        """The reranker's scores of the candidates; without one, the first stage's order is
+        served and there is no scorer hop."""
+        if self.engine.reranker is None or not found:
+            return [s for _, s in found]
         started = time.perf_counter()
-        if not pairs:
-            return []
-        if self.engine.reranker is None:  # the retriever's order is served: no scorer hop
-            return [p.prior for p in pairs]
+        pairs = [
+            Pair(query=query, product_id=p, prior=s)
+            for (p, _), s in zip(found, priors, strict=True)
+        ]
         if CFG.adaptive_batching:
             try:
                 scores = await self.scorer.to_async.score(pairs)
@@ -195,11 +201,7 @@ class Shopflow:
         STAGE_SECONDS.labels(endpoint="search", stage="retrieve").observe(
             time.perf_counter() - started
         )
-        pairs = [
-            Pair(query=query, product_id=p, prior=s)
-            for (p, _), s in zip(found, priors, strict=True)
-        ]
-        scores = await self._scores("search", pairs)
+        scores = await self._scores("search", query, found, priors)
         return self._answer(engine.merge(found, scores, k))
 
     @bentoml.api(input_spec=REQUESTS.recommend)
@@ -232,9 +234,8 @@ class Shopflow:
         unknown = engine.catalogue.unknown(product_ids)
         if unknown:
             raise BadInput(str(UnknownProductsError("product_ids", unknown)))
-        cands = await anyio.to_thread.run_sync(engine.rank_candidates, query, product_ids)
-        pairs = [Pair(query=query, product_id=p, prior=s) for p, s in cands]
-        scores = await self._scores("rank", pairs)
+        cands, priors = await anyio.to_thread.run_sync(engine.rank_candidates, query, product_ids)
+        scores = await self._scores("rank", query, cands, priors)
         return self._answer(engine.merge(cands, scores, len(cands)))
 
 

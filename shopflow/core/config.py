@@ -282,6 +282,10 @@ class ServingConfig(Section):
     max_batch_size: int = Field(ge=2, description="(query, product) pairs per batch")
     max_latency_ms: int = Field(ge=1, description="a request's wait + compute budget")
     max_p50_ms: float = Field(gt=0, description="the serving mix's single-query search p50")
+    first_stage: Literal["auto", "dense", "hybrid"] = Field(
+        "auto", description="auto: dense or hybrid (dense + BM25), chosen on the valid split"
+    )
+    rrf_k: float = Field(60.0, gt=0, description="reciprocal-rank fusion's k (hybrid)")
     ann_min_items: int = Field(ge=1, description="HNSW from this catalogue size on")
     batch_size: int = Field(ge=1, description="texts per forward pass")
     onnx: Literal["none", "fp32", "int8"]

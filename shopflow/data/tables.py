@@ -65,3 +65,9 @@ def split_of(tables: Tables, name: str, split: str) -> pd.DataFrame | None:
     if frame is None or not (frame["split"] == split).any():
         return None
     return frame[frame["split"] == split]
+
+
+def lowest_grade(tables: Tables) -> float:
+    """The bottom of the judgments' scale as observed: its gain is 0 in training and in the
+    judged-only protocol (on a 1..3 scale an "irrelevant" 1 must not earn a third of a 3)."""
+    return float(tables["judgments"]["relevance"].min()) if "judgments" in tables else 0.0

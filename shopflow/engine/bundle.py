@@ -4,8 +4,10 @@ One folder: the retriever with the catalogue's vectors (`retriever/`, `index/` i
 reranker (`reranker/`, absent when its stage was skipped or the serving mix chosen on the
 valid split left it out: the retriever's order is served),
 the catalogue and the user profiles, plus `shopflow.json` with versions and the serving
-settings (`bundle_settings`). The model store saves bundles as BentoML models; the service,
-the A/B evaluation of a promoted champion and the drift probe load engines from them here.
+settings (`bundle_settings`, and the first stage the serving mix chose: dense or hybrid, whose
+BM25 index is rebuilt from the catalogue on load). The model store saves bundles as BentoML
+models; the service, the A/B evaluation of a promoted champion and the drift probe load
+engines from them here.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import pandas as pd
 from shopflow.core.artifacts import read_json, write_json, write_parquet
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
+from shopflow.engine.fusion import DENSE, HYBRID
 from shopflow.engine.search import Catalogue, PairScorer, SearchEngine
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.lexical import BM25
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ def save_bundle(
     write_parquet(products, out / CATALOGUE)
     if (prepared_dir / USERS).exists():
         shutil.copy2(prepared_dir / USERS, out / USERS)
-    write_json(out / INFO, {**info, "settings": settings})
+    write_json(out / INFO, {**info, "settings": {**settings, **first_stage(reranker_dir, {})}})
     return out
 
 
@@ -83,6 +87,15 @@ def serves(reranker_dir: Path) -> bool:
     if not (reranker_dir / "config.json").exists():
         return False
     return bool(read_json(reranker_dir / INFO).get("serve", True))
+
+
+def first_stage(reranker_dir: Path, settings: dict) -> dict:
+    """`first_stage` (dense | hybrid) and `rrf_k`: a bundle's own, else what the reranker
+    stage's serving mix chose, else dense (no reranker stage, or a model from before hybrid)."""
+    if "first_stage" in settings:
+        return {"first_stage": settings["first_stage"], "rrf_k": settings.get("rrf_k", 60.0)}
+    meta = read_json(reranker_dir / INFO) if (reranker_dir / INFO).exists() else {}
+    return {"first_stage": meta.get("first_stage", DENSE), "rrf_k": meta.get("rrf_k", 60.0)}
 
 
 def load_reranker(folder: Path, settings: dict, device: str) -> CrossEncoder | None:
@@ -131,6 +144,7 @@ def assemble_engine(
         if item_prior is not None and weight is not None:
             retriever.item_prior = item_prior
             retriever.prior_weight = weight
+    stage = first_stage(reranker_dir, settings)
     return SearchEngine(
         retriever,
         load_reranker(reranker_dir, settings, device),
@@ -140,6 +154,8 @@ def assemble_engine(
         ann_min_items=settings["ann_min_items"],
         users=users,
         info=info,
+        lexical=BM25(catalogue.ids, catalogue.texts) if stage["first_stage"] == HYBRID else None,
+        rrf_k=stage["rrf_k"],
     )
 
 
@@ -162,9 +178,10 @@ def load_engine(
 
         use_onnx(engine, bundle / "onnx" / runtime)
     log.info(
-        "serving bundle %s: %d products (%s search), reranker %s, %d users, %s runtime",
+        "serving bundle %s: %d products (%s %s search), reranker %s, %d users, %s runtime",
         bundle,
         len(engine.catalogue),
+        engine.first_stage,
         engine.index.kind,
         "on" if engine.reranker is not None else "off (skipped stage or left out of the mix)",
         len(engine.users),

@@ -1,10 +1,11 @@
 """Search, recommend and rank: the one implementation behind offline evaluation and the service.
 
-`SearchEngine` retrieves candidates with the two-tower retriever over the whole catalogue
-(precomputed product vectors, `models.vector_index`), reorders the top `candidates` with the
-cross-encoder and returns the top k. The reranker stage's evaluation, the A/B evaluation and
-the BentoML service all call it, so the numbers in `metrics/` are the numbers of what is
-served. An engine is loaded from a serving bundle by `engine.bundle`.
+`SearchEngine` retrieves candidates over the whole catalogue with the two-tower retriever
+(precomputed product vectors, `models.vector_index`), or with it and BM25 fused by reciprocal
+rank (`engine.fusion`: the hybrid first stage), reorders the top `candidates` with the
+cross-encoder when one is served, and returns the top k. The reranker stage's evaluation,
+the A/B evaluation and the BentoML service all call it, so the numbers in `metrics/` are the
+numbers of what is served. An engine is loaded from a serving bundle by `engine.bundle`.
 
 The steps are public (`candidates_for`, `rank_candidates`, `score_pairs`, `merge`) because
 the service runs the reranker's `score_pairs` in a batching worker of its own and composes
@@ -22,21 +23,29 @@ import pandas as pd
 
 from shopflow.core.errors import StageInputError
 from shopflow.data.features import product_text, query_text
+from shopflow.engine.fusion import (
+    DENSE,
+    FUSION_DEPTH,
+    HYBRID,
+    order_of,
+    reciprocal_rank_fusion,
+)
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.lexical import BM25
 from shopflow.models.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-Candidates = list[tuple[str, float]]  # (product id, retriever cosine), best first
+Candidates = list[tuple[str, float]]  # (product id, first-stage score), best first
 
 
 @dataclass(frozen=True)
 class Hit:
     product_id: str
     title: str
-    score: float  # what the list is ordered by: the reranker's, else the retriever's
-    retriever_score: float
+    score: float  # what the list is ordered by: the reranker's, else the first stage's
+    retriever_score: float  # the first stage's: cosine (dense) or fused reciprocal rank (hybrid)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ class PairScorer:
 
 
 class SearchEngine:
-    """Retriever → reranker over one catalogue."""
+    """First stage (dense, or hybrid with `lexical`) → reranker over one catalogue."""
 
     def __init__(
         self,
@@ -134,6 +143,8 @@ class SearchEngine:
         ann_min_items: int = 100_000,
         users: pd.DataFrame | None = None,
         info: dict | None = None,
+        lexical: BM25 | None = None,
+        rrf_k: float = 60.0,
     ) -> None:
         if len(retriever.item_ids) != len(catalogue) or list(retriever.item_ids) != list(
             catalogue.ids
@@ -156,6 +167,12 @@ class SearchEngine:
                 self.users[str(key)] = (list(recent), list(bought))
         self.info = info or {}
         self.score_pairs = PairScorer(reranker, catalogue)
+        self.lexical = lexical
+        self.rrf_k = rrf_k
+
+    @property
+    def first_stage(self) -> str:
+        return DENSE if self.lexical is None else HYBRID
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -173,6 +190,24 @@ class SearchEngine:
         banned = [self.catalogue.positions(e) for e in exclude] if exclude is not None else None
         hits = self.index.search(vectors, depth, allowed, banned, bias)
         return [[(self.catalogue.ids[p], s) for p, s in row] for row in hits]
+
+    def first_stage_hits(
+        self,
+        queries: Sequence[str],
+        vectors: np.ndarray,
+        depth: int,
+        allowed: np.ndarray | None = None,
+    ) -> list[Candidates]:
+        """The retriever's top `depth` per query; in hybrid, the top `depth` of it fused with
+        BM25's for the bare query (BM25 reads no history), both read `FUSION_DEPTH` deep."""
+        if self.lexical is None:
+            return self.retrieve(vectors, depth, allowed)
+        dense = self.retrieve(vectors, max(depth, FUSION_DEPTH), allowed)
+        lexical = self.lexical.search(queries, max(depth, FUSION_DEPTH), allowed)
+        return [
+            reciprocal_rank_fusion([[p for p, _ in d], [p for p, _ in b]], self.rrf_k, depth)
+            for d, b in zip(dense, lexical, strict=True)
+        ]
 
     def priors(self, query_vector: np.ndarray, product_ids: Sequence[str]) -> np.ndarray:
         """Retriever cosine of products to a (bare) query: the reranker's prior feature."""
@@ -230,7 +265,7 @@ class SearchEngine:
                 [self.history_text(q, r) for q, r in zip(queries, recents, strict=True)]
             )
         depth = max(k, self.candidates if self.reranker is not None else k)
-        found = self.retrieve(vectors, depth, self.catalogue.allowed(filters))
+        found = self.first_stage_hits(queries, vectors, depth, self.catalogue.allowed(filters))
         return [
             (cands, self.priors(vector, [p for p, _ in cands]).tolist() if cands else [])
             for vector, cands in zip(bare, found, strict=True)
@@ -254,8 +289,10 @@ class SearchEngine:
         limit: int | None = None,
     ) -> list[list[Hit]]:
         """Each query's first `limit` candidates (all when None), from `candidates_for`, scored
-        in one reranker batch; the top k of them."""
+        in one reranker batch; the top k of them (the first stage's order without a reranker)."""
         heads = [(cands[:limit], priors[:limit]) for cands, priors in found]
+        if self.reranker is None:
+            return [self.merge(cands, [s for _, s in cands], k) for cands, _ in heads]
         flat_q, flat_p, flat_prior = [], [], []
         for query, (cands, priors) in zip(queries, heads, strict=True):
             flat_q += [query] * len(cands)
@@ -283,19 +320,27 @@ class SearchEngine:
         found = self.retrieve(vectors, k, exclude=exclude, bias=self.retriever.recommend_bias)
         return [self.merge(c, [s for _, s in c], k) for c in found]
 
-    def rank_candidates(self, query: str, product_ids: Sequence[str]) -> Candidates:
-        """The given products (duplicates dropped) with their priors for `query`: the first
-        half of `rank`, which the service scores in its batching worker."""
+    def rank_candidates(
+        self, query: str, product_ids: Sequence[str]
+    ) -> tuple[Candidates, list[float]]:
+        """The given products (duplicates dropped) with their first-stage scores among
+        themselves, and their reranker priors for `query`: the first half of `rank`, which
+        the service scores in its batching worker."""
         ids = list(dict.fromkeys(product_ids))
         if not ids:
-            return []
+            return [], []
         priors = self.priors(self.embed_queries([query])[0], ids)
-        return list(zip(ids, map(float, priors), strict=True))
+        if self.lexical is None:
+            return list(zip(ids, map(float, priors), strict=True)), priors.tolist()
+        lexical = self.lexical.scores_of(query, ids)
+        fused = dict(
+            reciprocal_rank_fusion(
+                [order_of(ids, priors, False), order_of(ids, lexical, True)], self.rrf_k
+            )
+        )
+        return [(p, fused[p]) for p in ids], priors.tolist()
 
     def rank(self, query: str, product_ids: Sequence[str]) -> list[Hit]:
         """Given products reordered for a query (for shops that keep their own retrieval)."""
-        cands = self.rank_candidates(query, product_ids)
-        scores = self.score_pairs(
-            [query] * len(cands), [p for p, _ in cands], [s for _, s in cands]
-        )
-        return self.merge(cands, scores, len(cands))
+        found = self.rank_candidates(query, product_ids)
+        return self.rerank([query], [found], len(found[0]))[0]

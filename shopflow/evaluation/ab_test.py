@@ -37,7 +37,13 @@ def score_system(system: System, split: HeldOut, params: Params) -> dict:
     out: dict = {}
     if split.qrels:
         ranked = system.search(split.queries)
-        out["search"] = ranking.per_query(split.qrels, ranked, params.evaluation.relevant_at)
+        judged = ranking.judged_only(split.qrels, system.rank_judged(split.qrels), split.lowest)
+        out["search"] = ranking.per_query(split.qrels, ranked, params.evaluation.relevant_at).merge(
+            judged, on="query"
+        )
+        out["search"]["judged@10"] = out["search"]["query"].map(
+            ranking.judged_share(split.qrels, ranked)
+        )
         out["search_lists"] = [ranked[q][:TOP] for q in split.queries]
     if split.targets:
         lists = system.recommend(split.histories, split.exclude)

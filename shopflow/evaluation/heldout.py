@@ -10,7 +10,7 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
-from shopflow.data.tables import split_of
+from shopflow.data.tables import lowest_grade, split_of
 from shopflow.evaluation.offline import test_qrels
 
 
@@ -22,6 +22,7 @@ class HeldOut:
     targets: list[str]
     exclude: list[list[str]] | None
     popular: pd.Series
+    lowest: float = 0.0  # the judgments' lowest grade: gain 0 in the judged-only protocol
 
     @property
     def queries(self) -> list[str]:
@@ -45,4 +46,6 @@ def held_out(tables: dict[str, pd.DataFrame], params: Params, baselines_dir: Pat
         raise StageInputError(f"{popular_path}: missing; run the baselines stage first")
     popular = pd.read_parquet(popular_path).set_index("product_id")["score"]
     exclude = histories if params.evaluation.exclude_history else None
-    return HeldOut(tables["products"], qrels, histories, targets, exclude, popular)
+    return HeldOut(
+        tables["products"], qrels, histories, targets, exclude, popular, lowest_grade(tables)
+    )

@@ -106,17 +106,21 @@ def summarize(per_query: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, floa
 
 
 def compare_with(
-    per_query: pd.DataFrame, others: Mapping[str, Path], alpha: float, metric: str = "ndcg@10"
+    per_query: pd.DataFrame,
+    others: Mapping[str, Path | pd.DataFrame],
+    alpha: float,
+    metric: str = "ndcg@10",
 ) -> dict[str, dict]:
-    """Paired tests of `per_query` against each other system's saved per-query scores, over
-    the queries both answered (a missing file is skipped with a warning)."""
+    """Paired tests of `per_query` against each other system's per-query scores (in memory or
+    saved), over the queries both answered (a missing file is skipped with a warning)."""
     result = {}
     ours = per_query.set_index("query")[metric]
-    for name, path in others.items():
-        if not path.exists():
-            log.warning("no per-query scores at %s: not compared with %s", path, name)
+    for name, scores in others.items():
+        if isinstance(scores, Path) and not scores.exists():
+            log.warning("no per-query scores at %s: not compared with %s", scores, name)
             continue
-        other = pd.read_parquet(path).set_index("query")[metric]
+        frame = pd.read_parquet(scores) if isinstance(scores, Path) else scores
+        other = frame.set_index("query")[metric]
         common = ours.index.intersection(other.index)
         test = significance.paired_test(ours[common].to_numpy(), other[common].to_numpy())
         test["significant"] = bool(test["p_ttest"] < alpha and test["mean_diff"] > 0)

@@ -57,6 +57,36 @@ def per_query(qrels: Qrels, ranking: Ranking, relevant_at: float = 1.0) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def judged_only(qrels: Qrels, ranking: Ranking, lowest: float = 0.0) -> pd.DataFrame:
+    """The judged-only rerank protocol (as Kaggle's Home Depot and ESCI task 1 score): each
+    query's judged products, ranked by the system, scored by nDCG@10 with gains shifted so
+    the `lowest` grade earns 0. Unjudged products are out of play, so this isolates ranking
+    quality from how many of a system's hits were ever judged."""
+    rows = []
+    for query, judged in qrels.items():
+        ranked = [pid for pid in ranking.get(query, ()) if pid in judged]
+        gains = np.array([judged[pid] - lowest for pid in ranked], dtype=float)
+        all_gains = np.array(list(judged.values()), dtype=float) - lowest
+        rows.append({"query": query, "judged_ndcg@10": ndcg_at_k(gains, all_gains, 10)})
+    return pd.DataFrame(rows, columns=["query", "judged_ndcg@10"])
+
+
+def judged_share(qrels: Qrels, ranking: Ranking, depth: int = 10) -> pd.Series:
+    """Per query, the share of the top `depth` that has a judgment: where it is low, the
+    full-catalogue nDCG counts unjudged (possibly relevant) products as irrelevant."""
+    return pd.Series(
+        {
+            query: (
+                sum(pid in judged for pid in ranking.get(query, ())[:depth])
+                / max(1, len(ranking.get(query, ())[:depth]))
+            )
+            for query, judged in qrels.items()
+        },
+        name=f"judged@{depth}",
+        dtype=float,
+    )
+
+
 def next_item(
     targets: Sequence[str], recommendations: Sequence[Sequence[str]], k: int = 10
 ) -> pd.DataFrame:

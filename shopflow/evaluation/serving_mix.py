@@ -1,13 +1,13 @@
 """Which trained system to serve, chosen on the valid split with latency in the balance.
 
-A cross-encoder earns its place in the served path only by what it adds on queries it was
-not trained or tested on: each candidate mix (the retriever alone; the retriever's top
-`candidates` reordered by the cross-encoder) is scored on the valid split's judged queries and
-timed on single-query searches. Candidates are taken cheapest first; a costlier one replaces
-the current choice only when its p50 latency is within `serving.max_p50_ms` and its valid
-NDCG@10 is higher with a one-sided paired permutation p below `evaluation.significance`. So
-"no cross-encoder" is the answer whenever the reranker does not clearly help or is too slow,
-and the test split stays untouched by the choice.
+A serving mix is a first stage (the dense retriever alone, or hybrid: it and BM25 fused by
+reciprocal rank, `engine.fusion`) with or without the cross-encoder reordering its top
+`reranker.candidates`. Each allowed mix (`serving.first_stage`, `reranker.serve`) is scored on
+the valid split's judged queries and timed on single-query searches. Mixes are taken cheapest
+first; a costlier one replaces the current choice only when its p50 latency is within
+`serving.max_p50_ms` and its valid NDCG@10 is higher with a one-sided paired permutation p
+below `evaluation.significance`. So "dense, no cross-encoder" is the answer whenever nothing
+else clearly helps within budget, and the test split stays untouched by the choice.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.data.tables import Tables, split_of
+from shopflow.engine.fusion import DENSE, FIRST_STAGES, HYBRID
 from shopflow.engine.search import Catalogue, SearchEngine
 from shopflow.evaluation import ranking
 from shopflow.evaluation.ab_test import time_searches
@@ -27,11 +28,43 @@ from shopflow.evaluation.significance import permutation_p
 from shopflow.evaluation.systems import ModelSystem
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.lexical import BM25
 
 log = logging.getLogger(__name__)
 
-RETRIEVER = "retriever"
-RERANKER = "retriever+reranker"
+
+@dataclass(frozen=True)
+class Mix:
+    """One way to serve search: a first stage, with or without the cross-encoder."""
+
+    first_stage: str  # dense | hybrid
+    rerank: bool
+
+    @property
+    def name(self) -> str:
+        return self.first_stage + ("+reranker" if self.rerank else "")
+
+    @classmethod
+    def named(cls, name: str) -> Mix:
+        first_stage, _, reranker = name.partition("+")
+        if first_stage not in FIRST_STAGES or reranker not in ("", "reranker"):
+            raise ValueError(f"not a serving mix: {name!r}")
+        return cls(first_stage, bool(reranker))
+
+
+def allowed_mixes(first_stage: str, serve: str) -> list[Mix]:
+    """The mixes `serving.first_stage` (auto | dense | hybrid) and `reranker.serve` (auto |
+    always | never) allow, cheapest first: without the cross-encoder, then with; dense, then
+    hybrid (BM25 over a catalogue costs about a millisecond, the cross-encoder hundreds)."""
+    stages = FIRST_STAGES if first_stage == "auto" else (first_stage,)
+    reranks = {"auto": (False, True), "always": (True,), "never": (False,)}[serve]
+    return [Mix(stage, rerank) for rerank in reranks for stage in stages]
+
+
+def fallback_mix(mixes: Sequence[Mix]) -> Mix:
+    """With nothing to choose on: the cross-encoder when it may be served (it was trained to
+    help), over the dense first stage when allowed (the retriever was trained for it)."""
+    return max(mixes, key=lambda m: (m.rerank, m.first_stage == DENSE))
 
 
 @dataclass(frozen=True)
@@ -94,25 +127,47 @@ def choose_mix(
     return {"chosen": chosen.name, "candidates": rows, "reasons": reasons}
 
 
+def mix_engine(
+    mix: Mix,
+    retriever: BiEncoder,
+    reranker: CrossEncoder,
+    catalogue: Catalogue,
+    params: Params,
+    lexical: BM25 | None = None,
+) -> SearchEngine:
+    """The engine serving `mix` (BM25 indexed here unless `lexical` is given)."""
+    if mix.first_stage == HYBRID and lexical is None:
+        lexical = BM25(catalogue.ids, catalogue.texts)
+    return SearchEngine(
+        retriever,
+        reranker if mix.rerank else None,
+        catalogue,
+        candidates=params.reranker.candidates,
+        lexical=lexical if mix.first_stage == HYBRID else None,
+        rrf_k=params.serving.rrf_k,
+    )
+
+
 def measure_mix(
+    mixes: Sequence[Mix],
     retriever: BiEncoder,
     reranker: CrossEncoder,
     catalogue: Catalogue,
     tables: Tables,
     params: Params,
 ) -> dict | None:
-    """Score and time the retriever alone and with the reranker on the valid split, and
-    choose; None when the valid split has no judged query to choose on."""
+    """Score and time each of `mixes` (cheapest first) on the valid split, and choose; None
+    when the valid split has no judged query to choose on."""
     judged = split_of(tables, "judgments", "valid")
     if judged is None or judged.empty:
         return None
     qrels = ranking.qrels_from(judged)
     queries = list(qrels)
+    hybrid = any(m.first_stage == HYBRID for m in mixes)
+    lexical = BM25(catalogue.ids, catalogue.texts) if hybrid else None
     systems = {
-        name: ModelSystem(
-            SearchEngine(retriever, model, catalogue, candidates=params.reranker.candidates)
-        )
-        for name, model in ((RETRIEVER, None), (RERANKER, reranker))
+        mix.name: ModelSystem(mix_engine(mix, retriever, reranker, catalogue, params, lexical))
+        for mix in mixes
     }
     ndcg = {
         name: ranking.per_query(

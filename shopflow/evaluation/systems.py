@@ -1,5 +1,6 @@
 """The two sides of an A/B evaluation, behind one interface: search a list of queries to
-depth 100, recommend for histories, time one search.
+depth 100, rank each query's judged products (the judged-only protocol), recommend for
+histories, time one search.
 
 A model system is a retriever → reranker engine (`engine.search.SearchEngine`, the code the
 service runs); the baseline system is BM25 for search and popularity for recommendation, the
@@ -17,7 +18,9 @@ from shopflow.core import paths
 from shopflow.core.config import Params
 from shopflow.data.features import product_text
 from shopflow.engine.bundle import assemble_engine, bundle_settings, read_bundle_info
+from shopflow.engine.fusion import order_of
 from shopflow.engine.search import SearchEngine
+from shopflow.evaluation.ranking import Qrels
 from shopflow.models.base import require_model
 from shopflow.models.device import device_of
 from shopflow.models.lexical import BM25
@@ -46,6 +49,13 @@ class ModelSystem:
             for query, head, (cands, _) in zip(queries, heads, found, strict=True)
         }
 
+    def rank_judged(self, qrels: Qrels) -> dict[str, list[str]]:
+        """Each query's judged products in the order `/rank` serves them."""
+        return {
+            query: [h.product_id for h in self.engine.rank(query, list(judged))]
+            for query, judged in qrels.items()
+        }
+
     def recommend(
         self, histories: Sequence[Sequence[str]], exclude: Sequence[Sequence[str]] | None
     ) -> list[list[str]]:
@@ -68,6 +78,13 @@ class BaselineSystem:
     def search(self, queries: Sequence[str]) -> dict[str, list[str]]:
         hits = self.bm25.search(list(queries), k=DEPTH)
         return {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}
+
+    def rank_judged(self, qrels: Qrels) -> dict[str, list[str]]:
+        """Each query's judged products by BM25 score (products sharing no word last)."""
+        return {
+            query: order_of(ids, self.bm25.scores_of(query, ids), positive_only=False)
+            for query, ids in ((q, list(judged)) for q, judged in qrels.items())
+        }
 
     def recommend(
         self, histories: Sequence[Sequence[str]], exclude: Sequence[Sequence[str]] | None

@@ -1,5 +1,5 @@
-"""BM25 over product text: the lexical baseline every model must beat, and the retriever's
-source of hard negatives.
+"""BM25 over product text: the lexical baseline every model must beat, the retriever's
+source of hard negatives, and the lexical half of hybrid retrieval (`engine.fusion`).
 
 `bm25s` (a maintained, sparse-matrix BM25) does the work: fast to index and to query, with
 English stop words removed.
@@ -26,23 +26,37 @@ class BM25:
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
 
         self.product_ids = np.asarray(product_ids)
+        self.position = {str(pid): i for i, pid in enumerate(self.product_ids)}
         self.index = bm25s.BM25()
         self.index.index(
             bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False
         )
 
-    def search(self, queries: Sequence[str], k: int = 100) -> list[list[tuple[str, float]]]:
+    @staticmethod
+    def tokens(queries: Sequence[str]) -> list[list[str]]:
         import bm25s
 
-        tokens = bm25s.tokenize(
-            list(queries), stopwords="en", return_ids=False, show_progress=False
-        )
+        return bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+
+    def search(
+        self, queries: Sequence[str], k: int = 100, allowed: np.ndarray | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """The top k products per query with a positive score, among `allowed` (a boolean
+        mask over the products) when given."""
         k = min(k, len(self.product_ids))
-        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        mask = None if allowed is None else allowed.astype(np.float32)
+        docs, scores = self.index.retrieve(
+            self.tokens(queries), k=k, show_progress=False, n_threads=1, weight_mask=mask
+        )
         return [
             [(self.product_ids[d], float(s)) for d, s in zip(row_d, row_s, strict=True) if s > 0]
             for row_d, row_s in zip(docs, scores, strict=True)
         ]
+
+    def scores_of(self, query: str, product_ids: Sequence[str]) -> np.ndarray:
+        """BM25 scores of the given products (in the index) for one query."""
+        everything = self.index.get_scores(self.tokens([query])[0])
+        return np.asarray([everything[self.position[p]] for p in product_ids], np.float64)
 
     def save(self, folder: Path) -> None:
         self.index.save(str(folder))

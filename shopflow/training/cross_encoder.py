@@ -36,13 +36,23 @@ from shopflow.core import paths
 from shopflow.core.artifacts import files_hash, write_json, write_parquet
 from shopflow.core.config import Params, RerankerConfig
 from shopflow.data.features import product_text
-from shopflow.data.tables import Tables, read_prepared
+from shopflow.data.tables import Tables, lowest_grade, read_prepared
+from shopflow.engine.fusion import DENSE, HYBRID
 from shopflow.engine.search import Catalogue, SearchEngine
-from shopflow.evaluation.offline import compare_with, search_scores, summarize, test_qrels
-from shopflow.evaluation.serving_mix import RERANKER, RETRIEVER, measure_mix
+from shopflow.evaluation import ranking
+from shopflow.evaluation.offline import compare_with, summarize, test_qrels
+from shopflow.evaluation.serving_mix import (
+    Mix,
+    allowed_mixes,
+    fallback_mix,
+    measure_mix,
+    mix_engine,
+)
+from shopflow.evaluation.systems import ModelSystem
 from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
+from shopflow.models.lexical import BM25
 from shopflow.training.listwise_groups import (
     PRIOR_FIT_GROUPS,
     Group,
@@ -50,7 +60,6 @@ from shopflow.training.listwise_groups import (
     click_groups,
     fit_prior_weight,
     graded_groups,
-    lowest_grade,
     prior_losses,
     propensities_of,
     sample_group,
@@ -252,8 +261,14 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         cfg = self.knobs
         reranker = CrossEncoder(model, self.pairs, runtime.device, cfg.eval_batch_size)
         catalogue = Catalogue(self.tables["products"])
-        self.per_query = search_test_scores(
-            reranker, self.retriever, catalogue, self.tables, self.params
+        lexical = BM25(catalogue.ids, catalogue.texts)
+        self.per_query, self.hybrid = (
+            search_test_scores(
+                mix_engine(mix, self.retriever, reranker, catalogue, self.params, lexical),
+                self.tables,
+                self.params,
+            )
+            for mix in (Mix(DENSE, True), Mix(HYBRID, False))
         )
         self.mix = self.serving_mix(reranker, catalogue)
         result: dict = {
@@ -266,33 +281,33 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         result["serving_mix"] = self.mix
         if self.propensity is not None:
             result["propensity"] = {str(k): round(float(v), 4) for k, v in self.propensity.items()}
-        if self.per_query is not None:
-            result["test"] = summarize({"search": self.per_query})
-            result["compare"] = compare_with(
-                self.per_query,
-                {
-                    "bm25": paths.evaluation_of(paths.BASELINES) / "bm25_search.parquet",
-                    "zero_shot_encoder": paths.evaluation_of(paths.BASELINES)
-                    / "zero_shot_encoder_search.parquet",
-                    "retriever": paths.evaluation_of(paths.RETRIEVER) / "search.parquet",
-                },
-                self.params.evaluation.significance,
-            )
+        if self.per_query is not None and self.hybrid is not None:
+            others = {
+                "bm25": paths.evaluation_of(paths.BASELINES) / "bm25_search.parquet",
+                "zero_shot_encoder": paths.evaluation_of(paths.BASELINES)
+                / "zero_shot_encoder_search.parquet",
+                "retriever": paths.evaluation_of(paths.RETRIEVER) / "search.parquet",
+            }
+            alpha = self.params.evaluation.significance
+            result["test"] = summarize({"search": self.per_query, "hybrid_search": self.hybrid})
+            result["compare"] = compare_with(self.per_query, {**others, HYBRID: self.hybrid}, alpha)
+            result["compare_hybrid"] = compare_with(self.hybrid, others, alpha)
         log.info("reranker on the test split: %s", result.get("test"))
         return result
 
     def serving_mix(self, reranker: CrossEncoder, catalogue: Catalogue) -> dict:
-        """Whether the reranker is served (`reranker.serve`; auto: chosen on the valid split)."""
-        serve = self.knobs.serve
-        if serve != "auto":
-            return {
-                "chosen": RERANKER if serve == "always" else RETRIEVER,
-                "reasons": [f"reranker.serve: {serve}"],
-            }
-        mix = measure_mix(self.retriever, reranker, catalogue, self.tables, self.params)
+        """The first stage and whether the reranker is served (`serving.first_stage`,
+        `reranker.serve`; auto: chosen on the valid split)."""
+        first_stage, serve = self.params.serving.first_stage, self.knobs.serve
+        mixes = allowed_mixes(first_stage, serve)
+        if len(mixes) == 1:
+            reason = f"serving.first_stage: {first_stage}, reranker.serve: {serve}"
+            return {"chosen": mixes[0].name, "reasons": [reason]}
+        mix = measure_mix(mixes, self.retriever, reranker, catalogue, self.tables, self.params)
         if mix is None:
-            log.warning("serving mix: no judged valid query to choose on; the reranker is served")
-            return {"chosen": RERANKER, "reasons": ["no judged valid query to choose on"]}
+            chosen = fallback_mix(mixes).name
+            log.warning("serving mix: no judged valid query to choose on; serving %s", chosen)
+            return {"chosen": chosen, "reasons": ["no judged valid query to choose on"]}
         return mix
 
     def save(self, model: CrossEncoderModule, folder: Path, result: dict) -> None:
@@ -305,12 +320,15 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             "candidates": cfg.candidates,
             "base_model": self.params.models.base,
             "prior_weight": float(model.prior_weight.detach()),
-            "serve": self.mix["chosen"] == RERANKER,
+            "serve": Mix.named(self.mix["chosen"]).rerank,
+            "first_stage": Mix.named(self.mix["chosen"]).first_stage,
+            "rrf_k": self.params.serving.rrf_k,
             "metrics": result.get("test", {}),
         }
         write_json(folder / "shopflow.json", meta)
-        if self.per_query is not None:
+        if self.per_query is not None and self.hybrid is not None:
             write_parquet(self.per_query, paths.evaluation_of(folder) / "search.parquet")
+            write_parquet(self.hybrid, paths.evaluation_of(folder) / "hybrid_search.parquet")
         if self.propensity is not None:
             write_parquet(self.propensity.reset_index(), folder / "propensity.parquet")
 
@@ -318,20 +336,11 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         return {f"search/{m}": v for m, v in result.get("test", {}).get("search", {}).items()}
 
 
-def search_test_scores(
-    reranker: CrossEncoder,
-    retriever: BiEncoder,
-    catalogue: Catalogue,
-    tables: Tables,
-    params: Params,
-) -> pd.DataFrame | None:
-    """Per-query test scores of the served path: retriever top-`candidates` → reranker."""
+def search_test_scores(engine: SearchEngine, tables: Tables, params: Params) -> pd.DataFrame | None:
+    """Per-query test scores of an engine, ranked to depth 100 as the A/B evaluation ranks."""
     qrels = test_qrels(tables)
     if not qrels:
         return None
-    candidates = params.reranker.candidates
-    engine = SearchEngine(retriever, reranker, catalogue, candidates=candidates)
-    queries = list(qrels)
-    hits = engine.search(queries, k=candidates)
-    ranked = [[(h.product_id, h.score) for h in row] for row in hits]
-    return search_scores(qrels, queries, ranked, params)
+    return ranking.per_query(
+        qrels, ModelSystem(engine).search(list(qrels)), params.evaluation.relevant_at
+    )

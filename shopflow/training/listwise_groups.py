@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.tables import Tables
+from shopflow.data.tables import Tables, lowest_grade
 from shopflow.models.propensity import click_weights, estimate_propensities
 
 Group = tuple[str, np.ndarray, np.ndarray]  # query, product rows, targets
@@ -108,11 +108,6 @@ def fit_prior_weight(priors: list[np.ndarray], targets: list[np.ndarray]) -> flo
 
 
 VALID_STEPS = 4  # steps' worth of valid-split groups scored at each checkpoint
-
-
-def lowest_grade(tables: Tables) -> float:
-    """The bottom of the judgments' scale as observed: its gain is 0."""
-    return float(tables["judgments"]["relevance"].min()) if "judgments" in tables else 0.0
 
 
 def validation_groups(

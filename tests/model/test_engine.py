@@ -108,3 +108,32 @@ def test_onnx_runtime_scores_like_torch_and_int8_is_gated_on_ndcg(trained_shop):
     b = onnx_engine.rank("plum mug", ["p-red-mug", "p-blue-lamp", "p-purple-mug"])
     assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4)
     assert load_engine(path).info["settings"]["onnx"] == decision["chosen"]
+
+
+def test_a_hybrid_bundle_fuses_bm25_and_serves_what_the_stage_evaluated(in_tmp):
+    from shopflow.evaluation import ranking
+    from shopflow.evaluation.systems import ModelSystem
+
+    write_planted_shop(in_tmp)
+    params = tiny_params("serving.first_stage=hybrid", "reranker.serve=never", "reranker.steps=2")
+    retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))  # dense: near random
+    reranker.run(params)
+    engine = load_engine(bundle(in_tmp, params))
+    assert engine.first_stage == "hybrid" and engine.reranker is None
+    top = engine.search(["red mug"], k=5)[0]
+    assert top[0].product_id == "p-red-mug"  # BM25's exact match lifts it over random cosines
+    assert [h.score for h in top] == sorted((h.score for h in top), reverse=True)
+    queries = ["red mug", "plum towel"]
+    ranked = ModelSystem(engine).search(queries)
+    for query, hits in zip(queries, engine.search(queries, k=10), strict=True):
+        assert [h.product_id for h in hits] == ranked[query][:10]  # any k: the same top
+    given = ["p-blue-mug", "p-red-lamp", "p-red-mug"]
+    assert engine.rank("red mug", given)[0].product_id == "p-red-mug"
+    judged = pd.read_parquet(in_tmp / "data/prepared/judgments.parquet")
+    test = judged[judged["split"] == "test"]
+    qrels = ranking.qrels_from(test)
+    served = ranking.per_query(qrels, ModelSystem(engine).search(list(qrels)))
+    evaluated = pd.read_parquet(in_tmp / "data/models/reranker/eval/hybrid_search.parquet")
+    merged = served.merge(evaluated, on="query", suffixes=("_served", "_stage"))
+    assert len(merged) == len(qrels)
+    assert (merged["ndcg@10_served"] - merged["ndcg@10_stage"]).abs().max() < 1e-6

@@ -235,22 +235,35 @@ def test_the_reranker_head_trains_at_its_own_rate_and_a_missing_pooler_starts_as
     assert not dense.bias.any()
 
 
+NO_VALID = "no judged valid query to choose on"  # the planted shop has no valid split
+
+
 @pytest.mark.parametrize(
-    ("serve", "served", "reason"),
+    ("options", "served", "stage", "reason"),
     [
-        ("never", False, "reranker.serve: never"),
-        ("auto", True, "no judged valid query to choose on"),  # the planted shop has no valid
+        (
+            ("reranker.serve=never", "serving.first_stage=hybrid"),
+            False,
+            "hybrid",
+            "serving.first_stage: hybrid, reranker.serve: never",
+        ),
+        (("reranker.serve=never",), False, "dense", NO_VALID),
+        (("reranker.serve=auto",), True, "dense", NO_VALID),
     ],
 )
-def test_the_serving_mix_decides_whether_the_reranker_is_served(in_tmp, serve, served, reason):
+def test_the_serving_mix_decides_the_first_stage_and_whether_the_reranker_is_served(
+    in_tmp, options, served, stage, reason
+):
     from shopflow.core import paths
-    from shopflow.engine.bundle import load_reranker, serves
+    from shopflow.engine.bundle import first_stage, load_reranker, serves
 
     write_planted_shop(in_tmp)
     retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
-    result = reranker.run(tiny_params("reranker.steps=2", f"reranker.serve={serve}"))
+    result = reranker.run(tiny_params("reranker.steps=2", *options))
     assert result["serving_mix"]["reasons"] == [reason]
     assert serves(paths.RERANKER) is served
+    assert first_stage(paths.RERANKER, {}) == {"first_stage": stage, "rrf_k": 60.0}
     settings = {"rerank_max_len": 32, "rerank_max_query_len": 8, "batch_size": 8}
     assert (load_reranker(paths.RERANKER, settings, "cpu") is not None) is served
-    assert "test" in result  # its own test numbers are kept whatever is served
+    assert set(result["test"]) == {"search", "hybrid_search"}  # kept whatever is served
+    assert set(result["compare"]) == {"vs_retriever", "vs_hybrid"}  # no baselines run here

@@ -34,3 +34,17 @@ def test_next_item():
     frame = metrics.next_item(["a", "b"], [["x", "a"], ["y"]], k=10)
     assert frame["hit@10"].tolist() == [1.0, 0.0]
     assert frame["ndcg@10"].tolist() == pytest.approx([1 / np.log2(3), 0.0])
+
+
+def test_judged_only_ranks_the_judged_products_with_gains_from_the_lowest_grade():
+    qrels = {"q": {"a": 3.0, "b": 1.0, "c": 2.0}}  # a 1..3 scale: 1 is "irrelevant"
+    run = {"q": ["x", "b", "y", "a", "c"]}  # unjudged x and y are out of play
+    frame = metrics.judged_only(qrels, run, lowest=1.0)
+    gains = np.array([0.0, 2.0, 1.0])  # b, a, c after the shift
+    expected = metrics.ndcg_at_k(gains, gains, 10)
+    assert frame.loc[0, "judged_ndcg@10"] == pytest.approx(expected)
+    assert expected == pytest.approx((2 / np.log2(3) + 1 / np.log2(4)) / (2 + 1 / np.log2(3)))
+    best = metrics.judged_only(qrels, {"q": ["a", "c", "b"]}, lowest=1.0)
+    assert best.loc[0, "judged_ndcg@10"] == pytest.approx(1.0)
+    share = metrics.judged_share(qrels, run, depth=4)
+    assert share["q"] == pytest.approx(2 / 4)

@@ -160,3 +160,13 @@ def test_int8_is_only_chosen_with_a_measured_drop_below_the_limit():
     )
     assert decide_onnx("fp32", {}, 0.005)[0] == "fp32"
     assert decide_onnx("none", checks, 0.005)[0] == "none"
+
+
+def test_reciprocal_rank_fusion_adds_one_over_k_plus_rank():
+    from shopflow.engine.fusion import order_of, reciprocal_rank_fusion
+
+    fused = reciprocal_rank_fusion([["a", "b", "c"], ["c", "d"]], k=1.0)
+    assert [p for p, _ in fused] == ["c", "a", "b", "d"]  # c: 1/4 + 1/2; a: 1/2; b: 1/3; d: 1/3
+    assert dict(fused)["c"] == pytest.approx(1 / 4 + 1 / 2)
+    assert [p for p, _ in reciprocal_rank_fusion([["a", "b"], ["b", "a"]], depth=1)] == ["a"]
+    assert order_of(["x", "y", "z"], np.array([0.0, 2.0, 1.0]), positive_only=True) == ["y", "z"]

@@ -1,14 +1,22 @@
-"""The serving mix: a cross-encoder is served only when it clearly helps on the valid split
-and fits the latency budget; otherwise the retriever alone is the answer."""
+"""The serving mix: a costlier mix (hybrid first stage, a cross-encoder) is served only when
+it clearly helps on the valid split and fits the latency budget; otherwise the dense
+retriever alone is the answer."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from shopflow.evaluation.serving_mix import RERANKER, RETRIEVER, MixCandidate, choose_mix
+from shopflow.evaluation.serving_mix import (
+    Mix,
+    MixCandidate,
+    allowed_mixes,
+    choose_mix,
+    fallback_mix,
+)
 
 pytestmark = pytest.mark.unit
 QUERIES = [f"q{i}" for i in range(60)]
+RETRIEVER, HYBRID, RERANKER = "dense", "hybrid", "dense+reranker"
 
 
 def scores(values) -> pd.Series:
@@ -30,7 +38,7 @@ BASE = scores(rng.uniform(0.3, 0.9, len(QUERIES)))
 def test_a_reranker_that_hurts_is_left_out():
     decision = mix(BASE, BASE - rng.uniform(0.0, 0.1, len(QUERIES)))
     assert decision["chosen"] == RETRIEVER
-    assert decision["candidates"][RERANKER]["gain_over_retriever"] < 0
+    assert decision["candidates"][RERANKER]["gain_over_dense"] < 0
     assert "not a significant gain" in decision["reasons"][0]
 
 
@@ -54,3 +62,30 @@ def test_a_clear_gain_within_the_budget_is_served():
     assert decision["candidates"][RETRIEVER]["valid_ndcg@10"] == pytest.approx(
         BASE.mean(), abs=1e-4
     )
+
+
+def test_a_hybrid_that_helps_is_served_and_the_reranker_is_compared_with_it():
+    hybrid = BASE + rng.uniform(0.02, 0.1, len(QUERIES))
+    candidates = [
+        MixCandidate(RETRIEVER, BASE, 1.0),
+        MixCandidate(HYBRID, hybrid, 2.0),
+        MixCandidate(RERANKER, BASE + 0.03, 30.0),  # better than dense, worse than hybrid
+    ]
+    decision = choose_mix(candidates, max_p50_ms=100.0, alpha=0.05, resamples=2000)
+    assert decision["chosen"] == HYBRID
+    assert decision["candidates"][RERANKER]["gain_over_hybrid"] < 0
+
+
+def test_the_allowed_mixes_follow_the_params_cheapest_first():
+    names = [m.name for m in allowed_mixes("auto", "auto")]
+    assert names == ["dense", "hybrid", "dense+reranker", "hybrid+reranker"]
+    assert [m.name for m in allowed_mixes("hybrid", "never")] == ["hybrid"]
+    assert [m.name for m in allowed_mixes("auto", "always")] == [
+        "dense+reranker",
+        "hybrid+reranker",
+    ]
+    assert fallback_mix(allowed_mixes("auto", "auto")) == Mix("dense", True)
+    assert fallback_mix(allowed_mixes("hybrid", "never")) == Mix("hybrid", False)
+    assert Mix.named("hybrid+reranker") == Mix("hybrid", True)
+    with pytest.raises(ValueError, match="not a serving mix"):
+        Mix.named("retriever+reranker")
