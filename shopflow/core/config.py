@@ -157,8 +157,20 @@ class RetrieverConfig(TrainingConfig):
     history_items: int = Field(ge=0, description="recent item titles appended to a query")
     history_share: float = Field(ge=0, le=1, description="search examples given history")
     bm25_negative_depth: int = Field(30, ge=1)
+    bm25_negative_skip: int = Field(
+        0, ge=0, description="BM25 ranks never drawn as negatives (sparse judgments)"
+    )
     max_examples_per_source: int = Field(ge=1)
     eval_batch_size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _skip_within_depth(self) -> RetrieverConfig:
+        if self.bm25_negative_skip >= self.bm25_negative_depth:
+            raise ValueError(
+                f"bm25_negative_skip ({self.bm25_negative_skip}) must be below "
+                f"bm25_negative_depth ({self.bm25_negative_depth}): no BM25 hit would be left"
+            )
+        return self
 
 
 class RerankerConfig(TrainingConfig):

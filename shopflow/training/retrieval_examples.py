@@ -1,8 +1,11 @@
 """The retriever's training examples: (query text, positive product, hard negative), from every
 source the data has, one split at a time.
 
-- judgments: a query and a product graded relevant; the hard negative is a BM25 hit for the
-  query that was not graded relevant (lexically close, yet wrong: what BM25 gets wrong);
+- judgments: a query and a product graded relevant; the hard negative is a product judged
+  not relevant for that query when there is one (known wrong), else a BM25 hit for the query
+  that was never judged, below the top `bm25_negative_skip` ranks (lexically close, yet
+  likely wrong: where judgments are sparse, BM25's very top holds relevant, unjudged
+  products, which would be trained as negatives);
 - clicks: a query (with the session's history for `history_share` of them) and a clicked
   product; the hard negative is a product shown in the same list and not clicked;
 - purchases: the user's recent items alone and the product bought next; in-batch negatives.
@@ -52,14 +55,20 @@ def judgment_examples(
     bm25_hits: dict[str, list[str]],
     relevant_at: float,
     rng: np.random.Generator,
+    bm25_skip: int = 0,
 ) -> pd.DataFrame:
-    """Relevant (query, product) pairs, each with a BM25 hit not graded relevant as negative."""
-    relevant = judged[judged["relevance"] >= relevant_at]
-    good = relevant.groupby("query")["product_id"].agg(set).to_dict()
+    """Relevant (query, product) pairs, each with a negative: judged not relevant for the
+    query if any, else a never-judged BM25 hit below rank `bm25_skip`."""
+    is_relevant = judged["relevance"] >= relevant_at
+    relevant = judged[is_relevant]
+    wrong = judged[~is_relevant].groupby("query")["product_id"].agg(list).to_dict()
+    seen = judged.groupby("query")["product_id"].agg(set).to_dict()
     rows = []
     for query, product in relevant[["query", "product_id"]].itertuples(index=False):
-        wrong = [p for p in bm25_hits.get(query, ()) if p not in good[query]]
-        negative = wrong[rng.integers(len(wrong))] if wrong else None
+        pool = wrong.get(query) or [
+            p for p in bm25_hits.get(query, ())[bm25_skip:] if p not in seen[query]
+        ]
+        negative = pool[rng.integers(len(pool))] if pool else None
         rows.append((query, product, negative, "judgments"))
     return pd.DataFrame(rows, columns=["query_text", "positive", "negative", "source"])
 
@@ -119,7 +128,11 @@ def training_examples(
     frames = []
     if "judgments" in tables:
         judged = tables["judgments"][tables["judgments"]["split"] == split]
-        frames.append(judgment_examples(judged, bm25_hits, params.evaluation.relevant_at, rng))
+        frames.append(
+            judgment_examples(
+                judged, bm25_hits, params.evaluation.relevant_at, rng, cfg.bm25_negative_skip
+            )
+        )
     if "pairs" in tables:
         pairs = tables["pairs"][tables["pairs"]["split"] == split]
         histories = tables.get("histories", pd.DataFrame(columns=["session_id", "history"]))

@@ -86,3 +86,30 @@ def test_the_prior_weight_is_fitted_to_how_far_the_cosine_can_be_trusted():
     assert noisy < 5.0  # a weight of 20 would be overconfident about a coin toss
     losses = prior_losses(cosines, coin, np.array([noisy, 20.0]))
     assert losses[0] < losses[1] and losses[0] <= np.log(8) + 0.01
+
+
+def test_retriever_negatives_are_judged_wrong_first_then_unjudged_bm25_hits_below_the_skip():
+    import pandas as pd
+
+    from shopflow.training.retrieval_examples import judgment_examples
+
+    judged = pd.DataFrame(
+        [
+            ("oak table", "good", 3.0),
+            ("oak table", "bad", 0.0),  # judged not relevant: the negative
+            ("pine shelf", "shelf", 3.0),  # no judged negative: BM25 below the skip ...
+            ("pine shelf", "judged-ok", 3.0),  # ... never a judged product
+        ],
+        columns=["query", "product_id", "relevance"],
+    )
+    hits = {
+        "oak table": ["top", "good", "bad", "other"],
+        "pine shelf": ["top1", "top2", "judged-ok", "shelf", "deep1", "deep2"],
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = judgment_examples(judged, hits, 2.0, rng, bm25_skip=2).set_index("positive")
+        assert rows.loc["good", "negative"] == "bad"
+        assert rows.loc["shelf", "negative"] in {"deep1", "deep2"}
+    unskipped = judgment_examples(judged, hits, 2.0, rng).set_index("positive")
+    assert unskipped.loc["judged-ok", "negative"] in {"top1", "top2", "deep1", "deep2"}

@@ -325,3 +325,25 @@ def test_a_page_the_template_cannot_render_falls_back_to_a_plain_one():
     page = pages.render_or_fallback(run, {}, {"data_docs": False, "drift": False})
     assert "could not be rendered" in page and 'href="run.json"' not in page
     assert "href='run.json'" in page and ">rejected<" in page
+
+
+def test_the_serving_mix_shows_every_candidate_and_why_one_was_served():
+    mix = {
+        "chosen": "hybrid",
+        "candidates": {
+            "dense": {"valid_ndcg@10": 0.81, "p50_ms": 18.0, "n": 80},
+            "hybrid": {"valid_ndcg@10": 0.84, "p50_ms": 19.5, "n": 80, "p_value": 0.004},
+            "dense+reranker": {"valid_ndcg@10": 0.83, "p50_ms": 650.0, "n": 80, "p_value": 0.9},
+        },
+        "reasons": ["hybrid: valid NDCG@10 +0.0300 over dense (p=0.004, n=80) is a gain"],
+    }
+    search = {"ndcg@10": 0.8, "mrr@10": 0.7, "recall@100": 0.9}
+    train = {"final_loss": 1.0, "steps": 2, "seconds": 1.0, "device": "cpu", "samples_per_s": 9}
+    metrics = {"test": {"search": search}, "train": train, "serving_mix": mix}
+    run = bare_run()
+    run["training"]["reranker"] = {"metrics": metrics, "curves": []}
+    page = pages.render_run(run, {}, {"data_docs": False, "drift": False})
+    assert "Serving mix: <code>hybrid</code>" in page
+    table = page[page.index('id="serving-mix-table"') :]
+    assert "dense+reranker" in table and "650.0" in table and "0.004<" in table
+    assert "is a gain" in page
