@@ -14,11 +14,13 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   champion's data is `max_model_age_days` old, when there is no trained champion yet, or when
   the run's conf says `force_retrain`; a drift `alert` alerts and keeps the champion;
 - should_promote reads the A/B gate's verdict; promote emits `shopflow://champion` only when
-  the champion really changed, which schedules `shopflow_deploy`;
+  the champion really changed, which schedules `shopflow_deploy`. A run triggered with
+  `force_promote_reason` (and `force_promote_by`) promotes whatever the gate says, through
+  `shopflow promote --force` (still smoke-tested; the registry logs who and why);
 - report writes the night's HTML run report (`report.folder`), whatever happened.
 
 Knobs: the `airflow:` section of params.yaml. The decisions live in
-`shopflow/orchestration/nightly.py`.
+`shopflow/orchestration/decisions.py`, how a stage runs in `shopflow/orchestration/nightly.py`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from airflow.utils.trigger_rule import TriggerRule
 from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.evaluation import gate
-from shopflow.orchestration import alerts, nightly
+from shopflow.orchestration import alerts, decisions, nightly
 from shopflow.release.registry import Registry
 from shopflow.reporting import pages
 
@@ -56,12 +58,17 @@ def night_of(logical_date: dt.datetime | None) -> dt.date:
     return nightly.night_of(logical_date)
 
 
-def run_stage(stage: str, logical_date: dt.datetime | None, run_id: str | None) -> dict:
+def run_stage(
+    stage: str,
+    logical_date: dt.datetime | None,
+    run_id: str | None,
+    command: list[str] | None = None,
+) -> dict:
     night, upstream = night_of(logical_date), sorted(graph.upstream(stage))
     if run_id is None:
         raise AirflowFailException("this task needs the DAG run's id")
     try:
-        return nightly.run_stage(PROJECT, stage, night, upstream, run_id)
+        return nightly.run_stage(PROJECT, stage, night, upstream, run_id, command=command)
     except nightly.StageRunError as failed:
         if failed.final:
             raise AirflowFailException(str(failed)) from failed
@@ -94,12 +101,15 @@ def promote_task(
     stage: str,
     logical_date: dt.datetime | None = None,
     run_id: str | None = None,
+    params: dict | None = None,
     outlet_events=None,
 ) -> dict:
-    """The promote stage; the champion asset is updated only when the champion changed."""
+    """The promote stage (forced by the run's conf: `shopflow promote --force`); the champion
+    asset is updated only when the champion changed."""
     registry = Registry(PROJECT / config.promote.registry)
     before = registry.champion()
-    outcome = run_stage(stage, logical_date, run_id)
+    forced = decisions.ForcedPromotion.from_conf(params or {})
+    outcome = run_stage(stage, logical_date, run_id, forced.command() if forced else None)
     after = registry.champion()
     if after is None or (before is not None and after.id == before.id):
         raise AirflowSkipException(f"the champion did not change ({outcome})")
@@ -117,7 +127,7 @@ def promote_task(
 def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
     night = load_params(PROJECT / paths.PARAMS)
-    decision = nightly.decide_retrain(
+    decision = decisions.decide_retrain(
         nightly.read_report(PROJECT, paths.DRIFT_REPORT),
         Registry(PROJECT / night.promote.registry).champion(),
         night,
@@ -138,9 +148,12 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
 
 
 @task.short_circuit(task_id="should_promote", ignore_downstream_trigger_rules=False)
-def should_promote() -> bool:
-    """Promote only on the A/B gate's `promote` verdict."""
-    decision = nightly.decide_promote(gate.read_decision(PROJECT / paths.DECISION))
+def should_promote(params: dict | None = None) -> bool:
+    """Promote on the A/B gate's `promote` verdict, or when the run's conf forces it."""
+    decision = decisions.decide_promote(
+        gate.read_decision(PROJECT / paths.DECISION),
+        decisions.ForcedPromotion.from_conf(params or {}),
+    )
     log.info("promote: %s; why: %s", decision.go, "; ".join(decision.reasons))
     return decision.go
 
@@ -176,7 +189,13 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     params={
-        "force_retrain": Param(False, type="boolean", description="retrain whatever drift says")
+        "force_retrain": Param(False, type="boolean", description="retrain whatever drift says"),
+        "force_promote_reason": Param(
+            "",
+            type="string",
+            description="non-empty: promote tonight's model whatever the gate says (logged)",
+        ),
+        "force_promote_by": Param("", type="string", description="who forces the promotion"),
     },
     default_args=nightly.task_defaults(settings, alert.on_failure),
     tags=["shopflow", "dvc"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import getpass
 import importlib
 import json
 import logging
@@ -31,11 +32,13 @@ class StageCommand:
     """A stage command: import `shopflow.stages.<stage>` only when run, then call its `run`.
     Its runs are recorded in the run log (`shopflow.orchestration.runlog`)."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, options: tuple[str, ...] = ()) -> None:
         self.stage = stage
+        self.options = options  # command-line options passed on to the stage's `run`
 
     def __call__(self, params: Params, args: argparse.Namespace) -> None:
-        importlib.import_module(f"shopflow.stages.{self.stage}").run(params)
+        given = {name: getattr(args, name) for name in self.options}
+        importlib.import_module(f"shopflow.stages.{self.stage}").run(params, **given)
 
 
 def _show_params(params: Params, args: argparse.Namespace) -> None:
@@ -153,6 +156,13 @@ def _rollback(params: Params, args: argparse.Namespace) -> None:
     print(f"champion is now #{entry.id}: {entry.version} (Bento {entry.bento_tag})")
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        return f"uid {os.getuid()}"
+
+
 def torch_cuda() -> bool:
     import torch
 
@@ -191,8 +201,9 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         StageCommand("evaluate"),
     ),
     "promote": (
-        "on a promote verdict: save, build and smoke-test the Bento, then move the champion",
-        StageCommand("promote"),
+        "on a promote verdict (or --force): save, build and smoke-test the Bento, then move "
+        "the champion",
+        StageCommand("promote", options=("force", "reason", "by")),
     ),
     "report": (
         "write the HTML report of a run (default: the latest) and the runs' index; print its path",
@@ -296,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="that command's output, for its error lines",
             )
+        if name == "promote":
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="promote the current outputs whatever the gate said (still smoke-tested)",
+            )
+            cmd.add_argument("--reason", default=None, help="why (required with --force)")
+            cmd.add_argument("--by", default=_user(), help="who forces it (default: this user)")
         if name == "deploy":
             cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
         if name in ("serve", "build-bento"):

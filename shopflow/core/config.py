@@ -193,6 +193,20 @@ class RerankerConfig(TrainingConfig):
     )
 
 
+class RankerConfig(Section):
+    """The feature ranker (LightGBM lambdarank), trained by the reranker stage."""
+
+    enabled: bool = Field(description="false: no feature ranker among the serving mixes")
+    trees: int = Field(ge=1, description="boosting rounds at most (early stopping)")
+    learning_rate: float = Field(gt=0, le=1)
+    leaves: int = Field(ge=2)
+    min_data_in_leaf: int = Field(ge=1)
+    early_stopping: int = Field(ge=1, description="rounds without a held-out NDCG@10 gain")
+    stop_share: float = Field(
+        gt=0, lt=1, description="train queries held out for early stopping (valid stays clean)"
+    )
+
+
 class EvaluationConfig(Section):
     relevant_at: float = Field(description="grade counted as relevant by MRR, recall, MAP")
     exclude_history: bool = Field(
@@ -366,6 +380,7 @@ class Params(Section):
     pretrain: PretrainConfig
     retriever: RetrieverConfig
     reranker: RerankerConfig
+    ranker: RankerConfig
     evaluation: EvaluationConfig
     serving: ServingConfig
     gate: GateConfig

@@ -4,8 +4,9 @@ One folder: the retriever with the catalogue's vectors (`retriever/`, `index/` i
 reranker (`reranker/`, absent when its stage was skipped or the serving mix chosen on the
 valid split left it out: the retriever's order is served),
 the catalogue and the user profiles, plus `shopflow.json` with versions and the serving
-settings (`bundle_settings`, and the first stage the serving mix chose: dense or hybrid, whose
-BM25 index is rebuilt from the catalogue on load). The model store saves bundles as BentoML
+settings (`bundle_settings`, and what the serving mix chose: the first stage, dense or hybrid,
+and the final stage; BM25 is rebuilt from the catalogue on load), and the feature ranker
+(`ranker/`) when the mix serves it. The model store saves bundles as BentoML
 models; the service, the A/B evaluation of a promoted champion and the drift probe load
 engines from them here.
 """
@@ -22,17 +23,18 @@ import pandas as pd
 from shopflow.core.artifacts import read_json, write_json, write_parquet
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
-from shopflow.engine.fusion import DENSE, HYBRID
+from shopflow.engine.fusion import DENSE
 from shopflow.engine.search import Catalogue, PairScorer, SearchEngine
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
-from shopflow.models.lexical import BM25
+from shopflow.models.feature_ranker import FeatureRanker
 
 log = logging.getLogger(__name__)
 
 INFO = "shopflow.json"
 CATALOGUE = "catalogue.parquet"
 USERS = "users.parquet"
+RANKER = "ranker"  # the feature ranker's folder, in a reranker stage output and in a bundle
 
 
 def bundle_settings(params: Params) -> dict:
@@ -63,13 +65,18 @@ def save_bundle(
         raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
     out.mkdir(parents=True, exist_ok=False)
     shutil.copytree(retriever_dir, out / "retriever", ignore=shutil.ignore_patterns("eval"))
+    mix = first_stage(reranker_dir, {})
     if serves(reranker_dir):
-        shutil.copytree(reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval"))
+        shutil.copytree(
+            reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval", RANKER)
+        )
+    if mix["final"] == "ltr":
+        shutil.copytree(reranker_dir / RANKER, out / RANKER)
     products = pd.read_parquet(prepared_dir / "products.parquet")
     write_parquet(products, out / CATALOGUE)
     if (prepared_dir / USERS).exists():
         shutil.copy2(prepared_dir / USERS, out / USERS)
-    write_json(out / INFO, {**info, "settings": {**settings, **first_stage(reranker_dir, {})}})
+    write_json(out / INFO, {**info, "settings": {**settings, **mix}})
     return out
 
 
@@ -90,12 +97,19 @@ def serves(reranker_dir: Path) -> bool:
 
 
 def first_stage(reranker_dir: Path, settings: dict) -> dict:
-    """`first_stage` (dense | hybrid) and `rrf_k`: a bundle's own, else what the reranker
-    stage's serving mix chose, else dense (no reranker stage, or a model from before hybrid)."""
+    """The serving mix's `first_stage` (dense | hybrid), `final` (none | ltr | reranker) and
+    `rrf_k`: a bundle's own, else what the reranker stage chose, else dense (no reranker
+    stage, or a model from before these choices)."""
     if "first_stage" in settings:
-        return {"first_stage": settings["first_stage"], "rrf_k": settings.get("rrf_k", 60.0)}
-    meta = read_json(reranker_dir / INFO) if (reranker_dir / INFO).exists() else {}
-    return {"first_stage": meta.get("first_stage", DENSE), "rrf_k": meta.get("rrf_k", 60.0)}
+        meta = settings
+    else:
+        meta = read_json(reranker_dir / INFO) if (reranker_dir / INFO).exists() else {}
+    final = meta.get("final") or ("reranker" if meta.get("serve", True) else "none")
+    return {
+        "first_stage": meta.get("first_stage", DENSE),
+        "final": final,
+        "rrf_k": meta.get("rrf_k", 60.0),
+    }
 
 
 def load_reranker(folder: Path, settings: dict, device: str) -> CrossEncoder | None:
@@ -120,11 +134,13 @@ def assemble_engine(
     users: pd.DataFrame | None = None,
     info: dict | None = None,
     item_prior: np.ndarray | None = None,
+    ranker_dir: Path | None = None,
 ) -> SearchEngine:
     """An engine from model folders over `products`. The saved product vectors are used when
     they are of exactly these products; otherwise the catalogue is embedded again (a champion
     evaluated on tonight's catalogue), and the recommendation prior is the fitted weight times
-    `item_prior` (tonight's popularity, aligned with `products`)."""
+    `item_prior` (tonight's popularity, aligned with `products`). The feature ranker is read
+    from `ranker_dir` (default: the reranker stage's) when the mix serves it."""
     catalogue = Catalogue(products)
     retriever = BiEncoder.load(
         retriever_dir,
@@ -145,6 +161,9 @@ def assemble_engine(
             retriever.item_prior = item_prior
             retriever.prior_weight = weight
     stage = first_stage(reranker_dir, settings)
+    ranker = None
+    if stage["final"] == "ltr":
+        ranker = FeatureRanker.load(ranker_dir or reranker_dir / RANKER)
     return SearchEngine(
         retriever,
         load_reranker(reranker_dir, settings, device),
@@ -154,8 +173,9 @@ def assemble_engine(
         ann_min_items=settings["ann_min_items"],
         users=users,
         info=info,
-        lexical=BM25(catalogue.ids, catalogue.texts) if stage["first_stage"] == HYBRID else None,
+        first_stage=stage["first_stage"],
         rrf_k=stage["rrf_k"],
+        ranker=ranker,
     )
 
 
@@ -170,7 +190,14 @@ def load_engine(
     products = pd.read_parquet(bundle / CATALOGUE)
     users = pd.read_parquet(bundle / USERS) if (bundle / USERS).exists() else None
     engine = assemble_engine(
-        bundle / "retriever", bundle / "reranker", products, settings, device, users, info
+        bundle / "retriever",
+        bundle / "reranker",
+        products,
+        settings,
+        device,
+        users,
+        info,
+        ranker_dir=bundle / RANKER,
     )
     runtime = runtime or settings.get("onnx", "none")
     if runtime in ("fp32", "int8"):
@@ -178,12 +205,14 @@ def load_engine(
 
         use_onnx(engine, bundle / "onnx" / runtime)
     log.info(
-        "serving bundle %s: %d products (%s %s search), reranker %s, %d users, %s runtime",
+        "serving bundle %s: %d products (%s %s search), then %s, %d users, %s runtime",
         bundle,
         len(engine.catalogue),
         engine.first_stage,
         engine.index.kind,
-        "on" if engine.reranker is not None else "off (skipped stage or left out of the mix)",
+        "the cross-encoder"
+        if engine.reranker is not None
+        else ("the feature ranker" if engine.ranker is not None else "nothing"),
         len(engine.users),
         f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
     )

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from shopflow.core.errors import StageInputError
-from shopflow.data.features import product_text, query_text
+from shopflow.data.features import query_text
+from shopflow.engine.catalogue import Candidates, Catalogue, Filters, Hit
 from shopflow.engine.fusion import (
     DENSE,
     FUSION_DEPTH,
@@ -30,73 +30,14 @@ from shopflow.engine.fusion import (
     order_of,
     reciprocal_rank_fusion,
 )
+from shopflow.engine.ranking_features import FeatureExtractor
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.feature_ranker import FeatureRanker
 from shopflow.models.lexical import BM25
 from shopflow.models.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
-
-Candidates = list[tuple[str, float]]  # (product id, first-stage score), best first
-
-
-@dataclass(frozen=True)
-class Hit:
-    product_id: str
-    title: str
-    score: float  # what the list is ordered by: the reranker's, else the first stage's
-    retriever_score: float  # the first stage's: cosine (dense) or fused reciprocal rank (hybrid)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """A category (matches its subcategories: "Garden" matches "Garden > Hoses") and a price
-    range, inclusive."""
-
-    category: str | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.category, self.min_price, self.max_price))
-
-
-class Catalogue:
-    """The products a shop serves, in the order of the retriever's vectors."""
-
-    def __init__(self, products: pd.DataFrame) -> None:
-        self.ids = products["product_id"].astype(str).to_numpy()
-        self.titles = products["title"].astype(str).to_numpy()
-        column = products.get("category", pd.Series([None] * len(products)))
-        self.categories = column.fillna("").astype(str).to_numpy()
-        price = products.get("price", pd.Series([np.nan] * len(products)))
-        self.prices = pd.to_numeric(price, errors="coerce").to_numpy(float)
-        self.texts = product_text(products)
-        self.position = {pid: i for i, pid in enumerate(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def positions(self, product_ids: Sequence[str]) -> list[int]:
-        return [self.position[p] for p in product_ids if p in self.position]
-
-    def unknown(self, product_ids: Sequence[str]) -> list[str]:
-        return [p for p in product_ids if p not in self.position]
-
-    def allowed(self, filters: Filters | None) -> np.ndarray | None:
-        """Boolean mask of the products passing `filters` (None when there are none)."""
-        if not filters:
-            return None
-        mask = np.ones(len(self), bool)
-        if filters.category is not None:
-            wanted = filters.category.strip().lower()
-            lower = np.char.lower(self.categories.astype(str))
-            mask &= (lower == wanted) | np.char.startswith(lower, wanted + " >")
-        if filters.min_price is not None:
-            mask &= self.prices >= filters.min_price  # unknown prices (NaN) never pass
-        if filters.max_price is not None:
-            mask &= self.prices <= filters.max_price
-        return mask
 
 
 class PairScorer:
@@ -131,7 +72,9 @@ class PairScorer:
 
 
 class SearchEngine:
-    """First stage (dense, or hybrid with `lexical`) → reranker over one catalogue."""
+    """First stage (dense, or hybrid with BM25) → cross-encoder or feature ranker (or
+    neither) over one catalogue. BM25 (`lexical`) is built here when the hybrid or the
+    feature ranker needs it and none is given to share."""
 
     def __init__(
         self,
@@ -143,8 +86,10 @@ class SearchEngine:
         ann_min_items: int = 100_000,
         users: pd.DataFrame | None = None,
         info: dict | None = None,
+        first_stage: str = DENSE,
         lexical: BM25 | None = None,
         rrf_k: float = 60.0,
+        ranker: FeatureRanker | None = None,
     ) -> None:
         if len(retriever.item_ids) != len(catalogue) or list(retriever.item_ids) != list(
             catalogue.ids
@@ -167,12 +112,22 @@ class SearchEngine:
                 self.users[str(key)] = (list(recent), list(bought))
         self.info = info or {}
         self.score_pairs = PairScorer(reranker, catalogue)
-        self.lexical = lexical
+        self.first_stage = first_stage
         self.rrf_k = rrf_k
+        self.ranker = ranker if reranker is None else None  # the cross-encoder comes first
+        if lexical is None and (first_stage == HYBRID or self.ranker is not None):
+            lexical = BM25(catalogue.ids, catalogue.texts)
+        self.lexical = lexical
+        self.features = (
+            None
+            if self.ranker is None or lexical is None
+            else FeatureExtractor(catalogue, lexical, retriever.item_prior)
+        )
 
     @property
-    def first_stage(self) -> str:
-        return DENSE if self.lexical is None else HYBRID
+    def reorders(self) -> bool:
+        """Does a second stage reorder the first stage's top `candidates`?"""
+        return self.reranker is not None or self.ranker is not None
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -200,7 +155,7 @@ class SearchEngine:
     ) -> list[Candidates]:
         """The retriever's top `depth` per query; in hybrid, the top `depth` of it fused with
         BM25's for the bare query (BM25 reads no history), both read `FUSION_DEPTH` deep."""
-        if self.lexical is None:
+        if self.first_stage != HYBRID or self.lexical is None:
             return self.retrieve(vectors, depth, allowed)
         dense = self.retrieve(vectors, max(depth, FUSION_DEPTH), allowed)
         lexical = self.lexical.search(queries, max(depth, FUSION_DEPTH), allowed)
@@ -264,7 +219,7 @@ class SearchEngine:
             vectors = self.embed_queries(
                 [self.history_text(q, r) for q, r in zip(queries, recents, strict=True)]
             )
-        depth = max(k, self.candidates if self.reranker is not None else k)
+        depth = max(k, self.candidates if self.reorders else k)
         found = self.first_stage_hits(queries, vectors, depth, self.catalogue.allowed(filters))
         return [
             (cands, self.priors(vector, [p for p, _ in cands]).tolist() if cands else [])
@@ -292,7 +247,10 @@ class SearchEngine:
         in one reranker batch; the top k of them (the first stage's order without a reranker)."""
         heads = [(cands[:limit], priors[:limit]) for cands, priors in found]
         if self.reranker is None:
-            return [self.merge(cands, [s for _, s in cands], k) for cands, _ in heads]
+            return [
+                self.merge(cands, self.local_scores(query, cands, priors), k)
+                for query, (cands, priors) in zip(queries, heads, strict=True)
+            ]
         flat_q, flat_p, flat_prior = [], [], []
         for query, (cands, priors) in zip(queries, heads, strict=True):
             flat_q += [query] * len(cands)
@@ -304,6 +262,12 @@ class SearchEngine:
             out.append(self.merge(cands, scores[at : at + len(cands)], k))
             at += len(cands)
         return out
+
+    def local_scores(self, query: str, cands: Candidates, priors: Sequence[float]) -> list[float]:
+        """Without a cross-encoder: the feature ranker's scores, else the first stage's."""
+        if self.ranker is None or self.features is None or not cands:
+            return [s for _, s in cands]
+        return self.ranker.score(self.features(query, cands, priors)).tolist()
 
     def recommend(
         self,
@@ -330,7 +294,7 @@ class SearchEngine:
         if not ids:
             return [], []
         priors = self.priors(self.embed_queries([query])[0], ids)
-        if self.lexical is None:
+        if self.first_stage != HYBRID or self.lexical is None:
             return list(zip(ids, map(float, priors), strict=True)), priors.tolist()
         lexical = self.lexical.scores_of(query, ids)
         fused = dict(

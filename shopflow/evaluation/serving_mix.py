@@ -1,12 +1,13 @@
 """Which trained system to serve, chosen on the valid split with latency in the balance.
 
 A serving mix is a first stage (the dense retriever alone, or hybrid: it and BM25 fused by
-reciprocal rank, `engine.fusion`) with or without the cross-encoder reordering its top
-`reranker.candidates`. Each allowed mix (`serving.first_stage`, `reranker.serve`) is scored on
+reciprocal rank, `engine.fusion`) and what reorders its top `reranker.candidates`: nothing,
+the feature ranker (`models.feature_ranker`) or the cross-encoder. Each allowed mix
+(`serving.first_stage`, `ranker.enabled`, `reranker.serve`) is scored on
 the valid split's judged queries and timed on single-query searches. Mixes are taken cheapest
 first; a costlier one replaces the current choice only when its p50 latency is within
 `serving.max_p50_ms` and its valid NDCG@10 is higher with a one-sided paired permutation p
-below `evaluation.significance`. So "dense, no cross-encoder" is the answer whenever nothing
+below `evaluation.significance`. So the dense retriever alone is the answer whenever nothing
 else clearly helps within budget, and the test split stays untouched by the choice.
 """
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.data.tables import Tables, split_of
-from shopflow.engine.fusion import DENSE, FIRST_STAGES, HYBRID
+from shopflow.engine.fusion import DENSE, FIRST_STAGES
 from shopflow.engine.search import Catalogue, SearchEngine
 from shopflow.evaluation import ranking
 from shopflow.evaluation.ab_test import time_searches
@@ -28,43 +29,57 @@ from shopflow.evaluation.significance import permutation_p
 from shopflow.evaluation.systems import ModelSystem
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
+from shopflow.models.feature_ranker import FeatureRanker
 from shopflow.models.lexical import BM25
 
 log = logging.getLogger(__name__)
 
 
+NONE, LTR, RERANKER = "none", "ltr", "reranker"
+FINALS = (NONE, LTR, RERANKER)  # cheapest first
+
+
 @dataclass(frozen=True)
 class Mix:
-    """One way to serve search: a first stage, with or without the cross-encoder."""
+    """One way to serve search: a first stage, and what reorders its top candidates."""
 
     first_stage: str  # dense | hybrid
-    rerank: bool
+    final: str = NONE  # none | ltr (the feature ranker) | reranker (the cross-encoder)
 
     @property
     def name(self) -> str:
-        return self.first_stage + ("+reranker" if self.rerank else "")
+        return self.first_stage + ("" if self.final == NONE else f"+{self.final}")
+
+    @property
+    def rerank(self) -> bool:
+        return self.final == RERANKER
 
     @classmethod
     def named(cls, name: str) -> Mix:
-        first_stage, _, reranker = name.partition("+")
-        if first_stage not in FIRST_STAGES or reranker not in ("", "reranker"):
+        first_stage, _, final = name.partition("+")
+        if first_stage not in FIRST_STAGES or final not in ("", LTR, RERANKER):
             raise ValueError(f"not a serving mix: {name!r}")
-        return cls(first_stage, bool(reranker))
+        return cls(first_stage, final or NONE)
 
 
-def allowed_mixes(first_stage: str, serve: str) -> list[Mix]:
-    """The mixes `serving.first_stage` (auto | dense | hybrid) and `reranker.serve` (auto |
-    always | never) allow, cheapest first: without the cross-encoder, then with; dense, then
-    hybrid (BM25 over a catalogue costs about a millisecond, the cross-encoder hundreds)."""
+def allowed_mixes(first_stage: str, serve: str, ranker: bool = True) -> list[Mix]:
+    """The mixes `serving.first_stage` (auto | dense | hybrid), `ranker.enabled` and
+    `reranker.serve` (auto | always | never) allow, cheapest first: nothing, the feature
+    ranker, the cross-encoder after the first stage; dense before hybrid (BM25 over a
+    catalogue costs a millisecond or so, the feature ranker less, the cross-encoder hundreds)."""
     stages = FIRST_STAGES if first_stage == "auto" else (first_stage,)
-    reranks = {"auto": (False, True), "always": (True,), "never": (False,)}[serve]
-    return [Mix(stage, rerank) for rerank in reranks for stage in stages]
+    finals = {
+        "auto": (NONE, LTR, RERANKER),
+        "always": (RERANKER,),
+        "never": (NONE, LTR),
+    }[serve]
+    return [Mix(s, f) for f in finals if ranker or f != LTR for s in stages]
 
 
 def fallback_mix(mixes: Sequence[Mix]) -> Mix:
     """With nothing to choose on: the cross-encoder when it may be served (it was trained to
     help), over the dense first stage when allowed (the retriever was trained for it)."""
-    return max(mixes, key=lambda m: (m.rerank, m.first_stage == DENSE))
+    return max(mixes, key=lambda m: (m.rerank, m.first_stage == DENSE, m.final == NONE))
 
 
 @dataclass(frozen=True)
@@ -130,21 +145,22 @@ def choose_mix(
 def mix_engine(
     mix: Mix,
     retriever: BiEncoder,
-    reranker: CrossEncoder,
+    reranker: CrossEncoder | None,
     catalogue: Catalogue,
     params: Params,
     lexical: BM25 | None = None,
+    ranker: FeatureRanker | None = None,
 ) -> SearchEngine:
-    """The engine serving `mix` (BM25 indexed here unless `lexical` is given)."""
-    if mix.first_stage == HYBRID and lexical is None:
-        lexical = BM25(catalogue.ids, catalogue.texts)
+    """The engine serving `mix` (BM25 indexed by the engine unless `lexical` is given)."""
     return SearchEngine(
         retriever,
-        reranker if mix.rerank else None,
+        reranker if mix.final == RERANKER else None,
         catalogue,
         candidates=params.reranker.candidates,
-        lexical=lexical if mix.first_stage == HYBRID else None,
+        first_stage=mix.first_stage,
+        lexical=lexical,
         rrf_k=params.serving.rrf_k,
+        ranker=ranker if mix.final == LTR else None,
     )
 
 
@@ -155,6 +171,8 @@ def measure_mix(
     catalogue: Catalogue,
     tables: Tables,
     params: Params,
+    lexical: BM25,
+    ranker: FeatureRanker | None = None,
 ) -> dict | None:
     """Score and time each of `mixes` (cheapest first) on the valid split, and choose; None
     when the valid split has no judged query to choose on."""
@@ -163,10 +181,10 @@ def measure_mix(
         return None
     qrels = ranking.qrels_from(judged)
     queries = list(qrels)
-    hybrid = any(m.first_stage == HYBRID for m in mixes)
-    lexical = BM25(catalogue.ids, catalogue.texts) if hybrid else None
     systems = {
-        mix.name: ModelSystem(mix_engine(mix, retriever, reranker, catalogue, params, lexical))
+        mix.name: ModelSystem(
+            mix_engine(mix, retriever, reranker, catalogue, params, lexical, ranker)
+        )
         for mix in mixes
     }
     ndcg = {

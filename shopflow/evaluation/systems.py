@@ -17,9 +17,12 @@ import pandas as pd
 from shopflow.core import paths
 from shopflow.core.config import Params
 from shopflow.data.features import product_text
-from shopflow.engine.bundle import assemble_engine, bundle_settings, read_bundle_info
+from shopflow.data.tables import Tables
+from shopflow.engine.bundle import RANKER, assemble_engine, bundle_settings, read_bundle_info
 from shopflow.engine.fusion import order_of
 from shopflow.engine.search import SearchEngine
+from shopflow.evaluation import ranking
+from shopflow.evaluation.offline import test_qrels
 from shopflow.evaluation.ranking import Qrels
 from shopflow.models.base import require_model
 from shopflow.models.device import device_of
@@ -31,8 +34,8 @@ TOP = 10  # what a shopper sees
 
 
 class ModelSystem:
-    """A retriever → reranker engine, ranked to depth 100: the reranked candidates first,
-    then the retriever's order (so Recall@100 is the retriever's)."""
+    """A first stage → reranker engine, ranked to depth 100: the reordered candidates first,
+    then the first stage's order (so Recall@100 is the first stage's)."""
 
     kind = "model"
 
@@ -42,7 +45,7 @@ class ModelSystem:
     def search(self, queries: Sequence[str]) -> dict[str, list[str]]:
         engine = self.engine
         found = engine.candidates_for(queries, k=DEPTH)
-        n_rerank = engine.candidates if engine.reranker is not None else 0
+        n_rerank = engine.candidates if engine.reorders else 0
         heads = engine.rerank(queries, found, n_rerank, limit=n_rerank)
         return {
             query: [h.product_id for h in head] + [p for p, _ in cands[n_rerank:]]
@@ -116,6 +119,7 @@ def champion_system(
         settings,
         device_of(params),
         item_prior=prior,
+        ranker_dir=bundle / RANKER,
     )
     return ModelSystem(engine)
 
@@ -127,3 +131,13 @@ def challenger_system(params: Params, products: pd.DataFrame) -> ModelSystem:
         paths.RETRIEVER, paths.RERANKER, products, bundle_settings(params), device_of(params)
     )
     return ModelSystem(engine)
+
+
+def test_search_scores(engine: SearchEngine, tables: Tables, params: Params) -> pd.DataFrame | None:
+    """Per-query test scores of an engine, ranked to depth 100 as the A/B evaluation ranks
+    (None without judged test queries)."""
+    qrels = test_qrels(tables)
+    if not qrels:
+        return None
+    ranked = ModelSystem(engine).search(list(qrels))
+    return ranking.per_query(qrels, ranked, params.evaluation.relevant_at)

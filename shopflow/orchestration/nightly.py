@@ -1,5 +1,4 @@
-"""How a night runs: the DVC stage graph as tasks, the run's data window, and the decisions
-between stages (retrain tonight? promote?).
+"""How a night runs: the DVC stage graph as tasks, one stage run for the night's data window.
 
 Airflow-free on purpose, so that the DAG file (`dags/shopflow_nightly.py`) only says what
 runs after what, and everything that decides something is testable without a scheduler.
@@ -11,8 +10,7 @@ runs after what, and everything that decides something is testable without a sch
   (directly or through its inputs), so DVC re-runs what a new night changes, skips what a
   rerun of the same night already has, and can never hand back the outputs of another
   window: they hash differently. It refuses to run on upstream outputs of another night.
-- `decide_retrain` and `decide_promote` read the stages' own verdicts (`reports/drift.json`,
-  `reports/decision.json`) and the registry: the stages decide, the DAG only branches.
+- The branches between stages (retrain tonight? promote?) are `orchestration.decisions`.
 """
 
 from __future__ import annotations
@@ -28,17 +26,16 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from shopflow.core import paths
-from shopflow.core.config import AirflowConfig, Params, load_params
+from shopflow.core.config import AirflowConfig, load_params
 from shopflow.core.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
 from shopflow.core.processes import die_with_parent, stop_process_tree
 from shopflow.orchestration.runlog import RUN_ID_ENV
-from shopflow.release.registry import Entry
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +214,11 @@ def run_stage(
     upstream: Sequence[str] = (),
     run_id: str | None = None,
     tail_lines: int = 40,
+    command: Sequence[str] | None = None,
 ) -> dict:
-    """`dvc repro --single-item <stage>` in `project` for the window ending `night`; its
-    output goes to the log line by line. Returns which stages DVC actually ran (none on a
+    """`dvc repro --single-item <stage>` in `project` for the window ending `night` (or
+    `command` instead, e.g. a forced `shopflow promote --force`); its output goes to the log
+    line by line. Returns which stages DVC actually ran (none on a
     rerun) and the time.
 
     One stage, not its upstream: tasks of independent stages run at the same time in one
@@ -240,8 +239,8 @@ def run_stage(
             "first (in Airflow: clear this task with its upstream tasks)",
         )
     env = _env() | ({RUN_ID_ENV: run_id} if run_id else {})
-    command = [_dvc(), "repro", "--single-item", stage]
-    log.info("running `dvc repro --single-item %s` in %s", stage, project)
+    command = list(command or [_dvc(), "repro", "--single-item", stage])
+    log.info("running `%s` in %s", " ".join(command), project)
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -280,91 +279,6 @@ def stage_exit_code(dvc_code: int, output: str) -> int:
     """The stage command's own exit code (DVC exits 255 and names it), else DVC's."""
     found = re.findall(r"exited with (\d+)", output)
     return int(found[-1]) if found else dvc_code
-
-
-# -- decisions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A branch taken: whether to go on, why, and an alert to send (if any)."""
-
-    go: bool
-    reasons: list[str]
-    alert: str | None = None
-    facts: dict = field(default_factory=dict)
-
-
-def _days(span: str) -> tuple[dt.date, dt.date]:
-    first, _, last = span.partition("..")
-    return dt.date.fromisoformat(first), dt.date.fromisoformat(last or first)
-
-
-def decide_retrain(
-    drift: dict, champion: Entry | None, params: Params, *, forced: bool = False
-) -> Decision:
-    """Train tonight? On the drift stage's verdict, the champion's age, or a forced run.
-
-    The champion's age is in data days, not wall-clock days: from the last day it was trained
-    on (its drift reference) to the last training day tonight. So a backfill of an old night
-    sees the champion as young as it was then, and a paused scheduler does not make it old.
-    """
-    from shopflow.data.splits import training_days
-
-    verdict = drift.get("decision")
-    max_age = params.airflow.max_model_age_days
-    tonight_end = training_days(params)[-1]
-    facts: dict = {"drift": verdict, "forced": forced, "max_model_age_days": max_age}
-    alert = None
-    if verdict == "alert":
-        alert = (
-            "drift alert: "
-            + "; ".join(drift.get("reasons", []))
-            + (f" (report: {drift.get('report')})")
-        )
-    if forced:
-        return Decision(True, ["forced by the run's conf (force_retrain)"], alert, facts)
-    if verdict == "alert":
-        why = (
-            "drift says alert: the data looks broken; the champion stays until someone "
-            "looks (force_retrain=true overrides)"
-        )
-        return Decision(False, [why], alert, facts)
-    if champion is None or champion.kind == "baseline":
-        return Decision(True, ["no trained champion yet (the baseline serves)"], None, facts)
-    reference = drift.get("reference", {})
-    if reference.get("source", "").startswith("tonight") or not reference.get("days"):
-        # A bundle saved before the drift stage carries no training window: its promotion
-        # day stands in (a wall-clock date: in a backfill it can lie after tonight, then 0).
-        trained_until = dt.date.fromisoformat(champion.at[:10])
-        facts["age_from"] = "promotion date (the champion's bundle has no drift reference)"
-    else:
-        trained_until = _days(reference["days"])[1]
-    age = max((tonight_end - trained_until).days, 0)
-    facts |= {
-        "champion": champion.version,
-        "champion_trained_until": str(trained_until),
-        "champion_age_days": age,
-    }
-    if verdict == "retrain":
-        return Decision(True, ["drift: " + "; ".join(drift.get("reasons", []))], None, facts)
-    old = f"the champion's data is {age} day{'s' if age != 1 else ''} old"
-    if age >= max_age:
-        return Decision(True, [f"{old} (max_model_age_days {max_age})"], None, facts)
-    why = f"drift says {verdict} and {old} (< {max_age}): nothing to retrain for"
-    return Decision(False, [why], None, facts)
-
-
-def decide_promote(decision: dict) -> Decision:
-    """Promote only on the gate's `promote` verdict (`gate.read_decision` has checked the
-    file; the promote stage re-checks staleness)."""
-    verdict = decision["verdict"]
-    return Decision(
-        verdict == "promote",
-        [f"gate verdict {verdict}", *decision["reasons"]],
-        None,
-        {"verdict": verdict},
-    )
 
 
 def night_of(logical_date: dt.datetime | dt.date) -> dt.date:

@@ -17,12 +17,18 @@ Steps, each safe to repeat, and the champion moves only at the last one:
 
 A failed smoke test leaves the champion as it was, writes why to `metrics/promote.json` and
 fails the stage (exit 4), so the night is marked failed and alerts fire.
+
+A person may overrule the gate (`shopflow promote --force --reason "..."`, or the nightly
+DAG's `force_promote` conf): the current outputs are promoted whatever the verdict and
+whichever champion the decision was made against, but only through the same smoke test, and
+the log entry (`action: force`) says who, why, and what the gate had said.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +52,26 @@ class SmokeTestError(ShopflowError):
     exit_code = 4
 
 
-def promote(params: Params, decision: dict) -> dict:
-    """Act on the evaluate stage's decision (see the module docstring); the outcome."""
+@dataclass(frozen=True)
+class Override:
+    """A person's decision to promote whatever the gate said: who and why, for the log."""
+
+    by: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip():
+            raise StageInputError(
+                'a forced promotion needs a reason (`shopflow promote --force --reason "..."`): '
+                "it is kept in the registry's log"
+            )
+        if not self.by.strip():
+            raise StageInputError("a forced promotion needs who forced it (--by)")
+
+
+def promote(params: Params, decision: dict, override: Override | None = None) -> dict:
+    """Act on the evaluate stage's decision, or on `override` whatever it says (see the
+    module docstring); the outcome."""
     metrics = paths.metrics("promote")
     registry = Registry(params.promote.registry)
     baseline_metrics = (
@@ -58,7 +82,16 @@ def promote(params: Params, decision: dict) -> dict:
     registry.ensure_baseline(baseline_metrics, decision.get("data_hash"))
     champion = registry.current()
     outcome = {"verdict": decision["verdict"], "promoted": 0, "at": now()}
-    if decision["verdict"] != "promote":
+    if override is not None:
+        outcome["forced"] = {"by": override.by, "reason": override.reason}
+        log.warning(
+            "promotion forced by %s (%s); the gate said %s: %s",
+            override.by,
+            override.reason,
+            decision["verdict"],
+            "; ".join(decision["reasons"]),
+        )
+    elif decision["verdict"] != "promote":
         log.info(
             "verdict reject: the champion stays #%d %s. Why: %s",
             champion.id,
@@ -72,7 +105,8 @@ def promote(params: Params, decision: dict) -> dict:
     if champion.version == version:
         log.info("%s is already the champion (#%d): nothing to do", tag, champion.id)
         return _finish(metrics, outcome | {"promoted": 1, "already": True}, champion)
-    _check_not_stale(decision, champion)
+    if override is None:
+        _check_not_stale(decision, champion)
 
     bento = find_bento(tag)
     if bento:
@@ -94,21 +128,26 @@ def promote(params: Params, decision: dict) -> dict:
                 f"the champion moved to #{current.id} ({current.version}) while this promotion "
                 "ran; re-run evaluate against it"
             )
+        summary = _decision_summary(decision)
+        if override is not None:
+            summary |= {"forced_by": override.by, "gate_verdict": decision["verdict"]}
         entry = registry.append(
             Entry(
                 id=0,
-                action="promote",
+                action="promote" if override is None else "force",
                 at=now(),
                 kind="model",
                 version=version,
                 model_tag=tag,
                 bento_tag=bento,
-                reason="; ".join(decision["reasons"]),
+                reason="; ".join(decision["reasons"])
+                if override is None
+                else f"forced by {override.by}: {override.reason}",
                 metrics=decision["metrics"].get("challenger", {}),
                 data_hash=decision.get("data_hash"),
                 params_hash=decision.get("params_hash"),
                 git_revision=decision.get("git_revision"),
-                decision=_decision_summary(decision),
+                decision=summary,
             ),
             make_champion=True,
         )

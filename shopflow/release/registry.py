@@ -38,7 +38,7 @@ LOCK = "registry.lock"
 FORMAT = 1
 BASELINE_VERSION = "baseline-bm25-popularity"
 
-Action = Literal["register", "promote", "rollback"]
+Action = Literal["register", "promote", "force", "rollback"]  # force: a person overrode the gate
 
 
 class RegistryError(ShopflowError):

@@ -34,25 +34,29 @@ import torch
 
 from shopflow.core import paths
 from shopflow.core.artifacts import files_hash, write_json, write_parquet
-from shopflow.core.config import Params, RerankerConfig
+from shopflow.core.config import RerankerConfig
 from shopflow.data.features import product_text
-from shopflow.data.tables import Tables, lowest_grade, read_prepared
+from shopflow.data.tables import lowest_grade, read_prepared
+from shopflow.engine.bundle import RANKER
 from shopflow.engine.fusion import DENSE, HYBRID
-from shopflow.engine.search import Catalogue, SearchEngine
-from shopflow.evaluation import ranking
-from shopflow.evaluation.offline import compare_with, summarize, test_qrels
+from shopflow.engine.search import Catalogue
+from shopflow.evaluation.offline import compare_with, summarize
 from shopflow.evaluation.serving_mix import (
+    LTR,
+    RERANKER,
     Mix,
     allowed_mixes,
     fallback_mix,
     measure_mix,
     mix_engine,
 )
-from shopflow.evaluation.systems import ModelSystem
+from shopflow.evaluation.systems import test_search_scores
 from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
+from shopflow.models.feature_ranker import FeatureRanker
 from shopflow.models.lexical import BM25
+from shopflow.training.feature_ranker import fit_feature_ranker
 from shopflow.training.listwise_groups import (
     PRIOR_FIT_GROUPS,
     Group,
@@ -262,48 +266,83 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         reranker = CrossEncoder(model, self.pairs, runtime.device, cfg.eval_batch_size)
         catalogue = Catalogue(self.tables["products"])
         lexical = BM25(catalogue.ids, catalogue.texts)
-        self.per_query, self.hybrid = (
-            search_test_scores(
-                mix_engine(mix, self.retriever, reranker, catalogue, self.params, lexical),
+        fitted_ranker = fit_feature_ranker(
+            self.retriever, catalogue, lexical, self.tables, self.params
+        )
+        self.ranker: FeatureRanker | None = fitted_ranker[0] if fitted_ranker else None
+        ranker_info = fitted_ranker[1] if fitted_ranker else {}
+        tested = {"search": Mix(DENSE, RERANKER), "hybrid_search": Mix(HYBRID)}
+        if self.ranker is not None:
+            tested["ltr_search"] = Mix(HYBRID, LTR)
+        self.test = {
+            name: test_search_scores(
+                mix_engine(
+                    mix, self.retriever, reranker, catalogue, self.params, lexical, self.ranker
+                ),
                 self.tables,
                 self.params,
             )
-            for mix in (Mix(DENSE, True), Mix(HYBRID, False))
-        )
-        self.mix = self.serving_mix(reranker, catalogue)
+            for name, mix in tested.items()
+        }
+        self.mix = self.serving_mix(reranker, catalogue, lexical)
         result: dict = {
             "train": {
                 "graded_groups": len(self.graded),
                 "click_groups": len(self.clicks),
                 **training_figures(self, fitted, runtime),
             },
+            "feature_ranker": ranker_info,
+            "serving_mix": self.mix,
         }
-        result["serving_mix"] = self.mix
         if self.propensity is not None:
             result["propensity"] = {str(k): round(float(v), 4) for k, v in self.propensity.items()}
-        if self.per_query is not None and self.hybrid is not None:
-            others = {
-                "bm25": paths.evaluation_of(paths.BASELINES) / "bm25_search.parquet",
-                "zero_shot_encoder": paths.evaluation_of(paths.BASELINES)
-                / "zero_shot_encoder_search.parquet",
-                "retriever": paths.evaluation_of(paths.RETRIEVER) / "search.parquet",
-            }
-            alpha = self.params.evaluation.significance
-            result["test"] = summarize({"search": self.per_query, "hybrid_search": self.hybrid})
-            result["compare"] = compare_with(self.per_query, {**others, HYBRID: self.hybrid}, alpha)
-            result["compare_hybrid"] = compare_with(self.hybrid, others, alpha)
+        scored = {name: frame for name, frame in self.test.items() if frame is not None}
+        if scored:
+            result["test"] = summarize(scored)
+            result.update(self.comparisons(scored))
         log.info("reranker on the test split: %s", result.get("test"))
         return result
 
-    def serving_mix(self, reranker: CrossEncoder, catalogue: Catalogue) -> dict:
-        """The first stage and whether the reranker is served (`serving.first_stage`,
-        `reranker.serve`; auto: chosen on the valid split)."""
+    def comparisons(self, scored: dict[str, pd.DataFrame]) -> dict:
+        """Paired tests of each tested mix against the baselines, the retriever alone and
+        the other mixes: `compare` for the cross-encoder, `compare_<mix>` for the others."""
+        baselines = paths.evaluation_of(paths.BASELINES)
+        others: dict[str, Path | pd.DataFrame] = {
+            "bm25": baselines / "bm25_search.parquet",
+            "zero_shot_encoder": baselines / "zero_shot_encoder_search.parquet",
+            "retriever": paths.evaluation_of(paths.RETRIEVER) / "search.parquet",
+        }
+        mixes = {name.removesuffix("_search"): frame for name, frame in scored.items()}
+        alpha = self.params.evaluation.significance
+        return {
+            ("compare" if name == "search" else f"compare_{name.removesuffix('_search')}"): (
+                compare_with(
+                    frame,
+                    {**others, **{m: f for m, f in mixes.items() if f is not frame}},
+                    alpha,
+                )
+            )
+            for name, frame in scored.items()
+        }
+
+    def serving_mix(self, reranker: CrossEncoder, catalogue: Catalogue, lexical: BM25) -> dict:
+        """The first stage and what reorders its candidates (`serving.first_stage`,
+        `ranker.enabled`, `reranker.serve`; auto: chosen on the valid split)."""
         first_stage, serve = self.params.serving.first_stage, self.knobs.serve
-        mixes = allowed_mixes(first_stage, serve)
+        mixes = allowed_mixes(first_stage, serve, ranker=self.ranker is not None)
         if len(mixes) == 1:
             reason = f"serving.first_stage: {first_stage}, reranker.serve: {serve}"
             return {"chosen": mixes[0].name, "reasons": [reason]}
-        mix = measure_mix(mixes, self.retriever, reranker, catalogue, self.tables, self.params)
+        mix = measure_mix(
+            mixes,
+            self.retriever,
+            reranker,
+            catalogue,
+            self.tables,
+            self.params,
+            lexical,
+            self.ranker,
+        )
         if mix is None:
             chosen = fallback_mix(mixes).name
             log.warning("serving mix: no judged valid query to choose on; serving %s", chosen)
@@ -313,6 +352,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
     def save(self, model: CrossEncoderModule, folder: Path, result: dict) -> None:
         cfg = self.knobs
         model.save(folder, self.tokenizer)
+        chosen = Mix.named(self.mix["chosen"])
         meta = {
             "kind": "reranker",
             "max_len": cfg.max_len,
@@ -320,27 +360,20 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             "candidates": cfg.candidates,
             "base_model": self.params.models.base,
             "prior_weight": float(model.prior_weight.detach()),
-            "serve": Mix.named(self.mix["chosen"]).rerank,
-            "first_stage": Mix.named(self.mix["chosen"]).first_stage,
+            "serve": chosen.rerank,
+            "first_stage": chosen.first_stage,
+            "final": chosen.final,
             "rrf_k": self.params.serving.rrf_k,
             "metrics": result.get("test", {}),
         }
         write_json(folder / "shopflow.json", meta)
-        if self.per_query is not None and self.hybrid is not None:
-            write_parquet(self.per_query, paths.evaluation_of(folder) / "search.parquet")
-            write_parquet(self.hybrid, paths.evaluation_of(folder) / "hybrid_search.parquet")
+        if self.ranker is not None:
+            self.ranker.save(folder / RANKER, result["feature_ranker"])
+        for name, frame in self.test.items():
+            if frame is not None:
+                write_parquet(frame, paths.evaluation_of(folder) / f"{name}.parquet")
         if self.propensity is not None:
             write_parquet(self.propensity.reset_index(), folder / "propensity.parquet")
 
     def summary(self, result: dict) -> dict[str, float]:
         return {f"search/{m}": v for m, v in result.get("test", {}).get("search", {}).items()}
-
-
-def search_test_scores(engine: SearchEngine, tables: Tables, params: Params) -> pd.DataFrame | None:
-    """Per-query test scores of an engine, ranked to depth 100 as the A/B evaluation ranks."""
-    qrels = test_qrels(tables)
-    if not qrels:
-        return None
-    return ranking.per_query(
-        qrels, ModelSystem(engine).search(list(qrels)), params.evaluation.relevant_at
-    )

@@ -154,3 +154,28 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     assert checked["decision"] in {"none", "retrain", "alert", "insufficient_data"}
     measured = {f["name"] for f in checked["features"] if f["status"] == "measured"}
     assert {"query_embedding", "champion_score", "click_category", "ctr"} <= measured
+
+    # 8. a person overrules the reject verdict: still smoke-tested, logged with who and why
+    unexplained = cli(shop, registry_dir, "promote", "--force")
+    assert unexplained.returncode == 2 and "needs a reason" in unexplained.stderr
+    assert registry.champion().id == 4
+    forced = cli(
+        shop,
+        registry_dir,
+        "-S",
+        "serving.batch_size=32",
+        "promote",
+        "--force",
+        "--reason",
+        "holiday hotfix",
+        "--by",
+        "alice",
+    )
+    assert forced.returncode == 0, forced.stderr
+    entry = registry.champion()
+    assert (entry.id, entry.action, entry.version) == (5, "force", second.version)
+    assert entry.reason == "forced by alice: holiday hotfix" and entry.previous == 4
+    assert entry.decision["forced_by"] == "alice" and entry.decision["gate_verdict"] == "reject"
+    outcome = read_json(shop["work"] / "metrics/promote.json")
+    assert outcome["forced"] == {"by": "alice", "reason": "holiday hotfix"}
+    assert outcome["smoke_test"]["passed"] and outcome["verdict"] == "reject"

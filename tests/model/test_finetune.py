@@ -262,7 +262,8 @@ def test_the_serving_mix_decides_the_first_stage_and_whether_the_reranker_is_ser
     result = reranker.run(tiny_params("reranker.steps=2", *options))
     assert result["serving_mix"]["reasons"] == [reason]
     assert serves(paths.RERANKER) is served
-    assert first_stage(paths.RERANKER, {}) == {"first_stage": stage, "rrf_k": 60.0}
+    final = "reranker" if served else "none"
+    assert first_stage(paths.RERANKER, {}) == {"first_stage": stage, "final": final, "rrf_k": 60.0}
     settings = {"rerank_max_len": 32, "rerank_max_query_len": 8, "batch_size": 8}
     assert (load_reranker(paths.RERANKER, settings, "cpu") is not None) is served
     assert set(result["test"]) == {"search", "hybrid_search"}  # kept whatever is served

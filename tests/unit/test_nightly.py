@@ -14,7 +14,7 @@ import pytest
 
 from shopflow.core.config import load_params
 from shopflow.core.errors import ConfigError
-from shopflow.orchestration import alerts, nightly
+from shopflow.orchestration import alerts, decisions, nightly
 from shopflow.release.registry import BASELINE_VERSION, Entry
 from tests.conftest import ROOT, tiny_params
 
@@ -40,19 +40,19 @@ def drift_report(decision: str = "none", trained_until: str = "2026-10-22", **ex
 
 
 def test_retrain_when_drift_says_so_and_not_when_quiet():
-    go = nightly.decide_retrain(drift_report("retrain"), champion(), PARAMS)
+    go = decisions.decide_retrain(drift_report("retrain"), champion(), PARAMS)
     assert go.go and "drift" in go.reasons[0] and go.alert is None
-    quiet = nightly.decide_retrain(drift_report("none"), champion(), PARAMS)
+    quiet = decisions.decide_retrain(drift_report("none"), champion(), PARAMS)
     assert not quiet.go and quiet.facts["champion_age_days"] == 2
-    scarce = nightly.decide_retrain(drift_report("insufficient_data"), champion(), PARAMS)
+    scarce = decisions.decide_retrain(drift_report("insufficient_data"), champion(), PARAMS)
     assert not scarce.go
 
 
 def test_age_is_counted_in_data_days_from_the_champions_training_window():
-    young = nightly.decide_retrain(
+    young = decisions.decide_retrain(
         drift_report("none", trained_until="2026-10-18"), champion(), PARAMS
     )
-    old = nightly.decide_retrain(
+    old = decisions.decide_retrain(
         drift_report("none", trained_until="2026-10-17"), champion(), PARAMS
     )
     assert not young.go and young.facts["champion_age_days"] == 6
@@ -60,39 +60,39 @@ def test_age_is_counted_in_data_days_from_the_champions_training_window():
     # a model saved before the drift stage existed: its promotion date stands in
     legacy = drift_report("none")
     legacy["reference"]["source"] = "tonight's training days (the champion has no reference)"
-    aged = nightly.decide_retrain(legacy, champion(at="2026-10-01T02:00:00+00:00"), PARAMS)
+    aged = decisions.decide_retrain(legacy, champion(at="2026-10-01T02:00:00+00:00"), PARAMS)
     assert (
         aged.go
         and aged.facts["champion_age_days"] == (TONIGHT_TRAINING_END - dt.date(2026, 10, 1)).days
     )
-    backfill = nightly.decide_retrain(legacy, champion(at="2026-11-23T02:00:00+00:00"), PARAMS)
+    backfill = decisions.decide_retrain(legacy, champion(at="2026-11-23T02:00:00+00:00"), PARAMS)
     assert not backfill.go and backfill.facts["champion_age_days"] == 0  # "promoted" after tonight
     # a source without events (judgments only): nothing measured, the promotion date stands in
     unmeasured = drift_report("insufficient_data")
     unmeasured["reference"] = {"source": "none", "days": "", "rows": 0}
-    stale = nightly.decide_retrain(unmeasured, champion(at="2026-10-01T02:00:00+00:00"), PARAMS)
+    stale = decisions.decide_retrain(unmeasured, champion(at="2026-10-01T02:00:00+00:00"), PARAMS)
     assert stale.go and "days old" in stale.reasons[0]
 
 
 def test_no_trained_champion_always_trains_and_forcing_wins():
-    assert nightly.decide_retrain(drift_report("none"), None, PARAMS).go
-    assert nightly.decide_retrain(drift_report("none"), champion("baseline"), PARAMS).go
-    forced = nightly.decide_retrain(drift_report("none"), champion(), PARAMS, forced=True)
+    assert decisions.decide_retrain(drift_report("none"), None, PARAMS).go
+    assert decisions.decide_retrain(drift_report("none"), champion("baseline"), PARAMS).go
+    forced = decisions.decide_retrain(drift_report("none"), champion(), PARAMS, forced=True)
     assert forced.go and "forced" in forced.reasons[0]
 
 
 def test_drift_alert_alerts_and_keeps_the_champion_unless_forced():
     report = drift_report("alert", reasons=["click_category vanished"])
-    held = nightly.decide_retrain(report, champion(), PARAMS)
+    held = decisions.decide_retrain(report, champion(), PARAMS)
     assert not held.go and "click_category vanished" in held.alert and "index.html" in held.alert
-    assert not nightly.decide_retrain(report, champion("baseline"), PARAMS).go
-    forced = nightly.decide_retrain(report, champion(), PARAMS, forced=True)
+    assert not decisions.decide_retrain(report, champion("baseline"), PARAMS).go
+    forced = decisions.decide_retrain(report, champion(), PARAMS, forced=True)
     assert forced.go and forced.alert
 
 
 def test_promote_only_on_a_promote_verdict():
-    assert nightly.decide_promote({"verdict": "promote", "reasons": ["all checks passed"]}).go
-    rejected = nightly.decide_promote({"verdict": "reject", "reasons": ["significance: p = 0.4"]})
+    assert decisions.decide_promote({"verdict": "promote", "reasons": ["all checks passed"]}).go
+    rejected = decisions.decide_promote({"verdict": "reject", "reasons": ["significance: p = 0.4"]})
     assert not rejected.go and "significance: p = 0.4" in rejected.reasons
 
 
@@ -200,3 +200,17 @@ def test_webhook_url_from_connection_parts():
     )
     assert alerts.webhook_url(conn(extra_dejson={"url": "https://x.test/a"})) == "https://x.test/a"
     assert alerts.webhook_url(conn()) is None
+
+
+def test_a_run_conf_with_a_reason_forces_the_promotion_through_the_cli():
+    decision = {"verdict": "reject", "reasons": ["primary gain 0.001 < 0.005"]}
+    assert not decisions.decide_promote(decision).go
+    assert decisions.ForcedPromotion.from_conf({"force_promote_reason": "  "}) is None
+    forced = decisions.ForcedPromotion.from_conf({"force_promote_reason": "holiday hotfix"})
+    assert forced is not None and forced.by == "airflow run conf"
+    decided = decisions.decide_promote(decision, forced)
+    assert decided.go and decided.reasons[0] == "forced by airflow run conf: holiday hotfix"
+    assert decided.reasons[1] == "gate verdict reject"
+    command = forced.command()
+    assert command[1:5] == ["-m", "shopflow", "promote", "--force"]
+    assert command[command.index("--reason") + 1] == "holiday hotfix"

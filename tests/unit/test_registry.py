@@ -177,3 +177,14 @@ def test_promote_names_what_is_wrong_with_a_decision_file(tmp_path, text, says):
         path.write_text(text)
     with pytest.raises(StageInputError, match=re.escape(says)):
         read_decision(path)
+
+
+def test_a_forced_promotion_needs_a_reason_and_who():
+    from shopflow.core.errors import StageInputError
+    from shopflow.release.promotion import Override
+
+    with pytest.raises(StageInputError, match="needs a reason"):
+        Override(by="alice", reason=" ")
+    with pytest.raises(StageInputError, match="who forced it"):
+        Override(by="", reason="hotfix")
+    assert Override(by="alice", reason="hotfix").reason == "hotfix"

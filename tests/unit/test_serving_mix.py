@@ -78,14 +78,29 @@ def test_a_hybrid_that_helps_is_served_and_the_reranker_is_compared_with_it():
 
 def test_the_allowed_mixes_follow_the_params_cheapest_first():
     names = [m.name for m in allowed_mixes("auto", "auto")]
-    assert names == ["dense", "hybrid", "dense+reranker", "hybrid+reranker"]
-    assert [m.name for m in allowed_mixes("hybrid", "never")] == ["hybrid"]
+    assert names == [
+        "dense",
+        "hybrid",
+        "dense+ltr",
+        "hybrid+ltr",
+        "dense+reranker",
+        "hybrid+reranker",
+    ]
+    assert [m.name for m in allowed_mixes("auto", "auto", ranker=False)] == [
+        "dense",
+        "hybrid",
+        "dense+reranker",
+        "hybrid+reranker",
+    ]
+    assert [m.name for m in allowed_mixes("hybrid", "never")] == ["hybrid", "hybrid+ltr"]
     assert [m.name for m in allowed_mixes("auto", "always")] == [
         "dense+reranker",
         "hybrid+reranker",
     ]
-    assert fallback_mix(allowed_mixes("auto", "auto")) == Mix("dense", True)
-    assert fallback_mix(allowed_mixes("hybrid", "never")) == Mix("hybrid", False)
-    assert Mix.named("hybrid+reranker") == Mix("hybrid", True)
+    assert fallback_mix(allowed_mixes("auto", "auto")) == Mix("dense", "reranker")
+    assert fallback_mix(allowed_mixes("hybrid", "never")) == Mix("hybrid")
+    assert (
+        Mix.named("hybrid+ltr") == Mix("hybrid", "ltr") and Mix("dense", "ltr").name == "dense+ltr"
+    )
     with pytest.raises(ValueError, match="not a serving mix"):
         Mix.named("retriever+reranker")

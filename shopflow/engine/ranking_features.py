@@ -1,0 +1,70 @@
+"""What the feature ranker reads about each (query, candidate): the standard learning-to-rank
+signals, computed the same way in training, evaluation and the service.
+
+Every feature is relative to one query's candidate list or to the product, never to the
+first stage that found it, so one ranker reorders dense and hybrid candidates alike:
+the retriever's cosine and its rank in the list, BM25's score and rank, how much of the
+query the title holds (share of query terms, all of them or not), the query's length, the
+product's price and popularity (the retriever's fitted popularity prior, 0 without events).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from shopflow.engine.catalogue import Candidates, Catalogue
+from shopflow.models.lexical import BM25
+
+_TERM = re.compile(r"[a-z0-9]+")
+
+
+def terms(text: str) -> set[str]:
+    """Lower-cased alphanumeric terms (a size like "3/4" gives "3" and "4")."""
+    return set(_TERM.findall(text.lower()))
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """1 for the highest score in the list, ties in list order."""
+    out = np.empty(len(scores), np.float32)
+    out[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    return out
+
+
+class FeatureExtractor:
+    """`FEATURES` of a query's candidates over one catalogue (titles tokenised once)."""
+
+    def __init__(
+        self, catalogue: Catalogue, lexical: BM25, popularity: np.ndarray | None = None
+    ) -> None:
+        self.catalogue = catalogue
+        self.lexical = lexical
+        self.title_terms = [terms(str(t)) for t in catalogue.titles]
+        self.log_price = np.log1p(np.nan_to_num(catalogue.prices, nan=0.0).clip(min=0))
+        self.popularity = np.zeros(len(catalogue), np.float32) if popularity is None else popularity
+
+    def __call__(self, query: str, cands: Candidates, priors: Sequence[float]) -> np.ndarray:
+        """One row per candidate, in the order of `models.feature_ranker.FEATURES`
+        (`priors`: the candidates' retriever cosines)."""
+        ids = [p for p, _ in cands]
+        at = [self.catalogue.position[p] for p in ids]
+        cosine = np.asarray(priors, np.float32)
+        bm25 = self.lexical.scores_of(query, ids).astype(np.float32)
+        wanted = terms(query)
+        found = np.array([len(wanted & self.title_terms[i]) for i in at], np.float32)
+        share = found / max(1, len(wanted))
+        return np.column_stack(
+            [
+                cosine,
+                ranks(cosine),
+                bm25,
+                ranks(bm25),
+                share,
+                (share == 1.0) & (len(wanted) > 0),
+                np.full(len(ids), len(wanted), np.float32),
+                self.log_price[at],
+                self.popularity[at],
+            ]
+        ).astype(np.float32)
