@@ -55,7 +55,10 @@ class BM25:
 
     def scores_of(self, query: str, product_ids: Sequence[str]) -> np.ndarray:
         """BM25 scores of the given products (in the index) for one query."""
-        everything = self.index.get_scores(self.tokens([query])[0])
+        terms = self.tokens([query])[0]
+        if not terms:  # only stop words (or nothing): no product matches any term
+            return np.zeros(len(product_ids), np.float64)
+        everything = self.index.get_scores(terms)
         return np.asarray([everything[self.position[p]] for p in product_ids], np.float64)
 
     def save(self, folder: Path) -> None:

@@ -32,3 +32,11 @@ def test_popularity_and_cooccurrence_learn_planted_patterns():
     recommender = popularity.CoOccurrenceRecommender(co, popular)
     assert recommender.recommend(["sofa"], k=2) == ["table", "rug"]
     assert recommender.recommend(["never-seen"], k=1) == ["table"]  # popularity fallback
+
+
+def test_bm25_scores_given_products_and_a_query_of_stop_words_scores_zero():
+    bm25 = lexical.BM25(["a", "b"], ["red mug", "blue lamp"])
+    assert bm25.scores_of("red", ["b", "a"])[0] == 0 and bm25.scores_of("red", ["b", "a"])[1] > 0
+    assert bm25.scores_of("the", ["a", "b"]).tolist() == [0.0, 0.0]  # no term left to match
+    assert bm25.scores_of("", ["a"]).tolist() == [0.0]
+    assert bm25.search(["the"], k=5) == [[]]
