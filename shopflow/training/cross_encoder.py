@@ -312,15 +312,11 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             "zero_shot_encoder": baselines / "zero_shot_encoder_search.parquet",
             "retriever": paths.evaluation_of(paths.RETRIEVER) / "search.parquet",
         }
-        mixes = {name.removesuffix("_search"): frame for name, frame in scored.items()}
+        mixes = {mix_label(name): frame for name, frame in scored.items()}
         alpha = self.params.evaluation.significance
         return {
-            ("compare" if name == "search" else f"compare_{name.removesuffix('_search')}"): (
-                compare_with(
-                    frame,
-                    {**others, **{m: f for m, f in mixes.items() if f is not frame}},
-                    alpha,
-                )
+            ("compare" if name == "search" else f"compare_{mix_label(name)}"): compare_with(
+                frame, {**others, **{m: f for m, f in mixes.items() if f is not frame}}, alpha
             )
             for name, frame in scored.items()
         }
@@ -377,3 +373,8 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
 
     def summary(self, result: dict) -> dict[str, float]:
         return {f"search/{m}": v for m, v in result.get("test", {}).get("search", {}).items()}
+
+
+def mix_label(test_name: str) -> str:
+    """`search` (the cross-encoder's own test scores) → reranker; `hybrid_search` → hybrid."""
+    return "reranker" if test_name == "search" else test_name.removesuffix("_search")
