@@ -113,7 +113,12 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert registry.history()[0].version == BASELINE_VERSION
     assert registry.champion().kind == ("model" if decision["verdict"] == "promote" else "baseline")
     reranker = data["metrics/reranker.json"]["data"]
-    assert set(reranker["compare"]) == {"vs_bm25", "vs_zero_shot_encoder", "vs_retriever"}
+    baselines = {"vs_bm25", "vs_zero_shot_encoder", "vs_retriever"}
+    assert set(reranker["compare"]) == baselines | {"vs_hybrid", "vs_ltr"}  # the other mixes
+    assert set(reranker["compare_ltr"]) == baselines | {"vs_reranker", "vs_hybrid"}
+    assert reranker["feature_ranker"]["trees"] >= 1  # the tiny shop has enough judged queries
+    assert set(reranker["serving_mix"]["candidates"]) == {"dense+reranker", "hybrid+reranker"}
+    assert {"judged_ndcg@10", "judged@10"} <= set(decision["metrics"]["challenger"]["search"])
     assert reranker["propensity"]["1"] == 1.0
 
     plots = dvc(project, "plots", "show", "--json").stdout
