@@ -65,7 +65,7 @@ def save_bundle(
         raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
     out.mkdir(parents=True, exist_ok=False)
     shutil.copytree(retriever_dir, out / "retriever", ignore=shutil.ignore_patterns("eval"))
-    mix = first_stage(reranker_dir, {})
+    mix = served_mix(reranker_dir, {})
     if serves(reranker_dir):
         shutil.copytree(
             reranker_dir, out / "reranker", ignore=shutil.ignore_patterns("eval", RANKER)
@@ -93,10 +93,10 @@ def serves(reranker_dir: Path) -> bool:
     the serving mix left it out (`reranker.serve`; a folder from before the choice serves)."""
     if not (reranker_dir / "config.json").exists():
         return False
-    return bool(read_json(reranker_dir / INFO).get("serve", True))
+    return served_mix(reranker_dir, {})["final"] == "reranker"
 
 
-def first_stage(reranker_dir: Path, settings: dict) -> dict:
+def served_mix(reranker_dir: Path, settings: dict) -> dict:
     """The serving mix's `first_stage` (dense | hybrid), `final` (none | ltr | reranker) and
     `rrf_k`: a bundle's own, else what the reranker stage chose, else dense (no reranker
     stage, or a model from before these choices)."""
@@ -160,7 +160,7 @@ def assemble_engine(
         if item_prior is not None and weight is not None:
             retriever.item_prior = item_prior
             retriever.prior_weight = weight
-    stage = first_stage(reranker_dir, settings)
+    stage = served_mix(reranker_dir, settings)
     ranker = None
     if stage["final"] == "ltr":
         ranker = FeatureRanker.load(ranker_dir or reranker_dir / RANKER)

@@ -255,7 +255,7 @@ def test_the_serving_mix_decides_the_first_stage_and_whether_the_reranker_is_ser
     in_tmp, options, served, stage, reason
 ):
     from shopflow.core import paths
-    from shopflow.engine.bundle import first_stage, load_reranker, serves
+    from shopflow.engine.bundle import load_reranker, served_mix, serves
 
     write_planted_shop(in_tmp)
     retriever.run(tiny_params("retriever.steps=1", "retriever.lr=1e-9"))
@@ -263,7 +263,7 @@ def test_the_serving_mix_decides_the_first_stage_and_whether_the_reranker_is_ser
     assert result["serving_mix"]["reasons"] == [reason]
     assert serves(paths.RERANKER) is served
     final = "reranker" if served else "none"
-    assert first_stage(paths.RERANKER, {}) == {"first_stage": stage, "final": final, "rrf_k": 60.0}
+    assert served_mix(paths.RERANKER, {}) == {"first_stage": stage, "final": final, "rrf_k": 60.0}
     settings = {"rerank_max_len": 32, "rerank_max_query_len": 8, "batch_size": 8}
     assert (load_reranker(paths.RERANKER, settings, "cpu") is not None) is served
     assert set(result["test"]) == {"search", "hybrid_search"}  # kept whatever is served
