@@ -156,11 +156,12 @@ dag-test: setup ## one full run of the nightly DAG for DATE=YYYY-MM-DD, no serve
 	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate >/dev/null
 	$(AIRFLOW_ENV) $(BIN)/airflow dags test shopflow_nightly $(DATE)
 
-lock: setup ## regenerate the pinned part of constraints.txt from the current venv
+lock: setup ## regenerate the pinned part of constraints.txt and bento/requirements.txt from the venv
 	@{ sed '/^# The rest is the lock/q' constraints.txt; \
 	   echo "# regenerated with \`make lock\`. Constraints only apply to packages that get installed."; \
 	   $(BIN)/uv pip freeze --python $(BIN)/python | grep -v -E '^(-e |shopflow|torch==|pandas==)' | sed 's/+cpu//'; \
 	 } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	$(BIN)/python -m shopflow bento-requirements
 
 clean: ## remove generated data, metrics and reports (not the venv, not the DVC cache)
 	rm -rf data metrics reports

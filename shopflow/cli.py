@@ -51,6 +51,15 @@ def _flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix.rstrip("."), tree)]
 
 
+def _bento_requirements(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.core.artifacts import write_text
+    from shopflow.serving import bento_env
+
+    text = bento_env.pinned_requirements(bento_env.REQUIREMENTS_IN, bento_env.CONSTRAINTS)
+    write_text(bento_env.BENTO_REQUIREMENTS, text)
+    print(bento_env.BENTO_REQUIREMENTS)
+
+
 def _show_metrics(params: Params, args: argparse.Namespace) -> None:
     """One metric a line (DVC's table is one column per metric, too wide for a terminal)."""
     for path in sorted(paths.METRICS.glob("*.json")):
@@ -170,6 +179,10 @@ def torch_cuda() -> bool:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
+    "resolve": (
+        "write params.resolved.yaml: the effective params (profile applied) DVC tracks",
+        StageCommand("resolve"),
+    ),
     "ingest": (
         "read the source for the window and write the data contract",
         StageCommand("ingest"),
@@ -231,6 +244,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         _deploy,
     ),
     "serve": ("serve a Bento or a saved model (default: the current outputs) on 127.0.0.1", _serve),
+    "bento-requirements": (
+        "write bento/requirements.txt: the service's packages and all they need, pinned",
+        _bento_requirements,
+    ),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),

@@ -46,7 +46,7 @@ def project(tmp_path: Path) -> Path:
 
 def copy_project(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
     for folder in ("shopflow", "bento"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))

@@ -30,9 +30,13 @@ def table_hash(frame: pd.DataFrame) -> str:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename), sorted and indented for diffs."""
+    """Write JSON atomically, sorted and indented for diffs."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (temp file + rename): a killed writer leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

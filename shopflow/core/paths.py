@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PARAMS = Path("params.yaml")  # every knob; DVC tracks the sections each stage reads
+PARAMS = Path("params.yaml")  # every knob, with profiles of overrides
+RESOLVED_PARAMS = Path("params.resolved.yaml")  # the effective values: what DVC tracks per stage
 
 # -- stage outputs (DVC-tracked) ---------------------------------------------------------
 DATA = Path("data")
@@ -30,7 +31,7 @@ DRIFT = DATA / "drift"
 DRIFT_REFERENCE = DRIFT / "reference"  # tonight's training days: a promoted model's reference
 EVALUATION = DATA / "evaluation"
 
-# -- reports, metrics and learning curves (small, kept in Git by DVC: `cache: false`) -----
+# -- reports, metrics and learning curves (small; in DVC's cache like every output) ------
 REPORTS = Path("reports")
 VALIDATION_REPORT = REPORTS / "validation"  # summary.json + data_docs/
 DATA_DOCS = VALIDATION_REPORT / "data_docs"

@@ -59,8 +59,10 @@ def labels_of(grades: np.ndarray, lowest: float) -> np.ndarray:
 class FeatureRanker:
     """Scores candidates from their features; fitted with early stopping, saved as text."""
 
-    def __init__(self, booster) -> None:  # a lightgbm.Booster
-        self.booster = booster
+    def __init__(self, booster, curve: dict[str, list[float]] | None = None) -> None:
+        self.booster = booster  # a lightgbm.Booster
+        # NDCG@10 after each tree on the training and the stopping lists (fitted models only)
+        self.curve = curve or {}
 
     @classmethod
     def fit(
@@ -91,8 +93,8 @@ class FeatureRanker:
             options,
             data,
             num_boost_round=cfg.trees,
-            valid_sets=[held],
-            valid_names=["stop"],
+            valid_sets=[data, held],  # early stopping watches `stop` only
+            valid_names=["train", "stop"],
             callbacks=[
                 lightgbm.early_stopping(cfg.early_stopping, verbose=False),
                 lightgbm.record_evaluation(curve),
@@ -112,7 +114,8 @@ class FeatureRanker:
             },
         }
         log.info("feature ranker: %s", info)
-        return cls(booster), info
+        fitted = {name: [float(v) for v in curve[name]["ndcg@10"]] for name in curve}
+        return cls(booster, fitted), info
 
     def score(self, features: np.ndarray) -> np.ndarray:
         if not len(features):

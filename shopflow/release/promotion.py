@@ -121,36 +121,29 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
             f"the Bento {bento} failed its smoke test; the champion stays #{champion.id} "
             f"({champion.version}): " + "; ".join(smoke["failures"])
         )
-    with registry.locked():
-        current = registry.current()
-        if current.id != champion.id:
-            raise StageInputError(
-                f"the champion moved to #{current.id} ({current.version}) while this promotion "
-                "ran; re-run evaluate against it"
-            )
-        summary = _decision_summary(decision)
-        if override is not None:
-            summary |= {"forced_by": override.by, "gate_verdict": decision["verdict"]}
-        entry = registry.append(
-            Entry(
-                id=0,
-                action="promote" if override is None else "force",
-                at=now(),
-                kind="model",
-                version=version,
-                model_tag=tag,
-                bento_tag=bento,
-                reason="; ".join(decision["reasons"])
-                if override is None
-                else f"forced by {override.by}: {override.reason}",
-                metrics=decision["metrics"].get("challenger", {}),
-                data_hash=decision.get("data_hash"),
-                params_hash=decision.get("params_hash"),
-                git_revision=decision.get("git_revision"),
-                decision=summary,
-            ),
-            make_champion=True,
-        )
+    summary = _decision_summary(decision)
+    if override is not None:
+        summary |= {"forced_by": override.by, "gate_verdict": decision["verdict"]}
+    entry = registry.replace_champion(
+        champion,
+        Entry(
+            id=0,
+            action="promote" if override is None else "force",
+            at=now(),
+            kind="model",
+            version=version,
+            model_tag=tag,
+            bento_tag=bento,
+            reason="; ".join(decision["reasons"])
+            if override is None
+            else f"forced by {override.by}: {override.reason}",
+            metrics=decision["metrics"].get("challenger", {}),
+            data_hash=decision.get("data_hash"),
+            params_hash=decision.get("params_hash"),
+            git_revision=decision.get("git_revision"),
+            decision=summary,
+        ),
+    )
     log.info(
         "promoted %s (Bento %s) as champion #%d, replacing #%d %s",
         tag,

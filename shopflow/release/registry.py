@@ -176,6 +176,22 @@ class Registry:
         self._write(sealed.id if make_champion else champion, entries)
         return sealed
 
+    def replace_champion(self, expected: Entry, entry: Entry) -> Entry:
+        """Make `entry` the champion if the champion is still `expected` (compare and swap).
+
+        A promotion decides against one champion and commits minutes later (Bento build,
+        smoke test). Two nights racing to promote both pass their gates; the check under the
+        lock lets exactly one move the champion, and the other fails naming the winner.
+        """
+        with self.locked():
+            current = self.current()
+            if current.id != expected.id:
+                raise RegistryError(
+                    f"the champion moved to #{current.id} ({current.version}) while this "
+                    f"promotion ran against #{expected.id}; re-run evaluate against it"
+                )
+            return self.append(entry, make_champion=True)
+
     def _write(self, champion: int | None, entries: list[Entry]) -> None:
         body = json.dumps(
             {"format": FORMAT, "champion": champion, "entries": [asdict(e) for e in entries]},

@@ -374,6 +374,17 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
     def summary(self, result: dict) -> dict[str, float]:
         return {f"search/{m}": v for m, v in result.get("test", {}).get("search", {}).items()}
 
+    def extra_curves(self) -> dict[str, list[tuple[int, float]]]:
+        """The feature ranker's NDCG@10 per tree: on its training lists and on the held-out
+        lists that stop the boosting (the report draws them next to the cross-encoder's)."""
+        if self.ranker is None:
+            return {}
+        names = {"train": "train/ltr_ndcg@10", "stop": "held_out/ltr_ndcg@10"}
+        return {
+            names[split]: [(tree, value) for tree, value in enumerate(values, start=1)]
+            for split, values in self.ranker.curve.items()
+        }
+
 
 def mix_label(test_name: str) -> str:
     """`search` (the cross-encoder's own test scores) → reranker; `hybrid_search` → hybrid."""

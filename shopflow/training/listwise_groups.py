@@ -32,15 +32,23 @@ class Groups:
 
 
 def graded_groups(judged: pd.DataFrame, product_row: dict[str, int], lowest: float) -> Groups:
-    """One group per query whose judged products carry a positive gain 2^(grade - lowest) - 1."""
+    """One group per query whose judged products carry a positive gain 2^(grade - lowest) - 1.
+
+    Vectorised: mapping ids group by group rebuilt the id lookup each time (150 s for the
+    7,400 queries of Home Depot, under a second this way)."""
+    ordered = judged.sort_values("query", kind="stable")  # a query's rows keep their order
+    queries = ordered["query"].to_numpy()
+    rows = ordered["product_id"].map(product_row).to_numpy(int)
+    gains = np.power(2.0, ordered["relevance"].to_numpy(float) - lowest) - 1.0
+    starts = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1]])  # [0] when empty
+    ends = np.r_[starts[1:], len(queries)]
     groups = Groups([], [], [])
-    for query, frame in judged.groupby("query", sort=True):
-        gains = np.power(2.0, frame["relevance"].to_numpy(float) - lowest) - 1.0
-        if gains.max() <= 0 or len(frame) < 2:
+    for start, end in zip(starts, ends, strict=True):
+        if end - start < 2 or gains[start:end].max() <= 0:
             continue
-        groups.queries.append(query)
-        groups.products.append(frame["product_id"].map(product_row).to_numpy(int))
-        groups.targets.append(gains)
+        groups.queries.append(queries[start])
+        groups.products.append(rows[start:end])
+        groups.targets.append(gains[start:end])
     return groups
 
 

@@ -8,7 +8,9 @@ embeddings and its transform starts as the identity, so the untrained head alrea
 tokens by similarity to the final hidden state, instead of by noise.
 
 The held-out MLM loss (a seeded slice of the corpus, the same masks every time) is the
-validation curve; the task refuses to write an encoder whose held-out loss did not drop.
+validation curve; the task refuses to write an encoder whose held-out loss did not drop. Next
+to it stands the unigram loss of the same masked tokens (each predicted by its frequency in
+the training lines): a model above it has learned word frequencies at best, not the shop.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -97,18 +99,28 @@ def load_mlm(base: str, runtime: Runtime):
     return tokenizer, model.to(runtime.device)
 
 
+def heldout_batches(
+    data: TokenizedLines, tokenizer, cfg: PretrainConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The held-out lines in batches, masked the same way every time: (inputs, labels,
+    attention); labels are -100 where no token was masked."""
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    for start in range(0, len(data), cfg.batch_size):
+        ids, special, attention = data.batch(
+            torch.arange(start, min(start + cfg.batch_size, len(data)))
+        )
+        inputs, labels = mask_tokens(ids, special, cfg.mask_prob, generator, tokenizer)
+        yield inputs, labels, attention
+
+
 @torch.no_grad()
 def heldout_loss(
     model: torch.nn.Module, data: TokenizedLines, tokenizer, cfg: PretrainConfig, runtime: Runtime
 ) -> float:
     """Mean masked-token loss over the held-out lines, with the same masks every time."""
     model.eval()
-    generator = torch.Generator().manual_seed(EVAL_SEED)
     total, count = 0.0, 0
-    for start in range(0, len(data), cfg.batch_size):
-        index = torch.arange(start, min(start + cfg.batch_size, len(data)))
-        ids, special, attention = data.batch(index)
-        inputs, labels = mask_tokens(ids, special, cfg.mask_prob, generator, tokenizer)
+    for inputs, labels, attention in heldout_batches(data, tokenizer, cfg):
         with runtime.autocast():
             logits = unwrap(model)(
                 input_ids=inputs.to(runtime.device), attention_mask=attention.to(runtime.device)
@@ -123,6 +135,27 @@ def heldout_loss(
             total += float(loss)
             count += int(mask.sum())
     model.train()
+    return total / max(count, 1)
+
+
+def unigram_loss(
+    train: TokenizedLines, heldout: TokenizedLines, tokenizer, cfg: PretrainConfig
+) -> float:
+    """Cross-entropy of the held-out masked tokens under the training lines' token frequencies.
+
+    The floor a masked-LM must go below before it knows more than which words are common:
+    the same masks as `heldout_loss`, add-one smoothing over the tokenizer's vocabulary so a
+    token never seen in training costs a finite amount.
+    """
+    counts = torch.ones(len(tokenizer), dtype=torch.float64)
+    for ids, special in zip(train.ids, train.special, strict=True):
+        counts += torch.bincount(ids[~special], minlength=len(tokenizer)).double()
+    log_p = counts.log() - counts.sum().log()
+    total, count = 0.0, 0
+    for _, labels, _ in heldout_batches(heldout, tokenizer, cfg):
+        masked = labels[labels != -100]
+        total -= float(log_p[masked].sum())
+        count += len(masked)
     return total / max(count, 1)
 
 
@@ -205,6 +238,7 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
         # the held-out loss before the first step and after the last (the curve's ends)
         (_, before), (_, after) = fitted.valid_history[0], fitted.valid_history[-1]
         self.heldout_ends = before, after
+        unigram = unigram_loss(self.train_data, self.heldout, self.tokenizer, self.knobs)
         result = {
             "enabled": True,
             "base_model": self.params.models.base,
@@ -213,6 +247,8 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
             "heldout_loss_after": round(after, 4),
             "heldout_perplexity_after": round(math.exp(min(after, 50)), 2),
             "relative_drop": round((before - after) / before, 4),
+            "heldout_unigram_loss": round(unigram, 4),
+            "below_unigram": after < unigram,
             **training_figures(self, fitted, runtime),
         }
         log.info(
@@ -220,6 +256,15 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
             before,
             after,
             100 * result["relative_drop"],
+        )
+        log.info(
+            "pretrain: the unigram loss of the same masked tokens is %.4f: the adapted encoder "
+            "is %s (%s)",
+            unigram,
+            "below it" if after < unigram else "not below it",
+            "it predicts masked words from their context"
+            if after < unigram
+            else "it knows word frequencies at best; more steps or text would be needed",
         )
         if not after < before:
             raise TrainingError(

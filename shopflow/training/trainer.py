@@ -103,6 +103,10 @@ class TrainingTask(ABC, Generic[Model]):
         """The final numbers DVCLive records beside the curves."""
         return {}
 
+    def extra_curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Curves of what the stage fits besides the network (name -> [(step, value)])."""
+        return {}
+
 
 def train(task: TrainingTask[Model]) -> dict:
     """Run `task` through the shared skeleton; its result on rank 0, {} on other ranks."""
@@ -133,6 +137,7 @@ def train(task: TrainingTask[Model]) -> dict:
         curves = {
             f"train/{task.curve}": fitted.history,
             f"valid/{task.curve}": fitted.valid_history,
+            **task.extra_curves(),
         }
         write_curve(paths.live(task.stage), curves, task.summary(result))
         fitted.done()

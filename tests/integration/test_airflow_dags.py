@@ -33,6 +33,7 @@ from tests.conftest import BIN, ROOT, copy_project
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 STAGES = (
+    "resolve",
     "ingest",
     "validate",
     "prepare",
@@ -45,7 +46,7 @@ STAGES = (
     "promote",
 )
 TRAINING = ("prepare", "baselines", "pretrain", "retriever", "reranker", "evaluate")
-CHECKS = ("ingest", "validate", "drift")
+CHECKS = ("resolve", "ingest", "validate", "drift")
 RUNNER = Path(__file__).with_name("airflow_run.py")
 DESCRIBE = """
 import json, os
@@ -357,9 +358,10 @@ def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_p
     bad = airflow.run("2026-10-31")
     assert bad["state"] == "failed"
     tasks = bad["tasks"]
-    assert tasks["ingest"] == "success" and tasks["validate"] == "failed"
+    assert tasks["resolve"] == tasks["ingest"] == "success" and tasks["validate"] == "failed"
     assert bad["tries"]["validate"] == 1  # bad data is not retried
-    after_validate = [t for t in tasks if t not in ("ingest", "validate", "report", "night_failed")]
+    before_or_watching = ("resolve", "ingest", "validate", "report", "night_failed")
+    after_validate = [t for t in tasks if t not in before_or_watching]
     assert all(tasks[t] == "upstream_failed" for t in after_validate), tasks
     assert tasks["night_failed"] == "failed"  # keeps the run failed although the report ran
     run = night_report(airflow, bad)  # the report of a failed night says where and why

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shopflow.orchestration.nightly import stale_upstream
 from shopflow.release.registry import BASELINE_VERSION, Registry
 from tests.conftest import BIN, copy_project
 from tests.integration.browser import chromium, local_links, needs_browser, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 STAGES = (
+    "resolve",
     "ingest",
     "validate",
     "drift",
@@ -43,6 +45,10 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, timeout=120)
 
 
 def ran(output: str) -> set[str]:
@@ -81,8 +87,19 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert ran(again.stdout) == set()
     assert again.stdout.count("didn't change, skipping") == len(STAGES)
 
-    set_param(project, "prepare.history_length", 5)  # the corpus is unchanged: pretrain is skipped
-    assert ran(dvc(project, "repro").stdout) == {
+    set_param(project, "profiles.gpu.retriever.steps", 7)  # a profile that is not active
+    assert ran(dvc(project, "repro").stdout) == {"resolve"}  # nothing downstream
+    assert (
+        yaml.safe_load((project / "params.resolved.yaml").read_text())["retriever"]["steps"] == 40
+    )
+
+    # DVC's experiment tools on the committed run: metrics, curves and dvc.lock are in Git
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "a tiny run")
+    # the corpus is unchanged: pretrain is skipped
+    experiment = dvc(project, "exp", "run", "-n", "short-history", "-S", "prepare.history_length=5")
+    assert ran(experiment.stdout) == {
+        "resolve",
         "prepare",
         "baselines",
         "retriever",
@@ -90,9 +107,24 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         "evaluate",
         "promote",
     }
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    (committed,) = [row for row in shown if row["rev"] != "workspace"]
+    runs = {run["name"]: run for exp in committed["experiments"] or [] for run in exp["revs"]}
+    experiment = runs["short-history"]
+
+    def test_ndcg(run: dict) -> float:
+        return run["data"]["metrics"]["metrics/retriever.json"]["data"]["test"]["search"]["ndcg@10"]
+
+    assert test_ndcg(committed) > 0 and test_ndcg(experiment) > 0
+    resolved = experiment["data"]["params"]["params.resolved.yaml"]["data"]
+    assert resolved["prepare"]["history_length"] == 5
+    diff = json.loads(dvc(project, "metrics", "diff", "HEAD", "--json").stdout)
+    assert "metrics/retriever.json" in diff, diff  # the workspace holds the experiment
+    curves = json.loads(dvc(project, "plots", "diff", "HEAD", "--json").stdout)["data"]
+    assert any("contrastive_loss" in name for name in curves), list(curves)
 
     set_param(project, "validate.max_title_chars", 900)  # validate re-runs; its output is unchanged
-    assert ran(dvc(project, "repro").stdout) == {"validate"}
+    assert ran(dvc(project, "repro").stdout) == {"resolve", "validate"}
 
     metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     (workspace,) = metrics.values()
@@ -123,6 +155,7 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
 
     plots = dvc(project, "plots", "show", "--json").stdout
     assert "train/contrastive_loss" in plots and "train/listwise_loss" in plots
+    assert "held_out/ltr_ndcg@10" in plots  # the feature ranker's curve, tree by tree
     # held-out (valid split) losses at each checkpoint: the validation curves
     assert all(
         f"valid/{loss}" in plots for loss in ("mlm_loss", "contrastive_loss", "listwise_loss")
@@ -134,7 +167,11 @@ def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced)
     dvc(project, "repro")  # up to date with whatever the tests before changed
     before = json.loads((project / "data/ingested/manifest.json").read_text())
     set_param(project, "ingest.window.end", "2026-10-27")
+    # what a nightly task checks before it runs its stage: are its upstream stages at the
+    # night? The window changed in params.yaml, so `resolve` is not (and so nothing after it)
+    assert stale_upstream(project, ["resolve", "ingest", "validate"]) == ["resolve"]
     assert ran(dvc(project, "repro").stdout) == set(STAGES)
+    assert stale_upstream(project, ["resolve", "ingest", "validate"]) == []
     after = json.loads((project / "data/ingested/manifest.json").read_text())
     assert after["window"]["end"] == "2026-10-27" != before["window"]["end"]
     assert after["tables"]["events"]["sha256"] != before["tables"]["events"]["sha256"]

@@ -9,6 +9,7 @@ that each path (killed promotion, reuse, stale decision, rollback) runs every ti
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,15 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     outcome = read_json(shop["work"] / "metrics/promote.json")
     assert outcome["promoted"] == 1 and outcome["smoke_test"]["passed"]
     assert outcome["smoke_test"]["top10_overlap"] >= 0.8
+    # the container path: the Bento's environment is pinned, torch to its CPU build
+    name, version = first.bento_tag.split(":")
+    bento_env = Path(shop["env"]["BENTOML_HOME"]) / "bentos" / name / version / "env"
+    requirements = (bento_env / "python/requirements.txt").read_text()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    assert re.search(r"^torch==[\d.]+\+cpu$", requirements, re.M)
+    assert re.search(r"^lightgbm==[\d.]+$", requirements, re.M)
+    dockerfile = (bento_env / "docker/Dockerfile").read_text()
+    assert "ARG UV_INDEX_STRATEGY=unsafe-best-match" in dockerfile  # set before the install
 
     # 3. a second model (other serving settings: another version) promoted over the first
     set_verdict(shop, "promote", first.id)

@@ -43,6 +43,9 @@ def test_the_feature_ranker_learns_a_planted_feature_and_ignores_noise(tmp_path)
     assert next(iter(info["importance"])) == "title_term_share"
     assert info["importance"]["title_term_share"] > 0.8
     assert info["stop_ndcg@10"] > 0.99 and info["trees"] >= 1
+    assert set(ranker.curve) == {"train", "stop"}  # the learning curve, one point per tree
+    assert len(ranker.curve["stop"]) >= info["trees"]
+    assert ranker.curve["stop"][info["trees"] - 1] == pytest.approx(info["stop_ndcg@10"], abs=1e-4)
     test = planted(20, 2)
     scores = ranker.score(test.features[:10])
     assert np.corrcoef(scores, test.labels[:10])[0, 1] > 0.95

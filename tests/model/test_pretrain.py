@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -59,6 +60,23 @@ def test_mlm_loss_drops_and_outputs_are_written(in_tmp):
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(out).config.hidden_size == 64
+    assert metrics["heldout_unigram_loss"] > 0
+    assert metrics["below_unigram"] == (
+        metrics["heldout_loss_after"] < metrics["heldout_unigram_loss"]
+    )
+
+
+def test_the_unigram_loss_is_the_cross_entropy_of_training_frequencies():
+    """One word three times in four in training: a held-out text of that word alone costs
+    -log p(word) per masked token, with add-one smoothing over the vocabulary."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tiny-random-bert"))
+    cfg = tiny_params("pretrain.mask_prob=0.5").pretrain
+    train = masked_lm.TokenizedLines(["sofa sofa sofa lamp"] * 50, tokenizer, 16)
+    heldout = masked_lm.TokenizedLines(["sofa sofa sofa sofa sofa sofa"] * 8, tokenizer, 16)
+    expected = -np.log((150 + 1) / (200 + len(tokenizer)))
+    assert masked_lm.unigram_loss(train, heldout, tokenizer, cfg) == pytest.approx(expected)
 
 
 def test_a_loss_that_does_not_drop_fails_loudly(in_tmp, monkeypatch):

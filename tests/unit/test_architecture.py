@@ -138,3 +138,31 @@ def test_the_bento_packs_exactly_what_the_service_imports():
     packed = {p for p in bentofile["include"] if p.startswith(f"{PACKAGE}/")}
     assert packed == files
     assert bentofile["python"]["lock_packages"] is False  # locking reaches the network
+
+
+def test_the_bento_environment_is_pinned_and_up_to_date():
+    """bento/requirements.txt is what `make lock` generates now: the service's packages and
+    all they need, each at its constraints.txt version, torch as its CPU build."""
+    from packaging.requirements import Requirement
+
+    from shopflow.serving import bento_env
+
+    text = bento_env.BENTO_REQUIREMENTS.read_text(encoding="utf-8")
+    expected = bento_env.pinned_requirements(bento_env.REQUIREMENTS_IN, bento_env.CONSTRAINTS)
+    assert text == expected, "bento/requirements.txt is stale: run `make lock`"
+    pins = bento_env.read_pins(bento_env.CONSTRAINTS)
+    lines = [line for line in text.splitlines() if line and not line.startswith(("#", "--"))]
+    for line in lines:
+        requirement = Requirement(line)
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", line
+        if requirement.name in pins:
+            assert spec.version.split("+")[0] == pins[requirement.name], line
+    direct = {
+        Requirement(r).name
+        for r in bento_env.REQUIREMENTS_IN.read_text().splitlines()
+        if r and not r.startswith("#")
+    }
+    assert direct <= {Requirement(line).name for line in lines}
+    assert "torch==2.13.0+cpu" in lines and f"--extra-index-url {bento_env.TORCH_CPU_INDEX}" in text
+    assert not any(line.startswith(("apache-airflow", "dvc==", "evidently")) for line in lines)

@@ -8,7 +8,7 @@ from shopflow.data.features import query_text
 from shopflow.evaluation.significance import paired_test
 from shopflow.models.base import resolve_base_model
 from shopflow.models.cross_encoder import PairTokens
-from shopflow.training.listwise_groups import sample_group
+from shopflow.training.listwise_groups import graded_groups, sample_group
 from shopflow.training.losses import contrastive_loss, listwise_loss
 
 pytestmark = pytest.mark.unit
@@ -30,6 +30,25 @@ def test_listwise_loss_prefers_the_order_of_the_targets():
     assert listwise_loss(right, gains) < listwise_loss(wrong, gains)
     clicks = torch.tensor([0.0, 4.0, 0.0])  # one click, inverse-propensity weight 4 ...
     assert listwise_loss(torch.zeros(3), clicks) == pytest.approx(np.log(3))  # ... self-normalised
+
+
+def test_graded_groups_one_per_query_with_gains_from_the_bottom_of_the_scale():
+    """Queries in sorted order, a query's products in their rows' order; the lowest grade
+    earns 0; a query with one product, or with none above the bottom, teaches nothing."""
+    import pandas as pd
+
+    judged = pd.DataFrame(
+        {
+            "query": ["sofa", "lamp", "sofa", "lamp", "rug", "oak", "oak"],
+            "product_id": ["a", "b", "c", "a", "c", "a", "b"],
+            "relevance": [3.0, 1.0, 1.0, 2.0, 3.0, 1.0, 1.0],
+        }
+    )
+    groups = graded_groups(judged, {"a": 0, "b": 1, "c": 2}, lowest=1.0)
+    assert groups.queries == ["lamp", "sofa"]  # rug: one product; oak: all at the bottom
+    assert [g.tolist() for g in groups.products] == [[1, 0], [0, 2]]
+    assert [g.tolist() for g in groups.targets] == [[0.0, 1.0], [3.0, 0.0]]
+    assert len(graded_groups(judged.iloc[:0], {}, lowest=1.0)) == 0
 
 
 def test_sample_group_keeps_a_best_item_and_its_target():

@@ -149,6 +149,42 @@ def test_concurrent_writers_are_serialised(tmp_path):
     assert not list(Path(tmp_path).glob(".registry-*.tmp"))
 
 
+def _race_to_promote(folder: str, night: int, start, outcomes) -> None:
+    registry = Registry(folder)
+    decided_against = registry.current()  # both nights evaluated against the same champion
+    start.wait()  # ... and reach the commit at the same moment
+    candidate = Entry(id=0, action="promote", at=now(), kind="model", version=f"night-{night}")
+    try:
+        registry.replace_champion(decided_against, candidate)
+        outcomes.put((night, "promoted"))
+    except RegistryError as exc:
+        outcomes.put((night, str(exc)))
+
+
+def test_two_nights_racing_to_promote_leave_exactly_one_champion(tmp_path):
+    Registry(tmp_path).ensure_baseline({})
+    context = multiprocessing.get_context("spawn")
+    start, outcomes = context.Barrier(2), context.Queue()
+    nights = [
+        context.Process(target=_race_to_promote, args=(str(tmp_path), n, start, outcomes))
+        for n in (1, 2)
+    ]
+    for process in nights:
+        process.start()
+    for process in nights:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    results = dict(outcomes.get(timeout=10) for _ in nights)
+    winners = [n for n, said in results.items() if said == "promoted"]
+    assert len(winners) == 1, results
+    (loser,) = set(results) - set(winners)
+    assert f"the champion moved to #2 (night-{winners[0]})" in results[loser]
+    registry = Registry(tmp_path)
+    history = registry.history()  # reading verifies the hash chain
+    assert [e.action for e in history] == ["register", "promote"]
+    assert registry.current().version == f"night-{winners[0]}" and history[1].previous == 1
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
