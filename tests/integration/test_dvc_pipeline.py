@@ -93,7 +93,8 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         yaml.safe_load((project / "params.resolved.yaml").read_text())["retriever"]["steps"] == 40
     )
 
-    # DVC's experiment tools on the committed run: metrics, curves and dvc.lock are in Git
+    # DVC's experiment tools on the committed run (dvc.lock in Git, metrics and curves in
+    # the cache it names)
     git(project, "add", "-A")
     git(project, "commit", "-qm", "a tiny run")
     # the corpus is unchanged: pretrain is skipped
@@ -225,7 +226,9 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
 
     index = page.parent.parent / "index.html"
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>.*?</tr>", index.read_text(), re.S)
-    assert len(rows) == 4  # the dvc repros above that ran something; only the latest has a page
+    # the runs above that ran something (first repro, the unused profile's `resolve`, the
+    # experiment, validate, the new window); only the latest has a page
+    assert len(rows) == 5
     assert rows == sorted(rows, reverse=True)  # newest first
     assert re.findall(r'<a href="([^"]+)/index.html">', index.read_text()) == [page.parent.name]
     assert all(p.is_file() for p in local_links(index))
