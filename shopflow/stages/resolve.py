@@ -4,8 +4,9 @@
 really runs with depends on the active profile. Every other stage declares the keys it reads
 in `params.resolved.yaml` (this stage's output), so editing a profile that is not active, or
 a key no stage reads, re-runs nothing but this one-second stage, and changing the profile
-re-runs exactly the stages whose values it changes. The file is rewritten only when its
-content changes; the stages read the same values through `load_params`.
+re-runs exactly the stages whose values it changes: DVC compares the values, so a rewrite
+with the same content changes nothing. The stages read the same values through
+`load_params`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ HEADER = (
 def run(params: Params) -> dict:
     resolved = params.model_dump(mode="json", by_alias=True)
     text = HEADER + yaml.safe_dump(resolved, sort_keys=True, allow_unicode=True)
-    target = paths.RESOLVED_PARAMS
-    if target.exists() and target.read_text(encoding="utf-8") == text:
-        log.info("resolve: %s is up to date (profile %s)", target, params.profile)
-    else:
-        write_text(target, text)
-        log.info("resolve: wrote %s (profile %s)", target, params.profile)
+    write_text(paths.RESOLVED_PARAMS, text)
+    log.info("resolve: wrote %s (profile %s)", paths.RESOLVED_PARAMS, params.profile)
     return resolved

@@ -239,6 +239,7 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
         (_, before), (_, after) = fitted.valid_history[0], fitted.valid_history[-1]
         self.heldout_ends = before, after
         unigram = unigram_loss(self.train_data, self.heldout, self.tokenizer, self.knobs)
+        below = after < unigram
         result = {
             "enabled": True,
             "base_model": self.params.models.base,
@@ -248,7 +249,7 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
             "heldout_perplexity_after": round(math.exp(min(after, 50)), 2),
             "relative_drop": round((before - after) / before, 4),
             "heldout_unigram_loss": round(unigram, 4),
-            "below_unigram": after < unigram,
+            "below_unigram": below,
             **training_figures(self, fitted, runtime),
         }
         log.info(
@@ -261,9 +262,9 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
             "pretrain: the unigram loss of the same masked tokens is %.4f: the adapted encoder "
             "is %s (%s)",
             unigram,
-            "below it" if after < unigram else "not below it",
+            "below it" if below else "not below it",
             "it predicts masked words from their context"
-            if after < unigram
+            if below
             else "it knows word frequencies at best; more steps or text would be needed",
         )
         if not after < before:

@@ -158,11 +158,7 @@ def test_the_bento_environment_is_pinned_and_up_to_date():
         assert spec.operator == "==", line
         if requirement.name in pins:
             assert spec.version.split("+")[0] == pins[requirement.name], line
-    direct = {
-        Requirement(r).name
-        for r in bento_env.REQUIREMENTS_IN.read_text().splitlines()
-        if r and not r.startswith("#")
-    }
+    direct = {r.name for r in bento_env.read_direct(bento_env.REQUIREMENTS_IN)}
     assert direct <= {Requirement(line).name for line in lines}
     assert "torch==2.13.0+cpu" in lines and f"--extra-index-url {bento_env.TORCH_CPU_INDEX}" in text
     assert not any(line.startswith(("apache-airflow", "dvc==", "evidently")) for line in lines)
