@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -40,14 +40,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade uv || echo "uv unavailable: falling back to pip"
 	@if [ -x $(BIN)/uv ]; then \
 	  if [ -n "$${PIP_FIND_LINKS:-}" ]; then \
-	    $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --find-links "$$PIP_FIND_LINKS" -c constraints.txt -e '.[dev]'; \
+	    $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --find-links "$$PIP_FIND_LINKS" -c constraints.txt -e '.[dev,cluster]'; \
 	  else \
 	    $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --index-url $(TORCH_INDEX) torch==2.13.0 && \
-	    $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -c constraints.txt -e '.[dev]'; \
+	    $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -c constraints.txt -e '.[dev,cluster]'; \
 	  fi; \
 	else \
 	  if [ -z "$${PIP_FIND_LINKS:-}" ]; then $(BIN)/python -m pip install --index-url $(TORCH_INDEX) torch==2.13.0; fi; \
-	  $(BIN)/python -m pip install -c constraints.txt -e '.[dev]'; \
+	  $(BIN)/python -m pip install -c constraints.txt -e '.[dev,cluster]'; \
 	fi
 	@$(BIN)/python -c "import torch, pandas; assert torch.__version__.startswith('2.13.0'), torch.__version__; assert int(pandas.__version__.split('.')[0]) < 3"
 	touch $@
@@ -81,7 +81,7 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 	    echo "== chromium could not be installed: the report-rendering tests will skip"; \
 	  else echo "== no chromium (install Debian's chromium package): the report-rendering tests will skip"; fi; }
 
-test: setup browser lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
+test: setup browser cluster-deps lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
@@ -150,6 +150,31 @@ airflow: setup ## Airflow standalone on 127.0.0.1:8080 with the nightly and depl
 	@echo "== Airflow UI and REST API: http://127.0.0.1:$(AIRFLOW_PORT) (user admin; password in .airflow/simple_auth_manager_passwords.json.generated once started)"
 	@echo "== DAGs start paused: unpause shopflow_nightly to run it at params airflow.schedule (UTC)"
 	$(AIRFLOW_ENV) exec $(BIN)/airflow standalone
+
+# Airflow as a deployment runs it, on this machine: Postgres (metadata), Redis (Celery's broker),
+# the API server, scheduler and DAG processor, and two Celery workers with their own clones of
+# this project's HEAD (one serves the `gpu` queue). Stage data travels through the DVC remote
+# `store`; the registry and BentoML store are shared. Everything on 127.0.0.1; stopped by pid.
+airflow-cluster: setup cluster-deps ## Postgres + Redis + CeleryExecutor, 2 workers on own clones (127.0.0.1; docs/airflow.md)
+	$(BIN)/python -m shopflow airflow-cluster start
+
+airflow-cluster-stop: setup ## stop the cluster of `make airflow-cluster` (by pid)
+	$(BIN)/python -m shopflow airflow-cluster stop
+
+# Debian's PostgreSQL and Redis servers for the cluster (and its test). Installed when missing and
+# we may (root); otherwise the cluster test skips and says why.
+cluster-deps: ## Debian's postgresql and redis-server for `make airflow-cluster`
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "== installing Debian's$$missing for the Airflow cluster"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
+	    echo "== could not install$$missing: the Airflow cluster test will skip"; \
+	  else echo "== missing$$missing (Debian packages): the Airflow cluster test will skip"; fi; \
+	fi
 
 dag-test: setup ## one full run of the nightly DAG for DATE=YYYY-MM-DD, no server (airflow dags test)
 	@test -n "$(DATE)" || { echo "usage: make dag-test DATE=YYYY-MM-DD (the night: the data window's last day)"; exit 2; }

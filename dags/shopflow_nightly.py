@@ -19,6 +19,10 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   `shopflow promote --force` (still smoke-tested; the registry logs who and why);
 - report writes the night's HTML run report (`report.folder`), whatever happened.
 
+With `airflow.dvc_remote` set, workers need no shared project folder: each task pulls its
+stage's inputs from that DVC remote and pushes its outputs, and hands the night's dvc.lock
+entries on to the next tasks (`shopflow/orchestration/handover.py`).
+
 Knobs: the `airflow:` section of params.yaml. The decisions live in
 `shopflow/orchestration/decisions.py`, how a stage runs in `shopflow/orchestration/nightly.py`.
 """
@@ -27,9 +31,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 from airflow.utils.trigger_rule import TriggerRule
@@ -58,6 +64,29 @@ def night_of(logical_date: dt.datetime | None) -> dt.date:
     return nightly.night_of(logical_date)
 
 
+def handed_over(stages: Iterable[str]) -> dict[str, dict]:
+    """The night's dvc.lock entries that the tasks of `stages` hand on (XCom); none on one
+    project folder (`airflow.dvc_remote: null`)."""
+    if not settings.dvc_remote:
+        return {}
+    returned = get_current_context()["ti"].xcom_pull(task_ids=[graph.task_id(s) for s in stages])
+    entries: dict[str, dict] = {}
+    for value in returned if isinstance(returned, list) else [returned]:
+        entries |= (value or {}).get("entries", {})
+    return entries
+
+
+def receive(stages: Iterable[str], targets: Iterable[str | Path] | None = None) -> None:
+    """Pull what a decision or the report reads from the outputs of `stages` (default: all
+    they hand on but models) into this worker's clone; nothing on one project folder."""
+    entries = handed_over(stages)
+    if entries and settings.dvc_remote:
+        wanted = (
+            [str(t) for t in targets] if targets is not None else nightly.report_inputs(entries)
+        )
+        nightly.receive(PROJECT, entries, wanted, settings.dvc_remote)
+
+
 def run_stage(
     stage: str,
     logical_date: dt.datetime | None,
@@ -68,7 +97,16 @@ def run_stage(
     if run_id is None:
         raise AirflowFailException("this task needs the DAG run's id")
     try:
-        return nightly.run_stage(PROJECT, stage, night, upstream, run_id, command=command)
+        return nightly.run_stage(
+            PROJECT,
+            stage,
+            night,
+            upstream,
+            run_id,
+            command=command,
+            remote=settings.dvc_remote,
+            handed=handed_over(upstream),
+        )
     except nightly.StageRunError as failed:
         if failed.final:
             raise AirflowFailException(str(failed)) from failed
@@ -126,6 +164,7 @@ def promote_task(
 @task.short_circuit(task_id="should_retrain", ignore_downstream_trigger_rules=False)
 def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
+    receive([nightly.DRIFT_STAGE], [paths.DRIFT_REPORT])
     night = load_params(PROJECT / paths.PARAMS)
     decision = decisions.decide_retrain(
         nightly.read_report(PROJECT, paths.DRIFT_REPORT),
@@ -150,6 +189,7 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
 @task.short_circuit(task_id="should_promote", ignore_downstream_trigger_rules=False)
 def should_promote(params: dict | None = None) -> bool:
     """Promote on the A/B gate's `promote` verdict, or when the run's conf forces it."""
+    receive([nightly.EVALUATE_STAGE], [paths.DECISION])
     decision = decisions.decide_promote(
         gate.read_decision(PROJECT / paths.DECISION),
         decisions.ForcedPromotion.from_conf(params or {}),
@@ -161,6 +201,7 @@ def should_promote(params: dict | None = None) -> bool:
 @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
 def write_report(logical_date: dt.datetime | None = None, run_id: str | None = None) -> str:
     """The night's run report (also after a failure: it says where the night stopped)."""
+    receive(graph.stages)
     page = pages.write(
         load_params(PROJECT / paths.PARAMS),
         run_id=run_id,

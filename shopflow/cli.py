@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shopflow.core import paths
-from shopflow.core.config import Params, load_params
+from shopflow.core.config import Params, flatten, load_params
 from shopflow.core.errors import ShopflowError
 from shopflow.orchestration import runlog
 
@@ -45,12 +45,6 @@ def _show_params(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
 
-def _flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
-    if isinstance(tree, dict):
-        return [item for k, v in tree.items() for item in _flatten(v, f"{prefix}{k}.")]
-    return [(prefix.rstrip("."), tree)]
-
-
 def _bento_requirements(params: Params, args: argparse.Namespace) -> None:
     from shopflow.core.artifacts import write_text
     from shopflow.serving import bento_env
@@ -64,38 +58,14 @@ def _show_metrics(params: Params, args: argparse.Namespace) -> None:
     """One metric a line (DVC's table is one column per metric, too wide for a terminal)."""
     for path in sorted(paths.METRICS.glob("*.json")):
         print(f"{path}:")
-        for key, value in _flatten(json.loads(path.read_text())):
+        for key, value in flatten(json.loads(path.read_text())):
             print(f"  {key:<40} {value}")
 
 
 def _bench(params: Params, args: argparse.Namespace) -> None:
-    if args.what == "serve":
-        from shopflow.bench.serve import serve_throughput
+    from shopflow.bench.commands import run
 
-        serve_throughput(params, tuple(args.concurrency), seconds=args.seconds)
-    elif args.what == "drift":
-        from shopflow.bench.drift import drift_sensitivity
-
-        drift_sensitivity(params)
-    elif args.what == "simulate":
-        from shopflow.bench.data import simulate_throughput
-
-        simulate_throughput(params)
-    elif args.what == "gpu":
-        from shopflow.bench.gpu_check import RESULT, gpu_check
-
-        gpu_check(None, RESULT, params_path=args.params)
-    elif args.what == "train":
-        from shopflow.bench.train import train_throughput
-
-        profiles = args.profiles or (
-            ["tiny", "default", "gpu"] if torch_cuda() else ["tiny", "default"]
-        )
-        train_throughput(params, profiles, steps=args.steps)
-    else:
-        from shopflow.bench.data import ingest_throughput
-
-        ingest_throughput(params, events=args.events, workdir=args.workdir)
+    run(params, args.what, args)
 
 
 def _save_model(params: Params, args: argparse.Namespace) -> None:
@@ -138,6 +108,18 @@ def _report(params: Params, args: argparse.Namespace) -> None:
     print(write(params, run_id=args.run, runner=runner))
 
 
+def _airflow_cluster(params: Params, args: argparse.Namespace) -> None:
+    from shopflow.orchestration import cluster
+
+    if args.what == "start":
+        started = cluster.start(Path.cwd(), args.folder)
+        print(json.dumps(cluster.status(started.folder), indent=2))
+    elif args.what == "stop":
+        print(json.dumps(cluster.stop(args.folder)))
+    else:
+        print(json.dumps(cluster.status(args.folder), indent=2))
+
+
 def _registry(params: Params, args: argparse.Namespace) -> None:
     from shopflow.release.registry import Registry
 
@@ -170,12 +152,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user with no name
         return f"uid {os.getuid()}"
-
-
-def torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
@@ -229,6 +205,11 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "rollback": (
         "re-point the champion to an earlier model (default: the one before)",
         lambda params, args: _rollback(params, args),
+    ),
+    "airflow-cluster": (
+        "Postgres + Redis + Airflow's CeleryExecutor with two workers on their own clones "
+        "(127.0.0.1): start, stop (by pid) or status",
+        lambda params, args: _airflow_cluster(params, args),
     ),
     "save-model": (
         "save the current models, catalogue and users as a BentoML model; print its tag",
@@ -302,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
             cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
             cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+        if name == "airflow-cluster":
+            cmd.add_argument(
+                "what", choices=["start", "stop", "status"], nargs="?", default="status"
+            )
+            cmd.add_argument(
+                "--folder",
+                type=Path,
+                default=paths.CLUSTER,
+                help="where its servers, clones and shared state live",
+            )
         if name == "registry":
             cmd.add_argument("what", choices=["show", "history"], nargs="?", default="show")
         if name == "rollback":

@@ -48,7 +48,7 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
-    for folder in ("shopflow", "bento"):
+    for folder in ("shopflow", "bento", "dags"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
     (dest / "params.yaml").write_text(text)
@@ -61,6 +61,14 @@ def copy_project(dest: Path) -> Path:
     run("git", "add", "-A")
     run("git", "commit", "-qm", "project under test")  # DVCLive needs a repo with a commit
     return dest
+
+
+def committed(project: Path, path: str) -> bool:
+    """Is `path` as committed in the Git work tree of `project` (not modified)?"""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", path], cwd=project, capture_output=True, text=True
+    )
+    return status.returncode == 0 and status.stdout.strip() == ""
 
 
 def shared_file(*parts: str) -> Path:

@@ -2,7 +2,9 @@
 
 params.yaml holds the default (2-core CPU) values per section, a `profile` name and a
 `profiles` table of overrides (`tiny` for tests and CI, `gpu` for a GPU box). The effective
-config is the sections with the chosen profile's overrides merged on top.
+config is the sections with the chosen profile's overrides merged on top, then this
+checkout's own overrides (`params.local.yaml`, not in Git: the scheduler writes the night's
+window there, a cluster's workers their shared locations), then `-S` overrides.
 
 The models below carry each knob's type, bounds and meaning, but no default value: a value
 written in two places drifts apart, and DVC can only track what is in params.yaml. A key
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shopflow.core.errors import ConfigError
-from shopflow.core.paths import PARAMS
+from shopflow.core.paths import LOCAL_PARAMS, PARAMS
 
 SourceName = Literal["synthetic", "judgments", "events", "esci", "wands", "online_retail"]
 
@@ -345,6 +348,11 @@ class AirflowConfig(Section):
     gpu_queue: str = Field(description="the Celery queue GPU workers serve")
     gpu_stages: list[str]
     alert_connection: str = Field(description="HTTP webhook connection id")
+    dvc_remote: str | None = Field(
+        min_length=1,
+        description="tasks pull their inputs from this DVC remote and push their outputs "
+        "(workers with their own clones); null: every task in one project folder",
+    )
 
     @model_validator(mode="after")
     def _has_default_timeout(self) -> AirflowConfig:
@@ -402,6 +410,13 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
+    """`{"a": {"b": 1}}` → `[("a.b", 1)]`: nested settings as dotted keys."""
+    if isinstance(tree, dict):
+        return [item for k, v in tree.items() for item in flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), tree)]
+
+
 def set_dotted(tree: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` override (value parsed as YAML, like `dvc exp run -S`)."""
     key, sep, raw = assignment.partition("=")
@@ -416,12 +431,20 @@ def set_dotted(tree: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Merge the selected profile over the sections; CLI overrides win over both.
+def resolve(
+    raw: dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    local: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge the selected profile over the sections, then `local` (the checkout's own
+    overrides); CLI overrides win over all.
 
-    Overrides are applied before the merge too, so `-S profile=tiny` selects the profile.
+    `local` and the CLI overrides are applied before the merge too, so either can select the
+    profile (`-S profile=tiny`).
     """
     tree = copy.deepcopy(raw)
+    if local:
+        tree = deep_merge(tree, local)
     for assignment in overrides:
         set_dotted(tree, assignment)
     profiles = tree.pop("profiles", {}) or {}
@@ -431,25 +454,68 @@ def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
             known = ", ".join(["default", *profiles])
             raise ConfigError(f"params: profile {profile!r} is not defined (known: {known})")
         tree = deep_merge(tree, profiles[profile])
+    if local:
+        tree = deep_merge(tree, local)
     for assignment in overrides:
         set_dotted(tree, assignment)
     return tree
 
 
-def load_params(path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, resolve and validate params; errors name the file and the offending key."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    tree = resolve(raw, overrides)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def local_params_of(params_path: str | Path) -> Path:
+    """The checkout's own overrides of a params file: `params.local.yaml` beside it."""
+    return Path(params_path).with_name(LOCAL_PARAMS.name)
+
+
+def read_local_params(params_path: str | Path) -> dict[str, Any]:
+    """The overrides in `params.local.yaml` beside `params_path`; empty when there is none."""
+    local = local_params_of(params_path)
+    return _read_yaml(local) if local.exists() else {}
+
+
+LOCAL_HEADER = (
+    "# This checkout's own params overrides (not in Git), applied over params.yaml and its\n"
+    "# profile. The nightly DAG writes the night's ingest.window.end here.\n"
+)
+
+
+def update_local_params(params_path: str | Path, updates: dict[str, Any]) -> bool:
+    """Merge `updates` into `params.local.yaml` beside `params_path` (atomically, keeping its
+    other keys); True when the file changed."""
+    target = local_params_of(params_path)
+    current = read_local_params(params_path)
+    merged = deep_merge(current, updates)
+    if merged == current and target.exists():
+        return False
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(LOCAL_HEADER + yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
+    tmp.replace(target)
+    return True
+
+
+def load_params(path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read, resolve and validate params (with `params.local.yaml` beside them, if any);
+    errors name the file and the offending key."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    local = read_local_params(path)
+    tree = resolve(raw, overrides, local)
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"{path}: invalid params: {problems}") from None
+        where = f"{path} (with {local_params_of(path)})" if local else str(path)
+        raise ConfigError(f"{where}: invalid params: {problems}") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")  # every knob, with profiles of overrides
+LOCAL_PARAMS = Path("params.local.yaml")  # this checkout's overrides (not in Git): the night
 RESOLVED_PARAMS = Path("params.resolved.yaml")  # the effective values: what DVC tracks per stage
 
 # -- stage outputs (DVC-tracked) ---------------------------------------------------------
@@ -47,6 +48,7 @@ CHECKPOINTS = Path(".checkpoints")  # removed once a training stage's output is 
 STATE = Path(".shopflow")
 RUN_LOG = STATE / "runs" / "stages.jsonl"
 ALERTS = STATE / "alerts.jsonl"
+CLUSTER = Path(".airflow-cluster")  # `make airflow-cluster`: its servers, clones, shared state
 
 # -- development data (never in the default path) -----------------------------------------
 SHARED_DATA = Path("../shared/data")

@@ -6,7 +6,8 @@ runs after what, and everything that decides something is testable without a sch
 - `StageGraph.read` takes the stages and their edges from DVC's own graph (`dvc.yaml`): the
   pipeline is defined once, and Airflow never restates it.
 - `run_stage` runs one stage through `dvc repro --single-item <stage>`, after writing the
-  night's date into `ingest.window.end` in params.yaml. Every stage depends on that param
+  night's date as `ingest.window.end` into `params.local.yaml` (this checkout's overrides,
+  not in Git; the `resolve` stage applies it). Every stage depends on that param
   (directly or through its inputs), so DVC re-runs what a new night changes, skips what a
   rerun of the same night already has, and can never hand back the outputs of another
   window: they hash differently. It refuses to run on upstream outputs of another night.
@@ -15,7 +16,6 @@ runs after what, and everything that decides something is testable without a sch
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import logging
@@ -25,16 +25,17 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from shopflow.core import paths
-from shopflow.core.config import AirflowConfig, load_params
+from shopflow.core.config import AirflowConfig, load_params, update_local_params
 from shopflow.core.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
 from shopflow.core.processes import die_with_parent, stop_process_tree
+from shopflow.orchestration import handover
 from shopflow.orchestration.runlog import RUN_ID_ENV
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ CHAMPION_ASSET = "shopflow://champion"  # promote emits it; shopflow_deploy is s
 DRIFT_STAGE = "drift"
 EVALUATE_STAGE = "evaluate"
 PROMOTE_STAGE = "promote"
+ALWAYS_CHANGED = "always changed"  # how `dvc status` reports an `always_changed: true` stage
 # Exit codes of `python -m shopflow` (shopflow/core/errors.py) that no retry can fix: bad input
 # or params (2) and failed data validation (3). Anything else (a crash, a kill, a timeout, a
 # smoke test on a busy machine) is worth a retry.
@@ -131,52 +133,16 @@ class StageRunError(ShopflowError):
         super().__init__(f"stage {stage!r} failed with exit code {exit_code} [{kind}]:\n{tail}")
 
 
-def set_window_end(params_path: Path, end: dt.date) -> bool:
-    """Write `ingest.window.end` into params.yaml as a one-value text edit (comments and
-    layout stay as the user wrote them); True when it changed. Refuses a file where the edit
-    would change anything else, and a profile that overrides the end (the night's date would
-    not apply)."""
-    text = params_path.read_text(encoding="utf-8")
-    tree = yaml.safe_load(text) or {}
-    try:
-        current = tree["ingest"]["window"]["end"]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"{params_path}: no ingest.window.end to set the night's date in"
-        ) from None
-    changed = str(current) != end.isoformat()
-    if changed:
-        section = re.search(r"^ingest:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
-        new_text = None
-        if section is not None:
-            edited = re.sub(
-                r"(\bend:\s*)([\"']?)\d{4}-\d{2}-\d{2}\2",
-                rf'\g<1>"{end.isoformat()}"',
-                section.group(0),
-                count=1,
-            )
-            new_text = text[: section.start()] + edited + text[section.end() :]
-        expected = copy.deepcopy(tree)
-        expected["ingest"]["window"]["end"] = end.isoformat()
-        if not new_text or _normal(yaml.safe_load(new_text)) != _normal(expected):
-            raise ConfigError(
-                f"{params_path}: could not set ingest.window.end by editing its line; write it "
-                'as `end: "YYYY-MM-DD"` under ingest.window'
-            )
-        tmp = params_path.with_name(params_path.name + ".tmp")
-        tmp.write_text(new_text, encoding="utf-8")
-        tmp.replace(params_path)
-    effective = load_params(params_path).ingest.window.end
-    if effective != end:
-        raise ConfigError(
-            f"{params_path}: the active profile overrides ingest.window.end ({effective}); "
-            f"remove that override so the scheduler's date ({end}) applies"
-        )
+def set_night(project: Path, night: dt.date) -> bool:
+    """Write the night's date as `ingest.window.end` into the checkout's `params.local.yaml`
+    (not in Git: the tracked params.yaml stays as committed); True when it changed. The
+    `resolve` stage applies it over params.yaml and any profile."""
+    window = {"ingest": {"window": {"end": night.isoformat()}}}  # a plain str: pendulum dates
+    changed = update_local_params(project / paths.PARAMS, window)
+    effective = load_params(project / paths.PARAMS).ingest.window.end
+    if effective != night:  # only a `-S` could win over the local file, and there is none here
+        raise ConfigError(f"{project}: ingest.window.end is {effective}, not the night {night}")
     return changed
-
-
-def _normal(tree: dict) -> str:
-    return json.dumps(tree, sort_keys=True, default=str)
 
 
 def _dvc() -> str:
@@ -203,7 +169,34 @@ def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
             changed = repo.status(targets=[f"{pipeline}:{stage}" for stage in upstream])
     except DvcException as exc:
         raise StageRunError(f"dvc status {' '.join(upstream)}", 1, str(exc)) from None
-    return sorted(key.rsplit(":", 1)[-1] for key in changed)  # "<path>/dvc.yaml:<stage>"
+    # keys: "<path>/dvc.yaml:<stage>"; an `always_changed` stage (resolve) is stale only when
+    # something besides that flag changed: its outputs are checked as the next stage's deps
+    return sorted(
+        key.rsplit(":", 1)[-1] for key, what in changed.items() if what != [ALWAYS_CHANGED]
+    )
+
+
+def check_resolved_night(
+    project: Path, stage: str, night: dt.date, upstream: Sequence[str]
+) -> None:
+    """Refuse to run a stage after `resolve` on another night's params: the upstream stages
+    being up to date with params.resolved.yaml only says they are at *its* night."""
+    if not upstream:
+        return
+    path = project / paths.RESOLVED_PARAMS
+    try:
+        resolved = (yaml.safe_load(path.read_text(encoding="utf-8")) or {})["ingest"]["window"]
+        resolved_night = dt.date.fromisoformat(str(resolved["end"]))
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        resolved_night = None
+    if resolved_night != night:
+        raise StageRunError(
+            stage,
+            ShopflowError.exit_code,
+            f"{paths.RESOLVED_PARAMS} is for the night {resolved_night or '(none)'}, not {night}: "
+            "run `resolve` and the stages before this one for this night first (in Airflow: "
+            "clear this task with its upstream tasks)",
+        )
 
 
 def run_stage(
@@ -214,6 +207,8 @@ def run_stage(
     run_id: str | None = None,
     tail_lines: int = 40,
     command: Sequence[str] | None = None,
+    remote: str | None = None,
+    handed: Mapping[str, dict] | None = None,
 ) -> dict:
     """`dvc repro --single-item <stage>` in `project` for the window ending `night` (or
     `command` instead, e.g. a forced `shopflow promote --force`); its output goes to the log
@@ -226,10 +221,19 @@ def run_stage(
     their tasks ran first); a task cleared alone for another night fails and says so.
 
     `run_id` (the DAG run's) goes to the stage as SHOPFLOW_RUN_ID: the run log groups the
-    night's stages under it for the run report."""
-    if set_window_end(project / paths.PARAMS, night):
-        log.info("params.yaml: ingest.window.end = %s (the night's date)", night)
-    stale = stale_upstream(project, list(upstream))
+    night's stages under it for the run report.
+
+    With a DVC `remote` (a night across machines, `orchestration.handover`), the stage's
+    inputs are pulled first: the outputs named by `handed`, the night's dvc.lock entries so
+    far. Its outputs are pushed after, and the result hands on the entries, its own added."""
+    if set_night(project, night):
+        log.info("%s: ingest.window.end = %s (the night's date)", paths.LOCAL_PARAMS, night)
+    handed = dict(handed or {})
+    if remote:
+        receive(project, handed, handover.inputs_of(project, stage, handed), remote)
+    else:
+        check_resolved_night(project, stage, night, upstream)
+    stale = [] if remote else stale_upstream(project, list(upstream))
     if stale:
         raise StageRunError(
             stage,
@@ -271,7 +275,22 @@ def run_stage(
     if code != 0:
         raise StageRunError(stage, stage_exit_code(code, "\n".join(tail)), "\n".join(tail))
     log.info("%s: %s in %.1f s", stage, f"ran {', '.join(ran)}" if ran else "up to date", seconds)
-    return {"stage": stage, "night": night.isoformat(), "ran": ran, "seconds": seconds}
+    result = {
+        "stage": stage,
+        "night": night.isoformat(),
+        "ran": ran,
+        "seconds": seconds,
+        "project": str(project),
+    }
+    if remote:
+        try:
+            handover.push(project, stage, remote)
+        except Exception as exc:  # as for a pull: retryable
+            failed = f"{type(exc).__name__}: {exc}"
+            raise StageRunError(f"dvc push {stage}", 1, failed) from exc
+        own = handover.read_entries(project).get(stage)
+        result["entries"] = handed | ({stage: own} if own else {})
+    return result
 
 
 def stage_exit_code(dvc_code: int, output: str) -> int:
@@ -299,3 +318,22 @@ def read_report(project: Path, path: Path) -> dict:
         ) from None
     except ValueError as exc:
         raise StageInputError(f"{target}: not valid JSON ({exc})") from None
+
+
+def receive(
+    project: Path, entries: Mapping[str, dict], targets: Sequence[str], remote: str
+) -> None:
+    """Pull `targets` (outputs named by the night's `entries`) from `remote`; a failure is a
+    retryable task failure."""
+    try:
+        handover.receive(project, entries, targets, remote)
+    except Exception as exc:  # DVC's errors: a missing object, an unreachable remote
+        raise StageRunError(
+            f"dvc pull {' '.join(targets)}", 1, f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def report_inputs(entries: Mapping[str, dict]) -> list[str]:
+    """What the run report reads of the night's outputs: all of them but the models."""
+    models = paths.MODELS.as_posix()
+    return sorted(out for out in handover.outputs(entries) if not handover.covers(models, out))

@@ -26,6 +26,7 @@ from shopflow.core import paths
 from shopflow.core.errors import ShopflowError
 
 RUN_ID_ENV = "SHOPFLOW_RUN_ID"
+RESOLVE_STAGE = "resolve"  # runs on every `dvc repro`; see `substantive`
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
@@ -101,8 +102,20 @@ def read(log_path: Path = paths.RUN_LOG) -> list[dict]:
     return records
 
 
+def substantive(records: list[dict]) -> list[dict]:
+    """The records of runs that did more than re-read the params: `resolve` runs on every
+    `dvc repro` (it is `always_changed`), so a run in which it alone ran, and succeeded,
+    changed nothing worth a row in the index of runs."""
+    trivial: dict[str, bool] = {}
+    for record in records:
+        alone = record["stage"] == RESOLVE_STAGE and record.get("status") == "success"
+        trivial[record["run_id"]] = trivial.get(record["run_id"], True) and alone
+    return [r for r in records if not trivial[r["run_id"]]]
+
+
 def latest_run_id(records: list[dict]) -> str | None:
-    """The run of the newest record."""
+    """The run of the newest record, leaving out runs that only re-read the params."""
+    records = substantive(records) or records
     return max(records, key=lambda r: r["started_at"])["run_id"] if records else None
 
 

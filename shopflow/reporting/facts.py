@@ -276,8 +276,9 @@ def runner_result(exit_code: int, output: Path | None = None) -> dict:
 
 def unreported_runs(project: Path, reported: set[str]) -> list[dict]:
     """Runs in the run log with no page (a `dvc repro` with no `shopflow report` after it):
-    listed in the index from their records alone, since their outputs are gone by now."""
-    records = runlog.read(project / paths.RUN_LOG)
+    listed in the index from their records alone, since their outputs are gone by now. Runs
+    that only re-read the params are left out (`runlog.substantive`)."""
+    records = runlog.substantive(runlog.read(project / paths.RUN_LOG))
     stages = pipeline_stages(project)
     runs = []
     for run_id in dict.fromkeys(r["run_id"] for r in records):

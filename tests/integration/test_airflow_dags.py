@@ -231,6 +231,8 @@ def test_a_night_runs_end_to_end(airflow):
     assert {s["stage"]: s["status"] for s in run["stages"]} == statuses
     manifest = read_json(airflow.project / "data/ingested/manifest.json")
     assert manifest["window"]["end"] == "2026-10-28"  # the logical date is the window's end
+    local = yaml.safe_load((airflow.project / "params.local.yaml").read_text())
+    assert local == {"ingest": {"window": {"end": "2026-10-28"}}}  # not params.yaml
     assert Hook.received == []
 
 
@@ -239,6 +241,9 @@ def test_the_same_night_again_reruns_nothing(airflow):
     assert again["state"] == "success"
     stage_runs = {t: ran(again, t) for t in STAGES if t in again["returned"]}
     assert set(CHECKS) <= set(stage_runs)
+    # resolve always runs (params.local.yaml, the night's window, is not in Git); it writes
+    # the same values, so nothing after it runs again
+    assert stage_runs.pop("resolve") == ["resolve"]
     assert all(r == [] for r in stage_runs.values()), stage_runs
 
 

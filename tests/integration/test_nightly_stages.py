@@ -1,25 +1,31 @@
-"""`nightly.run_stage` on a real DVC project of three small stages: the night's window goes
-into params.yaml, a rerun runs nothing, a stage never runs on another night's upstream
-outputs, and a failing command's own exit code decides whether Airflow may retry."""
+"""`nightly.run_stage` on a real DVC project of a few small stages: the night's window goes
+into params.local.yaml (params.yaml stays as committed), a rerun runs nothing, a stage never
+runs on another night's upstream outputs, a failing command's own exit code decides whether
+Airflow may retry, and two clones sharing only a DVC remote run one night between them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from shopflow.orchestration import nightly
-from tests.conftest import BIN, ROOT
+from shopflow.orchestration import handover, nightly
+from tests.conftest import BIN, ROOT, committed
 
 pytestmark = pytest.mark.integration
 
 DVC_YAML = """
 stages:
+  resolve:
+    cmd: python -m shopflow resolve
+    always_changed: true
+    outs: [params.resolved.yaml]
   window:
-    cmd: python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['ingest']['window']['end'])" > night.txt
-    params: [ingest.window]
+    cmd: python -c "import yaml; print(yaml.safe_load(open('params.resolved.yaml'))['ingest']['window']['end'])" > night.txt
+    params: [params.resolved.yaml: [ingest.window]]
     outs: [night.txt]
   count:
     cmd: wc -c night.txt > count.txt
@@ -28,38 +34,91 @@ stages:
   check:
     cmd: python -c "import sys; sys.exit(3 if open('count.txt').read().startswith('11') else 0)"
     deps: [count.txt]
-    params: [validate.max_title_chars]
+    params: [params.resolved.yaml: [validate.max_title_chars]]
 """
+NIGHT = dt.date(2026, 10, 28)
+
+
+def make_project(folder: Path, remote: Path | None = None) -> Path:
+    """A committed project of the stages above; with `remote`, its DVC remote `store`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+    (folder / "dvc.yaml").write_text(DVC_YAML)
+    (folder / ".gitignore").write_text("/params.local.yaml\n")
+    commands = [["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]]
+    if remote is not None:
+        commands.append([str(BIN / "dvc"), "remote", "add", "--local", "-d", "store", str(remote)])
+    commands += [
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"],
+    ]
+    for command in commands:
+        subprocess.run(command, cwd=folder, check=True, capture_output=True)
+    return folder
 
 
 @pytest.fixture
 def project(tmp_path):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
-        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
-    return tmp_path
+    return make_project(tmp_path / "project")
 
 
 def test_a_night_runs_once_and_never_on_another_nights_inputs(project):
-    night = dt.date(2026, 10, 28)
-    first = nightly.run_stage(project, "window", night)
+    nightly.run_stage(project, "resolve", NIGHT)
+    first = nightly.run_stage(project, "window", NIGHT, ["resolve"])
     assert (
         first["ran"] == ["window"] and (project / "night.txt").read_text().strip() == "2026-10-28"
     )
-    assert nightly.run_stage(project, "count", night, ["window"])["ran"] == ["count"]
-    assert nightly.run_stage(project, "window", night)["ran"] == []  # the same night again
+    assert committed(project, "params.yaml")  # the night is in params.local.yaml
+    assert "2026-10-28" in (project / "params.local.yaml").read_text()
+    assert nightly.run_stage(project, "count", NIGHT, ["window"])["ran"] == ["count"]
+    assert nightly.run_stage(project, "resolve", NIGHT)["ran"] == ["resolve"]  # always runs
+    assert nightly.run_stage(project, "window", NIGHT, ["resolve"])["ran"] == []  # same night
 
-    nightly.run_stage(project, "window", night + dt.timedelta(days=1))
+    nightly.run_stage(project, "resolve", NIGHT + dt.timedelta(days=1))
+    nightly.run_stage(project, "window", NIGHT + dt.timedelta(days=1), ["resolve"])
+    with pytest.raises(nightly.StageRunError, match=r"is for the night 2026-10-29, not 2026-10-28"):
+        nightly.run_stage(project, "count", NIGHT, ["window"])  # night.txt is the 29th's
+    nightly.run_stage(project, "resolve", NIGHT)  # window has the 29th's params: stale
     with pytest.raises(nightly.StageRunError, match=r"upstream stage\(s\) window are not") as err:
-        nightly.run_stage(project, "count", night, ["window"])  # night.txt is the 29th's
+        nightly.run_stage(project, "count", NIGHT, ["window"])
     assert err.value.final
 
 
 def test_the_commands_exit_code_decides_retry(project):
-    night = dt.date(2026, 10, 28)
-    nightly.run_stage(project, "window", night)
-    nightly.run_stage(project, "count", night, ["window"])
+    nightly.run_stage(project, "resolve", NIGHT)
+    nightly.run_stage(project, "window", NIGHT, ["resolve"])
+    nightly.run_stage(project, "count", NIGHT, ["window"])
     with pytest.raises(nightly.StageRunError) as err:  # "11 night.txt": the check exits 3
-        nightly.run_stage(project, "check", night, ["count"])
+        nightly.run_stage(project, "check", NIGHT, ["count"])
     assert err.value.code == 3 and err.value.final and "exited with 3" in err.value.tail
+
+
+def test_two_clones_run_one_night_through_a_dvc_remote_alone(tmp_path):
+    """Clone A runs resolve and window, clone B runs count: B pulls exactly count's input
+    (night.txt) from the remote, never params.resolved.yaml, which count does not read; A
+    then receives count's output the same way. No folder is shared but the remote."""
+    remote = tmp_path / "remote"
+    a = make_project(tmp_path / "a", remote)
+    b = make_project(tmp_path / "b", remote)
+    resolved = nightly.run_stage(a, "resolve", NIGHT, remote="store")
+    window = nightly.run_stage(
+        a, "window", NIGHT, ["resolve"], remote="store", handed=resolved["entries"]
+    )
+    assert set(window["entries"]) == {"resolve", "window"}
+    assert handover.inputs_of(b, "count", window["entries"]) == ["night.txt"]
+
+    counted = nightly.run_stage(
+        b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
+    )
+    assert counted["ran"] == ["count"] and counted["project"] == str(b)
+    assert (b / "night.txt").read_text().strip() == "2026-10-28"  # pulled: A's output
+    assert not (b / "params.resolved.yaml").exists()  # not an input of count
+    assert handover.read_entries(b)["window"] == window["entries"]["window"]
+
+    nightly.receive(a, counted["entries"], ["count.txt"], "store")
+    assert (a / "count.txt").read_bytes() == (b / "count.txt").read_bytes()
+    assert committed(a, "params.yaml") and committed(b, "params.yaml")
+    again = nightly.run_stage(
+        b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
+    )
+    assert again["ran"] == []  # a rerun of the task: nothing to do

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
@@ -13,7 +12,6 @@ from typing import ClassVar
 import pytest
 
 from shopflow.core.config import load_params
-from shopflow.core.errors import ConfigError
 from shopflow.orchestration import alerts, decisions, nightly
 from shopflow.release.registry import BASELINE_VERSION, Entry
 from tests.conftest import ROOT, tiny_params
@@ -102,23 +100,19 @@ def test_night_of_a_logical_date_is_its_utc_day():
     assert nightly.night_of(dt.datetime(2026, 10, 28, 2, tzinfo=dt.UTC)) == dt.date(2026, 10, 28)
 
 
-def test_set_window_end_keeps_comments_and_refuses_a_profile_override(tmp_path):
+def test_the_night_goes_into_params_local_yaml_over_any_profile(tmp_path):
     path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
-    before = path.read_text()
-    assert nightly.set_window_end(path, dt.date(2026, 10, 30)) is True
-    after = path.read_text()
-    assert 'end: "2026-10-30"' in after and "# last day included (UTC)" in after
-    assert len(after.splitlines()) == len(before.splitlines())
-    assert load_params(path).ingest.window.end == dt.date(2026, 10, 30)
-    assert nightly.set_window_end(path, dt.date(2026, 10, 30)) is False  # unchanged: no rewrite
+    text = (ROOT / "params.yaml").read_text()
     path.write_text(
-        after.replace("profile: default", "profile: pinned", 1).replace(
+        text.replace("profile: default", "profile: pinned", 1).replace(
             "profiles:\n", "profiles:\n  pinned: {ingest: {window: {end: '2026-01-01'}}}\n", 1
         )
     )
-    with pytest.raises(ConfigError, match=r"overrides ingest\.window\.end"):
-        nightly.set_window_end(path, dt.date(2026, 10, 31))
+    before = path.read_text()
+    assert nightly.set_night(tmp_path, dt.date(2026, 10, 30)) is True
+    assert path.read_text() == before  # the tracked file stays as committed
+    assert load_params(path).ingest.window.end == dt.date(2026, 10, 30)  # over the profile
+    assert nightly.set_night(tmp_path, dt.date(2026, 10, 30)) is False  # unchanged: no rewrite
 
 
 def test_stage_exit_code_is_the_commands_not_dvcs():

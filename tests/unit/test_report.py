@@ -146,6 +146,19 @@ def test_a_retried_stage_shows_its_last_attempt_and_the_latest_run_is_found():
     assert rows[1] == {"stage": "validate", "status": "not run"}
 
 
+def test_a_run_that_only_re_read_the_params_is_not_a_run_of_its_own():
+    records = [
+        record("a", "resolve", at="2026-10-27T02:00:00"),
+        record("a", "ingest", at="2026-10-27T02:00:05"),
+        record("b", "resolve", at="2026-10-28T02:00:00"),  # a `dvc repro` with nothing to do
+        record("c", "resolve", "failed", at="2026-10-29T02:00:00", error="bad params"),
+    ]
+    assert {r["run_id"] for r in runlog.substantive(records)} == {"a", "c"}  # failures count
+    assert runlog.latest_run_id(records) == "c"
+    assert runlog.latest_run_id(records[:3]) == "a"
+    assert runlog.latest_run_id(records[2:3]) == "b"  # nothing else: the run there is
+
+
 def test_the_outcome_names_the_failed_stage_first():
     failed = [
         {"stage": "ingest", "status": "success"},
