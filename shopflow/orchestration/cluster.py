@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -126,18 +125,8 @@ class Cluster:
 
     def airflow(self, *args: str, clone: str = "scheduler", timeout: float = 300) -> str:
         """An `airflow` CLI command in a component's environment; its output."""
-        done = subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), *args],
-            env=self.env(clone),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise ServerError(
-                f"airflow {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-            )
-        return done.stdout
+        command = [str(Path(sys.executable).with_name("airflow")), *args]
+        return servers.run_checked(command, env=self.env(clone), timeout=timeout)
 
     def trigger(self, night: str, run_id: str, conf: Mapping | None = None) -> str:
         """Start a night of the nightly DAG (its logical date: the night)."""

@@ -33,12 +33,14 @@ PIPELINE = "dvc.yaml"
 Entries = dict[str, dict]  # stage name → its dvc.lock entry
 
 
+def _read_lock(path: Path) -> dict:
+    """The whole `dvc.lock` (empty before the clone's first run)."""
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+
+
 def read_entries(project: Path) -> Entries:
     """The stages' entries in the clone's `dvc.lock` (none before its first run)."""
-    path = Path(project) / LOCK_FILE
-    if not path.exists():
-        return {}
-    return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {})
+    return dict(_read_lock(Path(project) / LOCK_FILE).get("stages") or {})
 
 
 @contextlib.contextmanager
@@ -59,7 +61,7 @@ def merge_entries(project: Path, entries: Mapping[str, dict]) -> list[str]:
     the stages whose entry changed."""
     path = Path(project) / LOCK_FILE
     with _clone_lock(project):
-        tree = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+        tree = _read_lock(path)
         stages = dict(tree.get("stages") or {})
         changed = sorted(name for name, entry in entries.items() if stages.get(name) != entry)
         if changed:
@@ -126,10 +128,9 @@ def push(project: Path, stage: str, remote: str) -> int:
 
 def receive(
     project: Path, entries: Mapping[str, dict], targets: Sequence[str], remote: str
-) -> list[str]:
+) -> None:
     """Step 1 and 2 for `targets` (output paths): merge the night's entries, pull them."""
     changed = merge_entries(project, entries)
     if changed:
         log.info("dvc.lock: tonight's entries of %s handed over", ", ".join(changed))
     pull(project, targets, remote)
-    return list(targets)
