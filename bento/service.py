@@ -131,6 +131,13 @@ class Shopflow:
             "reranker": self.engine.reranker is not None,
             "feature_ranker": self.engine.ranker is not None,
             "first_stage": self.engine.first_stage,
+            "recommends": None
+            if self.engine.recommender is None
+            else {
+                "serve": self.engine.recommender.settings.serve,
+                "sources": list(self.engine.recommender.settings.mix_sources),
+                "exclude": self.engine.recommender.settings.exclude,
+            },
             "index": self.engine.index.kind,
             "runtime": self.engine.info["settings"].get("onnx", "none"),
             "onnx": self.engine.info.get("onnx"),
@@ -213,20 +220,24 @@ class Shopflow:
         recent_product_ids: list[str] | None = None,
         k: int = 10,
     ) -> Answer:
-        """Next products for a user or a list of recent products; never one already bought."""
+        """Next products for a customer (`user_key`) and the products sent with the request;
+        never one the model's exclusion rule (`recommend.exclude`) leaves out."""
         engine = self.engine
-        if recent_product_ids:
-            unknown = engine.catalogue.unknown(recent_product_ids)
+        if engine.recommender is None:
+            raise BadInput("this model serves no recommendations (trained without purchases)")
+        recent = list(recent_product_ids or [])
+        if recent:
+            unknown = engine.catalogue.unknown(recent)
             if unknown:
                 raise BadInput(str(UnknownProductsError("recent_product_ids", unknown)))
-        recent, bought = engine.user(user_key)
-        history = list(recent_product_ids or recent)
-        if not history:
+        known = user_key is not None and engine.recommender.knows(user_key)
+        if not known and not recent:
             raise BadInput(
                 f"user_key {user_key!r} has no history in this model: send recent_product_ids"
             )
-        exclude = sorted(set(bought) | set(history))
-        hits = await anyio.to_thread.run_sync(lambda: engine.recommend([history], k, [exclude]))
+        hits = await anyio.to_thread.run_sync(
+            lambda: engine.recommend([user_key], k, [recent] if recent else None)
+        )
         return self._answer(hits[0])
 
     @bentoml.api(input_spec=REQUESTS.rank)

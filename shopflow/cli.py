@@ -135,7 +135,7 @@ def _registry(params: Params, args: argparse.Namespace) -> None:
         return
     champion = registry.champion()
     if champion is None:
-        print(f"{registry.path}: empty; the champion is the BM25 + popularity baseline")
+        print(f"{registry.path}: empty; the champion is the baselines (BM25F, best recommender)")
         return
     print(json.dumps(dataclasses.asdict(champion), indent=2))
 
@@ -166,7 +166,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
     "validate": ("Great Expectations gate over the ingested tables", StageCommand("validate")),
     "prepare": ("splits and training examples", StageCommand("prepare")),
     "baselines": (
-        "BM25, popularity and co-occurrence, with their test numbers",
+        "tuned BM25F, the zero-shot encoder and the recommend baselines (popularity, buy "
+        "again, EASE, item-kNN), with their test numbers",
         StageCommand("baselines"),
     ),
     "pretrain": (
@@ -174,12 +175,16 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         StageCommand("pretrain"),
     ),
     "retriever": (
-        "fine-tune the two-tower retriever (search + recommendation)",
+        "fine-tune the two-tower retriever (search; its user tower recommends)",
         StageCommand("retriever"),
     ),
     "reranker": (
         "fine-tune the cross-encoder reranker (grades + debiased clicks)",
         StageCommand("reranker"),
+    ),
+    "recommender": (
+        "choose what /recommend serves: the best baseline or a LightGBM mix of the sources",
+        StageCommand("recommender"),
     ),
     "drift": (
         "Evidently drift check of the latest day against the champion's training window",

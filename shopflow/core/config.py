@@ -107,6 +107,11 @@ class PrepareConfig(Section):
     judgments_test_share: float = Field(gt=0, lt=1)
     judgments_valid_share: float = Field(ge=0, lt=1)
     history_length: int = Field(ge=1)
+    train_days: int | None = Field(
+        ge=1,
+        description="days before valid the models train on; earlier days of the window are "
+        "history (customer profiles, buy again, the recommenders' counts). null: all",
+    )
 
     @model_validator(mode="after")
     def _shares_leave_training_data(self) -> PrepareConfig:
@@ -119,6 +124,33 @@ class ModelsConfig(Section):
     base: str
     allow_download: bool
     device: Literal["auto", "cpu", "cuda"]
+
+
+class Bm25Config(Section):
+    """The lexical baseline and first stage: BM25F over the product's fields (`models.lexical`),
+    stemmed, with k1, b and the field weights tuned by the baselines stage."""
+
+    stemmer: str | None = Field(description="Snowball language (PyStemmer); null: no stemming")
+    k1: float = Field(gt=0, description="the tuning's start, and the value without tuning")
+    b: float = Field(ge=0, le=1)
+    weights: dict[Literal["title", "brand", "category", "attributes", "description"], float] = (
+        Field(description="per field; 0 leaves a field out")
+    )
+    tune: bool = Field(description="choose k1, b and the weights on judged non-test queries")
+    k1_grid: list[float] = Field(min_length=1)
+    b_grid: list[float] = Field(min_length=1)
+    weight_grid: list[float] = Field(min_length=1)
+    max_tuning_queries: int = Field(ge=1, description="judged queries sampled for the tuning")
+
+    @model_validator(mode="after")
+    def _sane(self) -> Bm25Config:
+        if any(w < 0 for w in [*self.weights.values(), *self.weight_grid]):
+            raise ValueError("weights and weight_grid must be >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise ValueError("weights: at least one field needs a weight above 0")
+        if any(k <= 0 for k in self.k1_grid) or any(not 0 <= b <= 1 for b in self.b_grid):
+            raise ValueError("k1_grid values must be > 0 and b_grid values in [0, 1]")
+        return self
 
 
 class PretrainConfig(Section):
@@ -210,11 +242,43 @@ class RankerConfig(Section):
     )
 
 
+RecommendSource = Literal["popularity", "buy_again", "ease", "item_knn", "user_tower"]
+
+
+class RecommendConfig(Section):
+    """Recommendations: what they leave out, the baselines' knobs (tuned on the valid
+    split), and the mix of candidate sources a LightGBM ranker reorders (the recommender
+    stage, `engine.recommend`)."""
+
+    exclude: Literal["auto", "none", "purchased", "interacted"] = Field(
+        description="what a list leaves out; auto: none when rebuy_share of the valid "
+        "purchases re-buy, else purchased"
+    )
+    rebuy_share: float = Field(gt=0, le=1)
+    sources: list[RecommendSource] = Field(min_length=1, description="the mix's candidates")
+    popularity_half_life_days: list[float | None] = Field(min_length=1, description="grid")
+    buy_again_half_life_days: list[float | None] = Field(min_length=1, description="grid")
+    ease_l2: list[float] = Field(min_length=1, description="grid of EASE's λ")
+    ease_max_items: int = Field(ge=2, description="most popular products EASE covers")
+    knn_neighbours: list[int] = Field(min_length=1, description="grid")
+    knn_shrink: float = Field(ge=0)
+    item_neighbours: int = Field(ge=1, description="kept per product of EASE and kNN")
+    candidates: int = Field(ge=1, description="each source's top products the ranker reads")
+    folds: int = Field(ge=2, description="customer folds of the mix's cross-validation")
+    ranker: RankerConfig
+
+    @model_validator(mode="after")
+    def _positive_grids(self) -> RecommendConfig:
+        halves = [*self.popularity_half_life_days, *self.buy_again_half_life_days]
+        if any(h is not None and h <= 0 for h in halves):
+            raise ValueError("half-lives must be > 0 (null: no decay)")
+        if any(v <= 0 for v in [*self.ease_l2, *self.knn_neighbours]):
+            raise ValueError("ease_l2 and knn_neighbours values must be > 0")
+        return self
+
+
 class EvaluationConfig(Section):
     relevant_at: float = Field(description="grade counted as relevant by MRR, recall, MAP")
-    exclude_history: bool = Field(
-        description="recommenders never return what the user already interacted with"
-    )
     significance: float = Field(gt=0, lt=1)
     confidence: float = Field(gt=0, lt=1, description="level of every interval")
     resamples: int = Field(ge=100, description="bootstrap and permutation resamples")
@@ -385,10 +449,12 @@ class Params(Section):
     validate_: ValidateConfig = Field(alias="validate")
     prepare: PrepareConfig
     models: ModelsConfig
+    bm25: Bm25Config
     pretrain: PretrainConfig
     retriever: RetrieverConfig
     reranker: RerankerConfig
     ranker: RankerConfig
+    recommend: RecommendConfig
     evaluation: EvaluationConfig
     serving: ServingConfig
     gate: GateConfig

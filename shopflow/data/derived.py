@@ -8,6 +8,9 @@
   recommendation.
 - `users`: per user, the latest `history_length` products interacted with and every product
   bought, over all splits: what the service personalises and filters with.
+- `interactions`: every click, add-to-cart and purchase with its split, over the whole
+  window (history included): what the recommenders and customer profiles read
+  (`data.profiles`), and the exclusion rule it implies (`recommend.exclude`).
 - `corpus`: the shop's own text (products + training queries) for pretrain-adapt.
 
 Every example takes its labels only from events of its own split.
@@ -21,7 +24,8 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.data.features import attribute_text
-from shopflow.data.splits import SPLITS, split_by_time, split_judgments, time_boundaries
+from shopflow.data.profiles import exclusion_policy, interactions
+from shopflow.data.splits import HISTORY, SPLITS, split_by_time, split_judgments, time_boundaries
 
 LABELS = {"click": 1, "add_to_cart": 2, "purchase": 3}
 
@@ -32,6 +36,12 @@ class Prepared:
     boundaries: dict[str, str]
     metrics: dict[str, object]
     corpus: list[str]
+
+    @property
+    def recommend(self) -> dict | None:
+        """The exclusion rule recommendations follow, and why (None without events)."""
+        value = self.metrics.get("recommend")
+        return value if isinstance(value, dict) else None
 
 
 def click_pairs(events: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +150,12 @@ def derive_tables(tables: dict[str, pd.DataFrame], params: Params) -> Prepared:
         sequences = purchase_sequences(events, histories)
         out["pairs"], out["sequences"], out["histories"] = pairs, sequences, histories
         out["users"] = user_profiles(events, params.prepare.history_length)
-        metrics["events"] = events["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
+        out["interactions"] = acts = interactions(events)
+        recommend = exclusion_policy(acts, bounds, params.recommend)
+        metrics["recommend"] = recommend
+        metrics["events"] = (
+            events["split"].value_counts().reindex([HISTORY, *SPLITS], fill_value=0).to_dict()
+        )
         metrics["pairs"] = {
             s: {
                 "rows": int((pairs["split"] == s).sum()),

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 MAX_DESCRIPTION_CHARS = 300
+# The fields of a product that lexical search indexes apart (BM25F, `models.lexical`).
+PRODUCT_FIELDS = ("title", "brand", "category", "attributes", "description")
 
 
 def attribute_text(attributes: object) -> str:
@@ -32,6 +34,23 @@ def product_text(
         parts = (row.title, row.brand, row.category, attribute_text(row.attributes), description)
         texts.append(" | ".join(str(p) for p in parts if isinstance(p, str) and p))
     return texts
+
+
+def product_fields(products: pd.DataFrame) -> dict[str, list[str]]:
+    """Each of `PRODUCT_FIELDS` as one text per product ("" where the product has none);
+    category paths keep their words ("Garden > Hoses" gives "Garden Hoses")."""
+
+    def column(name: str) -> list[str]:
+        values = products[name] if name in products else pd.Series([None] * len(products))
+        return [v if isinstance(v, str) else "" for v in values]
+
+    return {
+        "title": column("title"),
+        "brand": column("brand"),
+        "category": [c.replace(">", " ") for c in column("category")],
+        "attributes": [attribute_text(a) for a in column("attributes")],
+        "description": column("description"),
+    }
 
 
 def query_text(query: str | None, recent_titles: Sequence[str] = (), max_items: int = 3) -> str:

@@ -1,7 +1,8 @@
 """Leakage-free splits: events by time, judgments by query.
 
 - Events split by time: the last `prepare.test_days` are test, the `valid_days` before are
-  valid, the rest train. Every example takes its split from its own timestamp, so no later
+  valid, the rest train; with `prepare.train_days`, only that many days before valid are
+  train and earlier ones `history` (what the shop knows of its customers, not trained on). Every example takes its split from its own timestamp, so no later
   timestamp crosses into an earlier split.
 - Judgments split by query: a hash of the normalized query picks the split, so a query (and
   every product judged for it) sits in exactly one split, stable across runs and data growth.
@@ -20,10 +21,12 @@ from shopflow.core.errors import ConfigError
 from shopflow.data.contract import normalize_text
 
 SPLITS = ("train", "valid", "test")
+HISTORY = "history"  # events before the training window: profiles and counts, no training
 
 
 def time_boundaries(params: Params) -> dict[str, pd.Timestamp]:
-    """Start of valid and of test (UTC midnights); train is everything before valid."""
+    """Start of valid and of test (UTC midnights), and of train when `prepare.train_days`
+    leaves earlier days of the window to history; else train is everything before valid."""
     window = params.ingest.window
     cfg = params.prepare
     if cfg.test_days + cfg.valid_days >= window.days:
@@ -33,13 +36,21 @@ def time_boundaries(params: Params) -> dict[str, pd.Timestamp]:
         )
     _, end = window.bounds()
     test_start = pd.Timestamp(end) - pd.Timedelta(days=cfg.test_days)
-    return {"valid": test_start - pd.Timedelta(days=cfg.valid_days), "test": test_start}
+    bounds = {"valid": test_start - pd.Timedelta(days=cfg.valid_days), "test": test_start}
+    if cfg.train_days is not None:
+        train_start = bounds["valid"] - pd.Timedelta(days=cfg.train_days)
+        if train_start > pd.Timestamp(window.bounds()[0]):
+            bounds["train"] = train_start
+    return bounds
 
 
 def split_by_time(ts: pd.Series, bounds: dict[str, pd.Timestamp]) -> pd.Series:
+    """train / valid / test by time; `history` before the training window, if it starts."""
     split = np.where(
         ts >= bounds["test"], "test", np.where(ts >= bounds["valid"], "valid", "train")
     )
+    if "train" in bounds:
+        split = np.where(ts < bounds["train"], HISTORY, split)
     return pd.Series(split, index=ts.index, dtype="object")
 
 
@@ -62,5 +73,7 @@ def split_judgments(judgments: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def training_days(params: Params) -> list[dt.date]:
     """The days of the window that fall in the train split (a model's training window)."""
-    valid = time_boundaries(params)["valid"].date()
-    return [d for d in params.ingest.window.dates() if d < valid]
+    bounds = time_boundaries(params)
+    valid = bounds["valid"].date()
+    first = bounds["train"].date() if "train" in bounds else params.ingest.window.start
+    return [d for d in params.ingest.window.dates() if first <= d < valid]

@@ -3,7 +3,8 @@
 One folder: the retriever with the catalogue's vectors (`retriever/`, `index/` inside), the
 reranker (`reranker/`, absent when its stage was skipped or the serving mix chosen on the
 valid split left it out: the retriever's order is served),
-the catalogue and the user profiles, plus `shopflow.json` with versions and the serving
+the catalogue and the user profiles, the recommender (`recommender/`, `engine.recommend`),
+plus `shopflow.json` with versions and the serving
 settings (`bundle_settings`, and what the serving mix chose: the first stage, dense or hybrid,
 and the final stage; BM25 is rebuilt from the catalogue on load), and the feature ranker
 (`ranker/`) when the mix serves it. The model store saves bundles as BentoML
@@ -24,10 +25,12 @@ from shopflow.core.artifacts import read_json, write_json, write_parquet
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
 from shopflow.engine.fusion import DENSE
+from shopflow.engine.recommend import Recommender
 from shopflow.engine.search import Catalogue, PairScorer, SearchEngine
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
 from shopflow.models.feature_ranker import FeatureRanker
+from shopflow.models.lexical import Bm25Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ INFO = "shopflow.json"
 CATALOGUE = "catalogue.parquet"
 USERS = "users.parquet"
 RANKER = "ranker"  # the feature ranker's folder, in a reranker stage output and in a bundle
+RECOMMENDER = "recommender"  # the served recommender (`engine.recommend`), as the stage saved it
 
 
 def bundle_settings(params: Params) -> dict:
@@ -59,8 +63,10 @@ def save_bundle(
     prepared_dir: Path,
     settings: dict,
     info: dict,
+    recommender_dir: Path | None = None,
 ) -> Path:
-    """Copy what serving needs into `out` (a fresh folder): models, catalogue, users, info."""
+    """Copy what serving needs into `out` (a fresh folder): models, catalogue, users, the
+    recommender, info."""
     if not (retriever_dir / "index" / "item_vectors.npy").exists():
         raise StageInputError(f"{retriever_dir}: no retriever with an index; run `dvc repro`")
     out.mkdir(parents=True, exist_ok=False)
@@ -76,6 +82,8 @@ def save_bundle(
     write_parquet(products, out / CATALOGUE)
     if (prepared_dir / USERS).exists():
         shutil.copy2(prepared_dir / USERS, out / USERS)
+    if recommender_dir is not None and recommender_dir.exists():
+        shutil.copytree(recommender_dir, out / RECOMMENDER, ignore=shutil.ignore_patterns("eval"))
     write_json(out / INFO, {**info, "settings": {**settings, **mix}})
     return out
 
@@ -97,8 +105,9 @@ def serves(reranker_dir: Path) -> bool:
 
 
 def served_mix(reranker_dir: Path, settings: dict) -> dict:
-    """The serving mix's `first_stage` (dense | hybrid), `final` (none | ltr | reranker) and
-    `rrf_k`: a bundle's own, else what the reranker stage chose, else dense (no reranker
+    """The serving mix's `first_stage` (dense | hybrid), `final` (none | ltr | reranker),
+    `rrf_k` and the BM25 settings it was measured with (`bm25`, None before they were
+    tuned): a bundle's own, else what the reranker stage chose, else dense (no reranker
     stage, or a model from before these choices)."""
     if "first_stage" in settings:
         meta = settings
@@ -109,6 +118,7 @@ def served_mix(reranker_dir: Path, settings: dict) -> dict:
         "first_stage": meta.get("first_stage", DENSE),
         "final": final,
         "rrf_k": meta.get("rrf_k", 60.0),
+        "bm25": meta.get("bm25"),
     }
 
 
@@ -135,6 +145,7 @@ def assemble_engine(
     info: dict | None = None,
     item_prior: np.ndarray | None = None,
     ranker_dir: Path | None = None,
+    recommender: Recommender | None = None,
 ) -> SearchEngine:
     """An engine from model folders over `products`. The saved product vectors are used when
     they are of exactly these products; otherwise the catalogue is embedded again (a champion
@@ -176,6 +187,8 @@ def assemble_engine(
         first_stage=stage["first_stage"],
         rrf_k=stage["rrf_k"],
         ranker=ranker,
+        bm25=Bm25Settings.from_dict(stage["bm25"]) if stage["bm25"] else None,
+        recommender=recommender,
     )
 
 
@@ -189,6 +202,9 @@ def load_engine(
     settings = info["settings"]
     products = pd.read_parquet(bundle / CATALOGUE)
     users = pd.read_parquet(bundle / USERS) if (bundle / USERS).exists() else None
+    recommender = (
+        Recommender.load(bundle / RECOMMENDER) if (bundle / RECOMMENDER).exists() else None
+    )
     engine = assemble_engine(
         bundle / "retriever",
         bundle / "reranker",
@@ -198,6 +214,7 @@ def load_engine(
         users,
         info,
         ranker_dir=bundle / RANKER,
+        recommender=recommender,
     )
     runtime = runtime or settings.get("onnx", "none")
     if runtime in ("fp32", "int8"):
@@ -205,7 +222,8 @@ def load_engine(
 
         use_onnx(engine, bundle / "onnx" / runtime)
     log.info(
-        "serving bundle %s: %d products (%s %s search), then %s, %d users, %s runtime",
+        "serving bundle %s: %d products (%s %s search), then %s, %d users, recommending "
+        "with %s, %s runtime",
         bundle,
         len(engine.catalogue),
         engine.first_stage,
@@ -214,6 +232,7 @@ def load_engine(
         if engine.reranker is not None
         else ("the feature ranker" if engine.ranker is not None else "nothing"),
         len(engine.users),
+        "nothing" if recommender is None else recommender.settings.serve,
         f"ONNX {runtime}" if runtime in ("fp32", "int8") else "torch",
     )
     return engine

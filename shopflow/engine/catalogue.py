@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shopflow.data.features import product_text
+from shopflow.data.features import product_fields, product_text
 
 Candidates = list[tuple[str, float]]  # (product id, first-stage score), best first
 
@@ -48,7 +48,8 @@ class Catalogue:
         self.categories = column.fillna("").astype(str).to_numpy()
         price = products.get("price", pd.Series([np.nan] * len(products)))
         self.prices = pd.to_numeric(price, errors="coerce").to_numpy(float)
-        self.texts = product_text(products)
+        self.texts = product_text(products)  # what the encoders read
+        self.fields = product_fields(products)  # what BM25F reads
         self.position = {pid: i for i, pid in enumerate(self.ids)}
 
     def __len__(self) -> int:

@@ -3,8 +3,9 @@ signals, computed the same way in training, evaluation and the service.
 
 Every feature is relative to one query's candidate list or to the product, never to the
 first stage that found it, so one ranker reorders dense and hybrid candidates alike:
-the retriever's cosine and its rank in the list, BM25's score and rank, how much of the
-query the title holds (share of query terms, all of them or not), the query's length, the
+the retriever's cosine and its rank in the list, BM25F's score and rank and each field's own
+BM25 score (title, brand, category, attributes, description), how much of the query the
+title holds (share of query terms, all of them or not), the query's length, the
 product's price and popularity (the retriever's fitted popularity prior, 0 without events).
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shopflow.engine.catalogue import Candidates, Catalogue
+from shopflow.models.feature_ranker import FEATURES
 from shopflow.models.lexical import BM25
 
 _TERM = re.compile(r"[a-z0-9]+")
@@ -45,9 +47,15 @@ class FeatureExtractor:
         self.log_price = np.log1p(np.nan_to_num(catalogue.prices, nan=0.0).clip(min=0))
         self.popularity = np.zeros(len(catalogue), np.float32) if popularity is None else popularity
 
-    def __call__(self, query: str, cands: Candidates, priors: Sequence[float]) -> np.ndarray:
-        """One row per candidate, in the order of `models.feature_ranker.FEATURES`
-        (`priors`: the candidates' retriever cosines)."""
+    def __call__(
+        self,
+        query: str,
+        cands: Candidates,
+        priors: Sequence[float],
+        names: Sequence[str] = FEATURES,
+    ) -> np.ndarray:
+        """One row per candidate, one column per feature of `names` (any of
+        `models.feature_ranker.FEATURES`; `priors`: the candidates' retriever cosines)."""
         ids = [p for p, _ in cands]
         at = [self.catalogue.position[p] for p in ids]
         cosine = np.asarray(priors, np.float32)
@@ -55,16 +63,18 @@ class FeatureExtractor:
         wanted = terms(query)
         found = np.array([len(wanted & self.title_terms[i]) for i in at], np.float32)
         share = found / max(1, len(wanted))
-        return np.column_stack(
-            [
-                cosine,
-                ranks(cosine),
-                bm25,
-                ranks(bm25),
-                share,
-                (share == 1.0) & (len(wanted) > 0),
-                np.full(len(ids), len(wanted), np.float32),
-                self.log_price[at],
-                self.popularity[at],
-            ]
-        ).astype(np.float32)
+        columns = {
+            "dense_cosine": cosine,
+            "dense_rank": ranks(cosine),
+            "bm25": bm25,
+            "bm25_rank": ranks(bm25),
+            "title_term_share": share,
+            "title_has_all_terms": (share == 1.0) & (len(wanted) > 0),
+            "query_terms": np.full(len(ids), len(wanted), np.float32),
+            "log_price": self.log_price[at],
+            "popularity": self.popularity[at],
+        }
+        if any(name.startswith("bm25_") and name != "bm25_rank" for name in names):
+            for field, scores in self.lexical.field_scores_of(query, ids).items():
+                columns[f"bm25_{field}"] = scores
+        return np.column_stack([columns[name] for name in names]).astype(np.float32)

@@ -31,10 +31,11 @@ from shopflow.engine.fusion import (
     reciprocal_rank_fusion,
 )
 from shopflow.engine.ranking_features import FeatureExtractor
+from shopflow.engine.recommend import Recommender, Tower, user_tower
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder
 from shopflow.models.feature_ranker import FeatureRanker
-from shopflow.models.lexical import BM25
+from shopflow.models.lexical import BM25, Bm25Settings
 from shopflow.models.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class PairScorer:
 
 class SearchEngine:
     """First stage (dense, or hybrid with BM25) → cross-encoder or feature ranker (or
-    neither) over one catalogue. BM25 (`lexical`) is built here when the hybrid or the
-    feature ranker needs it and none is given to share."""
+    neither) over one catalogue. BM25 (`lexical`) is built here, with the `bm25` settings the
+    baselines stage tuned, when the hybrid or the feature ranker needs it and none is given
+    to share."""
 
     def __init__(
         self,
@@ -90,6 +92,8 @@ class SearchEngine:
         lexical: BM25 | None = None,
         rrf_k: float = 60.0,
         ranker: FeatureRanker | None = None,
+        bm25: Bm25Settings | None = None,
+        recommender: Recommender | None = None,
     ) -> None:
         if len(retriever.item_ids) != len(catalogue) or list(retriever.item_ids) != list(
             catalogue.ids
@@ -116,13 +120,22 @@ class SearchEngine:
         self.rrf_k = rrf_k
         self.ranker = ranker if reranker is None else None  # the cross-encoder comes first
         if lexical is None and (first_stage == HYBRID or self.ranker is not None):
-            lexical = BM25(catalogue.ids, catalogue.texts)
+            lexical = BM25.of_fields(catalogue.ids, catalogue.fields, bm25 or Bm25Settings())
         self.lexical = lexical
         self.features = (
             None
             if self.ranker is None or lexical is None
             else FeatureExtractor(catalogue, lexical, retriever.item_prior)
         )
+        self.recommender = recommender
+        if recommender is not None:
+            if list(recommender.index.ids) != list(catalogue.ids):
+                raise StageInputError(
+                    "the recommender's products do not match the catalogue (re-run the "
+                    "recommender stage, or rebuild the bundle)"
+                )
+            if "user_tower" in recommender.settings.needs():
+                recommender.tower = self.user_tower()
 
     @property
     def reorders(self) -> bool:
@@ -267,22 +280,42 @@ class SearchEngine:
         """Without a cross-encoder: the feature ranker's scores, else the first stage's."""
         if self.ranker is None or self.features is None or not cands:
             return [s for _, s in cands]
-        return self.ranker.score(self.features(query, cands, priors)).tolist()
+        features = self.features(query, cands, priors, self.ranker.features)
+        return self.ranker.score(features).tolist()
+
+    def user_tower(self) -> Tower:
+        """The retriever's query tower over customers' recent products: a recommendation
+        source (`engine.recommend`)."""
+        titles = dict(zip(self.catalogue.ids, self.catalogue.titles, strict=True))
+        return user_tower(self.retriever, titles, self.history_items)
 
     def recommend(
         self,
-        recents: Sequence[Sequence[str]],
+        user_keys: Sequence[str | None],
         k: int = 10,
-        exclude: Sequence[Sequence[str]] | None = None,
+        recents: Sequence[Sequence[str]] | None = None,
     ) -> list[list[Hit]]:
-        """Next products for each history (latest last): the user tower's nearest products
-        plus the retriever's fitted popularity prior, never one in `exclude` (what the user
-        already bought)."""
-        if not len(recents):
-            return []
-        vectors = self.embed_queries([self.history_text(None, r) for r in recents])
-        found = self.retrieve(vectors, k, exclude=exclude, bias=self.retriever.recommend_bias)
-        return [self.merge(c, [s for _, s in c], k) for c in found]
+        """Next products for each customer (`user_keys`; None: anonymous) and the products
+        sent with the request (`recents`), from the served recommender; never one its
+        exclusion rule (`recommend.exclude`) leaves out."""
+        if self.recommender is None:
+            raise StageInputError(
+                "this model serves no recommendations (it was trained without purchases)"
+            )
+        keys = [key if key is not None else f"anonymous-{i}" for i, key in enumerate(user_keys)]
+        found = self.recommender.recommend(keys, k, recents)
+        return [
+            [
+                Hit(
+                    product_id=pid,
+                    title=str(self.catalogue.titles[self.catalogue.position[pid]]),
+                    score=score,
+                    retriever_score=0.0,
+                )
+                for pid, score in row
+            ]
+            for row in found
+        ]
 
     def rank_candidates(
         self, query: str, product_ids: Sequence[str]

@@ -23,7 +23,7 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
-from shopflow.evaluation import interleaving, ranking, significance
+from shopflow.evaluation import interleaving, ranking, recommend, significance
 from shopflow.evaluation.gate import decide
 from shopflow.evaluation.guardrails import beyond_accuracy, guardrails, query_slices
 from shopflow.evaluation.heldout import HeldOut
@@ -45,10 +45,10 @@ def score_system(system: System, split: HeldOut, params: Params) -> dict:
             ranking.judged_share(split.qrels, ranked)
         )
         out["search_lists"] = [ranked[q][:TOP] for q in split.queries]
-    if split.targets:
-        lists = system.recommend(split.histories, split.exclude)
-        out["recommend"] = ranking.next_item(split.targets, lists, TOP)
-        out["recommend_lists"] = lists
+    if split.purchases is not None:
+        lists = system.recommend(split.purchases)
+        out["recommend"] = recommend.score_lists(split.purchases, lists, TOP)
+        out["recommend_lists"] = [lists.get(u, []) for u in split.purchases.users]
     return out
 
 
@@ -118,7 +118,7 @@ def primary_metric(params: Params, split: HeldOut) -> tuple[str, str]:
     task, column = choice.split("_", 1)
     if task == "search" and not split.qrels:
         raise StageInputError(f"gate.primary is {choice} but the test split has no judged queries")
-    if task == "recommend" and not split.targets:
+    if task == "recommend" and split.purchases is None:
         raise StageInputError(f"gate.primary is {choice} but the test split has no purchases")
     return task, column
 
@@ -179,7 +179,7 @@ def compare_systems(
             "%s scored on %d queries and %d purchases in %.1fs",
             name,
             len(split.qrels),
-            len(split.targets),
+            0 if split.purchases is None else len(split.purchases),
             time.perf_counter() - t0,
         )
     chal, champ = scored["challenger"], scored["champion"]
@@ -197,9 +197,11 @@ def compare_systems(
     primary = {
         "metric": f"{task}_{column}",
         "confidence": ev.confidence,
+        "unit": "customer" if task == "recommend" else "query",
         **significance.compare(
             chal[task][column],
             champ[task][column],
+            clusters=chal[task]["cluster"].to_numpy() if task == "recommend" else None,
             confidence=ev.confidence,
             resamples=ev.resamples,
             seed=params.seed,
@@ -219,7 +221,10 @@ def compare_systems(
     decision = decide(primary, simulated, rails, params.gate)
     log.info("decision: %s — %s", decision["verdict"].upper(), "; ".join(decision["reasons"]))
     summary = {
-        name: {t: ranking.means(s[t]) for t in ("search", "recommend") if t in s}
+        name: {
+            **({"search": ranking.means(s["search"])} if "search" in s else {}),
+            **({"recommend": recommend.summary(s["recommend"])} if "recommend" in s else {}),
+        }
         for name, s in scored.items()
     }
     result = {

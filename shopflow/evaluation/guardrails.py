@@ -125,9 +125,23 @@ def guardrails(
     rails: list[Guardrail] = []
     slice_table: dict = {}
 
-    def per_query(name: str, a: pd.Series, b: pd.Series, margin: float, note: str = "") -> None:
+    def per_query(
+        name: str,
+        a: pd.Series,
+        b: pd.Series,
+        margin: float,
+        note: str = "",
+        clusters: pd.Series | None = None,
+    ) -> None:
         p = (
-            significance.worse_by_more_than(a, b, margin, resamples=ev.resamples, seed=params.seed)
+            significance.worse_by_more_than(
+                a,
+                b,
+                margin,
+                clusters=None if clusters is None else clusters.to_numpy(),
+                resamples=ev.resamples,
+                seed=params.seed,
+            )
             if len(a) >= 2
             else None
         )
@@ -202,6 +216,8 @@ def guardrails(
             chal["recommend"]["hit@10"],
             champ["recommend"]["hit@10"],
             m.recommend_hit_at_10,
+            note="customers resampled",
+            clusters=chal["recommend"]["cluster"],
         )
         rails.append(
             Guardrail(

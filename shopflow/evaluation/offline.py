@@ -2,9 +2,9 @@
 
 Every model stage writes its per-query scores (`<model>/eval/*.parquet`) so that later
 comparisons are paired: the reranker against BM25, the zero-shot encoder and the retriever;
-the A/B evaluation of challenger against champion. Search is scored on the judged test
-queries (NDCG@10, MRR@10, MAP, Recall@100), recommendation on the test purchases (HitRate@10,
-NDCG@10 of the next product bought, history excluded as in serving).
+the A/B evaluation of challenger against champion. Search is scored here on the judged test
+queries (NDCG@10, MRR@10, MAP, Recall@100); recommendations on the held-out purchases in
+`evaluation.recommend`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.features import history_texts, titles_of
 from shopflow.data.tables import Tables, split_of
 from shopflow.evaluation import ranking, significance
 from shopflow.models.bi_encoder import BiEncoder
-from shopflow.models.popularity import CoOccurrenceRecommender, without_history
 
 log = logging.getLogger(__name__)
 
@@ -43,61 +41,33 @@ def search_scores(
     return ranking.per_query(qrels, ranked, params.evaluation.relevant_at)
 
 
-def baseline_scores(
+def baseline_search_scores(
     tables: Tables,
     bm25_search: Callable[[list[str]], Hits],
     zero_shot_search: Callable[[list[str]], Hits],
-    popular: pd.Series,
-    cooccurrence: pd.DataFrame,
     params: Params,
 ) -> dict[str, pd.DataFrame]:
-    """Every baseline's per-query (search) or per-purchase (recommend) test scores."""
-    result: dict[str, pd.DataFrame] = {}
+    """BM25's and the zero-shot encoder's per-query test scores (none without judgments)."""
     qrels = test_qrels(tables)
-    if qrels:
-        queries = list(qrels)
-        runs = {"bm25": bm25_search(queries), "zero_shot_encoder": zero_shot_search(queries)}
-        for name, hits in runs.items():
-            result[f"{name}_search"] = search_scores(qrels, queries, hits, params)
-    test = split_of(tables, "sequences", "test")
-    if test is not None:
-        histories = [list(h) if params.evaluation.exclude_history else [] for h in test["history"]]
-        depth = TOP + max((len(h) for h in histories), default=0)
-        popular_top = list(popular.index[:depth])
-        recommender = CoOccurrenceRecommender(cooccurrence, popular)
-        recommendations = {
-            "popularity": [without_history(popular_top, h) for h in histories],
-            "cooccurrence": [
-                without_history(recommender.recommend(list(h), depth), seen)
-                for h, seen in zip(test["history"], histories, strict=True)
-            ],
-        }
-        targets = list(test["product_id"])
-        for name, recs in recommendations.items():
-            result[f"{name}_recommend"] = ranking.next_item(targets, recs)
-    return result
+    if not qrels:
+        return {}
+    queries = list(qrels)
+    runs = {"bm25": bm25_search(queries), "zero_shot_encoder": zero_shot_search(queries)}
+    return {
+        f"{name}_search": search_scores(qrels, queries, hits, params) for name, hits in runs.items()
+    }
 
 
 def bi_encoder_scores(
     encoder: BiEncoder, tables: Tables, params: Params
 ) -> dict[str, pd.DataFrame]:
-    """Search and recommendation test scores of a bi-encoder that has the catalogue indexed
-    (and its popularity prior fitted)."""
-    out: dict[str, pd.DataFrame] = {}
+    """Search test scores of a bi-encoder that has the catalogue indexed (its user tower is
+    measured as a recommendation source by the recommender stage)."""
     qrels = test_qrels(tables)
-    if qrels:
-        queries = list(qrels)
-        out["search"] = search_scores(qrels, queries, encoder.search(queries, SEARCH_DEPTH), params)
-    test = split_of(tables, "sequences", "test")
-    if test is not None:
-        titles = titles_of(tables["products"])
-        texts = history_texts(test["history"], titles, params.retriever.history_items)
-        exclude = [list(h) for h in test["history"]] if params.evaluation.exclude_history else None
-        hits = encoder.search(texts, k=TOP, exclude=exclude, bias=encoder.recommend_bias)
-        out["recommend"] = ranking.next_item(
-            test["product_id"].tolist(), [[pid for pid, _ in h] for h in hits]
-        )
-    return out
+    if not qrels:
+        return {}
+    queries = list(qrels)
+    return {"search": search_scores(qrels, queries, encoder.search(queries, SEARCH_DEPTH), params)}
 
 
 def summarize(per_query: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, float]]:

@@ -1,11 +1,13 @@
 """Is a difference between two systems real? Paired statistics over the same queries.
 
 Every comparison shopflow makes is paired: both systems answer the same test queries, so the
-per-query differences carry the signal and the query-to-query variance cancels. Used here:
+per-query differences carry the signal and the query-to-query variance cancels. And every
+one resamples independent units: a search query is one; the purchases of one customer are
+not, so recommendation rows are resampled by customer (`PairedDifferences`). Used here:
 
 - a paired bootstrap confidence interval of the mean difference (scipy's BCa bootstrap over
-  the per-query differences);
-- a paired permutation test (random sign flips of the differences; scipy's
+  clusters);
+- a paired permutation test (random sign flips of whole clusters; scipy's
   `permutation_test`), one-sided toward the alternative that matters to the caller;
 - a non-inferiority test: is the challenger worse by more than a margin? (the same test on
   differences shifted by the margin);
@@ -26,36 +28,74 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 Alternative = Literal["greater", "less", "two-sided"]
+Clusters = ArrayLike | None  # a cluster label per row (a customer, an invoice); None: each row
 
 
-def _differences(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    first, second = np.asarray(a, float), np.asarray(b, float)
-    if first.shape != second.shape or first.ndim != 1:
-        raise ValueError(f"paired runs must be equally long, got {first.shape} and {second.shape}")
-    if len(first) < 2:
-        raise ValueError("a paired comparison needs at least 2 queries")
-    return first - second
+class PairedDifferences:
+    """Row differences a - b summed per independent unit (cluster).
+
+    Rows of one cluster are not independent: the purchases of one invoice share one history
+    and one recommendation list, so they hit or miss together. Resampling rows as if
+    independent makes a 168-invoice test look like a 3,525-purchase one. Every statistic
+    here resamples clusters and keeps the row-level estimand: the mean difference over rows,
+    sum of the differences / number of rows (Field & Welsh 2007, the cluster bootstrap;
+    the sign-flip test flips a whole cluster's rows together). Without clusters each row is
+    its own cluster and these are the usual paired tests.
+    """
+
+    def __init__(self, a: ArrayLike, b: ArrayLike, clusters: Clusters = None) -> None:
+        first, second = np.asarray(a, float), np.asarray(b, float)
+        if first.shape != second.shape or first.ndim != 1:
+            raise ValueError(
+                f"paired runs must be equally long, got {first.shape} and {second.shape}"
+            )
+        if len(first) < 2:
+            raise ValueError("a paired comparison needs at least 2 queries")
+        diff = first - second
+        if clusters is None:
+            self.sums, self.sizes = diff, np.ones(len(diff))
+        else:
+            labels = np.asarray(clusters)
+            if labels.shape != diff.shape:
+                raise ValueError(f"{len(labels)} cluster labels for {len(diff)} paired rows")
+            _, index = np.unique(labels, return_inverse=True)
+            self.sums = np.bincount(index, weights=diff)
+            self.sizes = np.bincount(index).astype(float)
+        self.rows = len(diff)
+        self.mean = float(diff.mean())
+        self.constant = bool(np.ptp(diff) == 0)
+
+    @property
+    def clusters(self) -> int:
+        return len(self.sums)
 
 
 def bootstrap_ci(
     a: ArrayLike,
     b: ArrayLike,
     *,
+    clusters: Clusters = None,
     confidence: float = 0.95,
     resamples: int = 10_000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Confidence interval of mean(a - b) by the paired (BCa) bootstrap."""
+    """Confidence interval of mean(a - b) by the paired (BCa) bootstrap over clusters."""
     from scipy import stats
 
-    diff = _differences(a, b)
-    if np.ptp(diff) == 0:  # every query moved by the same amount: no sampling spread
-        return float(diff[0]), float(diff[0])
+    paired = PairedDifferences(a, b, clusters)
+    if paired.constant:  # every row moved by the same amount: no sampling spread
+        return paired.mean, paired.mean
+    if paired.clusters < 2:
+        return -math.inf, math.inf
+
+    def ratio(sums: np.ndarray, sizes: np.ndarray, axis: int = -1) -> np.ndarray:
+        return sums.sum(axis=axis) / sizes.sum(axis=axis)
 
     def interval(method: str) -> tuple[float, float]:
         result = stats.bootstrap(
-            (diff,),
-            np.mean,
+            (paired.sums, paired.sizes),
+            ratio,
+            paired=True,
             n_resamples=resamples,
             confidence_level=confidence,
             method=method,
@@ -74,25 +114,29 @@ def permutation_p(
     a: ArrayLike,
     b: ArrayLike,
     *,
+    clusters: Clusters = None,
     alternative: Alternative = "greater",
     shift: float = 0.0,
     resamples: int = 10_000,
     seed: int = 0,
 ) -> float:
-    """p-value of the paired permutation (sign-flip) test of mean(a - b + shift) vs 0.
+    """p-value of the paired permutation (sign-flip) test of mean(a - b + shift) vs 0, each
+    cluster's rows flipped together.
 
     `alternative="greater"`: evidence that a beats b. With `shift` = a margin and
     `alternative="less"`, it tests whether a is worse than b by more than the margin.
-    Exact (all 2^n sign patterns) when n is small, Monte Carlo otherwise.
+    Exact (all 2^n sign patterns) when the clusters are few, Monte Carlo otherwise.
     """
     from scipy import stats
 
-    diff = _differences(a, b) + shift
-    if not diff.any():
+    paired = PairedDifferences(a, b, clusters)
+    shifted = paired.sums + shift * paired.sizes
+    if not shifted.any():
         return 1.0
+    rows = paired.rows
     result = stats.permutation_test(
-        (diff,),
-        lambda d, axis: np.mean(d, axis=axis),
+        (shifted,),
+        lambda d, axis: np.sum(d, axis=axis) / rows,
         permutation_type="samples",
         alternative=alternative,
         n_resamples=resamples,
@@ -106,24 +150,28 @@ def compare(
     a: ArrayLike,
     b: ArrayLike,
     *,
+    clusters: Clusters = None,
     confidence: float = 0.95,
     resamples: int = 10_000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Means, difference, its interval and the one-sided p-value that a beats b."""
+    """Means, difference, its interval and the one-sided p-value that a beats b, resampling
+    `clusters` (independent units) when given; `n` rows in `clusters` units."""
     a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
-    diff = _differences(a_arr, b_arr)
-    low, high = bootstrap_ci(a_arr, b_arr, confidence=confidence, resamples=resamples, seed=seed)
-    wilcoxon = wilcoxon_p(a_arr, b_arr)
+    paired = PairedDifferences(a_arr, b_arr, clusters)
+    low, high = bootstrap_ci(
+        a_arr, b_arr, clusters=clusters, confidence=confidence, resamples=resamples, seed=seed
+    )
     return {
         "challenger": float(a_arr.mean()),
         "champion": float(b_arr.mean()),
-        "difference": float(diff.mean()),
+        "difference": paired.mean,
         "ci_low": low,
         "ci_high": high,
-        "p_value": permutation_p(a_arr, b_arr, resamples=resamples, seed=seed),
-        "p_wilcoxon_two_sided": wilcoxon,
-        "n": len(diff),
+        "p_value": permutation_p(a_arr, b_arr, clusters=clusters, resamples=resamples, seed=seed),
+        "p_wilcoxon_two_sided": wilcoxon_p(a_arr, b_arr) if clusters is None else math.nan,
+        "n": paired.rows,
+        "clusters": paired.clusters,
     }
 
 
@@ -135,9 +183,8 @@ def paired_test(a: ArrayLike, b: ArrayLike) -> dict[str, float]:
     """
     from scipy import stats
 
-    diff = _differences(a, b)
     a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
-    if not diff.any():
+    if not PairedDifferences(a_arr, b_arr).sums.any():
         return {
             "mean_a": float(a_arr.mean()),
             "mean_b": float(b_arr.mean()),
@@ -149,7 +196,7 @@ def paired_test(a: ArrayLike, b: ArrayLike) -> dict[str, float]:
     return {
         "mean_a": round(float(a_arr.mean()), 4),
         "mean_b": round(float(b_arr.mean()), 4),
-        "mean_diff": round(float(diff.mean()), 4),
+        "mean_diff": round(float((a_arr - b_arr).mean()), 4),
         "p_ttest": float(stats.ttest_rel(a_arr, b_arr).pvalue),
         "p_wilcoxon": wilcoxon_p(a_arr, b_arr),
         "n": len(a_arr),
@@ -160,7 +207,7 @@ def wilcoxon_p(a: ArrayLike, b: ArrayLike) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired runs (1.0 when they never differ)."""
     from scipy import stats
 
-    if not _differences(a, b).any():
+    if not PairedDifferences(a, b).sums.any():
         return 1.0
     return float(stats.wilcoxon(np.asarray(a, float), np.asarray(b, float)).pvalue)
 
@@ -170,11 +217,21 @@ def worse_by_more_than(
     b: ArrayLike,
     margin: float,
     *,
+    clusters: Clusters = None,
     resamples: int = 10_000,
     seed: int = 0,
 ) -> float:
-    """One-sided p-value that a is worse than b by more than `margin` (mean(a - b) < -margin)."""
-    return permutation_p(a, b, alternative="less", shift=margin, resamples=resamples, seed=seed)
+    """One-sided p-value that a is worse than b by more than `margin` (mean(a - b) < -margin),
+    clusters flipped together."""
+    return permutation_p(
+        a,
+        b,
+        clusters=clusters,
+        alternative="less",
+        shift=margin,
+        resamples=resamples,
+        seed=seed,
+    )
 
 
 def sessions_per_arm(

@@ -23,12 +23,19 @@ from shopflow.core.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
-# What the ranker reads, in order (computed by `engine.ranking_features.FeatureExtractor`).
+# What a newly fitted ranker reads, in order (computed by
+# `engine.ranking_features.FeatureExtractor`, which computes any of these by name: a ranker
+# saved with fewer of them, before the per-field BM25 scores, still loads and scores).
 FEATURES = (
     "dense_cosine",
     "dense_rank",
     "bm25",
     "bm25_rank",
+    "bm25_title",
+    "bm25_brand",
+    "bm25_category",
+    "bm25_attributes",
+    "bm25_description",
     "title_term_share",
     "title_has_all_terms",
     "query_terms",
@@ -59,16 +66,28 @@ def labels_of(grades: np.ndarray, lowest: float) -> np.ndarray:
 class FeatureRanker:
     """Scores candidates from their features; fitted with early stopping, saved as text."""
 
-    def __init__(self, booster, curve: dict[str, list[float]] | None = None) -> None:
+    def __init__(
+        self,
+        booster,
+        curve: dict[str, list[float]] | None = None,
+        features: tuple[str, ...] = FEATURES,
+    ) -> None:
         self.booster = booster  # a lightgbm.Booster
+        self.features = features  # what it reads, in order
         # NDCG@10 after each tree on the training and the stopping lists (fitted models only)
         self.curve = curve or {}
 
     @classmethod
     def fit(
-        cls, train: RankingData, stop: RankingData, cfg: RankerConfig, seed: int
+        cls,
+        train: RankingData,
+        stop: RankingData,
+        cfg: RankerConfig,
+        seed: int,
+        features: tuple[str, ...] = FEATURES,
     ) -> tuple[FeatureRanker, dict]:
-        """LambdaMART on `train`, stopped when NDCG@10 on `stop` (other queries) stops rising."""
+        """LambdaMART on `train` (columns named by `features`), stopped when NDCG@10 on `stop`
+        (other queries or customers) stops rising."""
         import lightgbm
 
         top = int(max(train.labels.max(initial=0), stop.labels.max(initial=0)))
@@ -110,12 +129,12 @@ class FeatureRanker:
             "stop_queries": len(stop.groups),
             "importance": {
                 f: round(float(g / max(gain.sum(), 1e-12)), 4)
-                for f, g in sorted(zip(FEATURES, gain, strict=True), key=lambda fg: -fg[1])
+                for f, g in sorted(zip(features, gain, strict=True), key=lambda fg: -fg[1])
             },
         }
         log.info("feature ranker: %s", info)
         fitted = {name: [float(v) for v in curve[name]["ndcg@10"]] for name in curve}
-        return cls(booster, fitted), info
+        return cls(booster, fitted, features), info
 
     def score(self, features: np.ndarray) -> np.ndarray:
         if not len(features):
@@ -125,18 +144,24 @@ class FeatureRanker:
     def save(self, folder: Path, info: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / MODEL), num_iteration=self.booster.best_iteration)
-        write_json(folder / INFO, {"kind": "feature_ranker", "features": list(FEATURES), **info})
+        write_json(
+            folder / INFO, {"kind": "feature_ranker", "features": list(self.features), **info}
+        )
 
     @classmethod
-    def load(cls, folder: Path) -> FeatureRanker:
+    def load(
+        cls, folder: Path, known: tuple[str, ...] = FEATURES, stage: str = "reranker"
+    ) -> FeatureRanker:
+        """A saved ranker; one reading a feature this code does not compute (`known`) is an
+        error naming the `stage` to re-run."""
         import lightgbm
 
         if not (folder / MODEL).exists():
-            raise StageInputError(f"{folder}: no feature ranker ({MODEL}); re-run the reranker")
+            raise StageInputError(f"{folder}: no feature ranker ({MODEL}); re-run the {stage}")
         saved = read_json(folder / INFO).get("features")
-        if saved != list(FEATURES):
+        if not isinstance(saved, list) or not set(saved) <= set(known):
             raise StageInputError(
-                f"{folder}: the feature ranker reads {saved}, this code computes "
-                f"{list(FEATURES)}: re-run the reranker stage"
+                f"{folder}: the feature ranker reads {saved}, this code computes only "
+                f"{list(known)}: re-run the {stage} stage"
             )
-        return cls(lightgbm.Booster(model_file=str(folder / MODEL)))
+        return cls(lightgbm.Booster(model_file=str(folder / MODEL)), features=tuple(saved))

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.features import product_text
 from shopflow.engine.bundle import load_engine
 from shopflow.models.bi_encoder import BiEncoder, base_bi_encoder
-from shopflow.models.lexical import BM25
+from shopflow.models.lexical import BM25, configured
 from shopflow.monitoring.reference import Window
 
 
@@ -68,7 +67,7 @@ def baseline_probe(
 ) -> Probe:
     """The baseline champion: BM25's top score, and the base encoder's embeddings (the
     baseline has none; the base encoder is what every model starts from)."""
-    bm25 = BM25(products["product_id"], product_text(products))
+    bm25 = BM25.of_products(products, configured(params.bm25))
     encoder = encoder or base_bi_encoder(params.models)
 
     def top_score(queries: Sequence[str]) -> np.ndarray:

@@ -55,8 +55,8 @@ def deploy_champion(params: Params) -> dict:
     champion = Registry(params.promote.registry).champion()
     if champion is None or champion.kind != "model":
         raise DeployError(
-            "the champion is the BM25 + popularity baseline: there is no model to deploy yet "
-            "(a night must promote one first)"
+            "the champion is the baselines (BM25F, best recommender): there is no model to "
+            "deploy yet (a night must promote one first)"
         )
     bento = ensure_bento(champion)
     if params.deploy.target == "bentocloud":

@@ -11,7 +11,7 @@ never half of each. Changes are serialised by an exclusive `flock` on `registry.
 two nights (or a night and a rollback) cannot interleave. Each entry carries the hash of the
 one before it; a log edited by hand or truncated is detected on read and named.
 
-The first champion is the BM25 + popularity baseline (`kind: baseline`): it is rebuilt from
+The first champion is the baselines (BM25F, best recommender) (`kind: baseline`): it is rebuilt from
 each night's data, so it has no BentoML model or Bento, and the first trained model must
 beat it like any other challenger.
 """
@@ -75,7 +75,9 @@ class Entry:
         return Entry(**{**body, "hash": digest})
 
     def summary(self) -> str:
-        what = self.bento_tag or self.model_tag or "BM25 + popularity (rebuilt nightly)"
+        what = (
+            self.bento_tag or self.model_tag or "BM25F + best recommend baseline (rebuilt nightly)"
+        )
         return f"#{self.id} {self.action:<9} {self.at}  {self.version}  {what}  {self.reason}"
 
 
@@ -214,7 +216,8 @@ class Registry:
             os.close(directory)
 
     def ensure_baseline(self, metrics: dict, data_hash: str | None = None) -> Entry:
-        """The BM25 + popularity baseline as the first champion, when the registry is empty."""
+        """The baselines (BM25F, best recommender) as the first champion, when the registry
+        is empty."""
         with self.locked():
             champion, entries = self._read()
             if entries:
@@ -226,7 +229,8 @@ class Registry:
                     at=now(),
                     kind="baseline",
                     version=BASELINE_VERSION,
-                    reason="first run: the BM25 + popularity baseline is the first champion",
+                    reason="first run: the baselines (BM25F, best recommender) are the first "
+                    "champion",
                     metrics=metrics,
                     data_hash=data_hash,
                 ),
@@ -241,8 +245,8 @@ class Registry:
         target = self._previous_model(current) if to is None else self.entry(to)
         if target.kind != "model":
             raise RegistryError(
-                f"entry #{target.id} is the BM25 + popularity baseline: it has no Bento to "
-                "serve (it is the reference the first model had to beat)"
+                f"entry #{target.id} is the baselines (BM25F, best recommender): it has no Bento "
+                "to serve (it is the reference the first model had to beat)"
             )
         if target.version == current.version:
             raise RegistryError(f"{target.version} is already the champion (#{current.id})")

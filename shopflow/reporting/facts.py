@@ -109,7 +109,7 @@ def data_facts(manifest: dict) -> dict:
 def training_section(project: Path) -> dict:
     """The training stages' final numbers (metrics/*.json) and which curves exist."""
     out = {}
-    for stage in ("pretrain", "retriever", "reranker"):
+    for stage in ("pretrain", "retriever", "reranker", "recommender"):
         metrics = read_fact(project / paths.metrics(stage))
         curves = sorted(
             str(p.relative_to(project / paths.live(stage)))

@@ -2,8 +2,11 @@
 
 `bento/bentofile.yaml` lists exactly the files the service imports and sets
 `lock_packages: false` (locking reaches the network). A Bento is labelled with the version of
-the model it packs, so it is found again (`find_bento`) instead of being rebuilt, and so a
-served Bento is pinned to its own model (`packed_model`), whatever else the store holds.
+the model it packs and a hash of the sources it packs (the bentofile, every file it
+includes, the pinned requirements), so it is found again (`find_bento`) instead of being
+rebuilt only while both are the same: a shopflow upgrade rebuilds the Bento of an unchanged
+model. A served Bento is pinned to its own model (`packed_model`), whatever else the store
+holds.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def build_bento(model_tag: str) -> str:
             bento = bentoml.bentos.build_bentofile(
                 str(BENTOFILE),
                 build_ctx=str(ROOT),
-                labels={"model_version": version},
+                labels={"model_version": version, "sources": sources_hash()},
                 reload=True,
             )
     except bentoml.exceptions.BentoMLException as exc:
@@ -64,12 +67,36 @@ def build_bento(model_tag: str) -> str:
     return str(bento.tag)
 
 
+def sources_hash() -> str:
+    """A short hash of what a Bento packs besides the model: the bentofile, the files it
+    includes and the requirements it installs."""
+    import hashlib
+
+    import yaml
+
+    spec = yaml.safe_load(BENTOFILE.read_text(encoding="utf-8"))
+    files = [BENTOFILE, *(ROOT / p for p in spec.get("include", []))]
+    requirements = (spec.get("python") or {}).get("requirements_txt")
+    if requirements:
+        files.append(ROOT / requirements)
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        digest.update(path.read_bytes() if path.exists() else b"(missing)")
+    return digest.hexdigest()[:16]
+
+
 def find_bento(model_tag: str) -> str | None:
-    """The newest Bento in the store built for `model_tag` (None when there is none)."""
+    """The newest Bento in the store built for `model_tag` from today's sources (None when
+    there is none: a Bento of the same model with older service code is not reused)."""
     import bentoml
 
-    version = model_tag.split(":", 1)[1]
-    packing = [b for b in bentoml.list() if b.info.labels.get("model_version") == version]
+    version, sources = model_tag.split(":", 1)[1], sources_hash()
+    packing = [
+        b
+        for b in bentoml.list()
+        if b.info.labels.get("model_version") == version and b.info.labels.get("sources") == sources
+    ]
     packing.sort(key=lambda b: b.info.creation_time, reverse=True)
     return str(packing[0].tag) if packing else None
 

@@ -59,6 +59,7 @@ def save_model(
             prepared_dir=prepared_dir,
             settings=bundle_settings(params),
             info={"model_name": MODEL_NAME},
+            recommender_dir=models_dir / paths.RECOMMENDER.name,
         )
         if (drift_reference / "window.json").exists():
             shutil.copytree(drift_reference, staging / REFERENCE)

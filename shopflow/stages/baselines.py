@@ -1,10 +1,13 @@
 """Stage `baselines`: the models every trained model must beat, and their test numbers.
 
-BM25 over product text (`shopflow.models.lexical`), popularity and item-to-item
-co-occurrence (`shopflow.models.popularity`), and the base encoder used zero-shot. Writes
-`data/models/baselines/` (the BM25 index, popularity, co-occurrence, per-query test scores in
-`eval/`) and `metrics/baselines.json` (BM25 and the zero-shot encoder on the judgments' test
-split; popularity and co-occurrence on the test purchases).
+BM25F over the product's fields, stemmed, with k1, b and the field weights tuned on the
+judged train and valid queries (`shopflow.models.lexical`, `shopflow.evaluation.bm25_tuning`),
+the base encoder used zero-shot, and the recommenders a specialist builds first (recent
+popularity, buy again, EASE, item-kNN: `shopflow.models.recommenders`), each knob chosen on
+the valid purchases (`shopflow.evaluation.recommend`). Writes `data/models/baselines/` (the
+BM25 settings every later lexical search uses, the tuned recommend baselines and which is
+best, the popularity prior of the search features, per-query and per-purchase test scores in
+`eval/`) and `metrics/baselines.json`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from shopflow.core.artifacts import staged_dir, write_json, write_parquet
 from shopflow.core.config import Params
 from shopflow.data.features import product_text
 from shopflow.data.tables import read_prepared
-from shopflow.evaluation.offline import SEARCH_DEPTH, baseline_scores, summarize
+from shopflow.evaluation import recommend
+from shopflow.evaluation.bm25_tuning import tuned_bm25
+from shopflow.evaluation.offline import SEARCH_DEPTH, baseline_search_scores, summarize
+from shopflow.evaluation.recommend import read_policy, recommend_baselines, split_starts
 from shopflow.models.bi_encoder import base_bi_encoder
-from shopflow.models.lexical import BM25
-from shopflow.models.popularity import cooccurrence, popularity
+from shopflow.models.popularity import popularity
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +40,51 @@ def run(params: Params) -> dict:
     tables = read_prepared()
     products = tables["products"]
     texts = product_text(products)
-    bm25 = BM25(products["product_id"], texts)
+    bm25, tuning = tuned_bm25(products, tables.get("judgments"), params.bm25, params.seed)
     popular = popularity(tables.get("pairs", NO_PAIRS), tables.get("sequences", NO_SEQUENCES))
-    co = cooccurrence(tables.get("sequences", NO_SEQUENCES), popular)
 
     def zero_shot(queries: list[str]) -> list[list[tuple[str, float]]]:
         encoder = base_bi_encoder(params.models, max_len=params.retriever.max_item_len)
         encoder.index(products["product_id"].tolist(), texts)
         return encoder.search(queries, k=SEARCH_DEPTH)
 
-    per_query = baseline_scores(
-        tables, lambda q: bm25.search(q, k=SEARCH_DEPTH), zero_shot, popular, co, params
+    per_query = baseline_search_scores(
+        tables, lambda q: bm25.search(q, k=SEARCH_DEPTH), zero_shot, params
     )
-    result = summarize(per_query)
+    recommenders = None
+    if "interactions" in tables:
+        recommenders = recommend_baselines(
+            tables["interactions"],
+            products,
+            split_starts(),
+            read_policy()["exclude"],
+            params.recommend,
+            params.retriever.history_items,
+        )
+    result: dict = {
+        **summarize(per_query),
+        "bm25_settings": {**bm25.settings.as_dict(), **tuning},
+    }
+    if recommenders is not None:
+        result.update(
+            {
+                f"{name}_recommend": recommend.summary(frame)
+                for name, frame in recommenders.test.items()
+            }
+        )
+        result["recommend_baselines"] = {**recommenders.settings.as_dict(), **recommenders.info}
     with staged_dir(paths.BASELINES) as staging:
-        bm25.save(staging / "bm25")
+        bm25.settings.save(staging / paths.BM25_SETTINGS.relative_to(paths.BASELINES), tuning)
         write_parquet(popular.reset_index(), staging / "popularity.parquet")
-        write_parquet(co, staging / "cooccurrence.parquet")
         for name, frame in per_query.items():
             write_parquet(frame, paths.evaluation_of(staging) / f"{name}.parquet")
+        if recommenders is not None:
+            write_json(
+                staging / paths.RECOMMEND_BASELINE.relative_to(paths.BASELINES),
+                {**recommenders.settings.as_dict(), **recommenders.info},
+            )
+            for name, frame in recommenders.test.items():
+                write_parquet(frame, paths.evaluation_of(staging) / f"{name}_recommend.parquet")
     write_json(paths.metrics("baselines"), result)
     log.info("baselines on the test split: %s (%.1fs)", result, time.perf_counter() - started)
     return result

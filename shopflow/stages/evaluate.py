@@ -2,7 +2,7 @@
 
 The champion is whatever the registry points to: a promoted model (its bundle from the
 BentoML store, re-embedding tonight's catalogue so that models, not catalogue snapshots, are
-compared) or, before any promotion, the BM25 + popularity baseline rebuilt from tonight's
+compared) or, before any promotion, the baselines (BM25F, best recommender) rebuilt from tonight's
 data. The comparison and the gate are `shopflow.evaluation.ab_test`.
 
 Writes `data/evaluation/` (per-query tables and top-10 lists), `reports/decision.json` (the
@@ -38,13 +38,13 @@ def run(params: Params) -> dict:
     label = (
         f"#{entry.id} {entry.version}"
         if entry
-        else "BM25 + popularity baseline (empty registry: the first champion)"
+        else "tuned BM25F + the best recommend baseline (empty registry: the first champion)"
     )
     log.info("champion: %s", label)
     bundle = champion_bundle(entry)
     systems: dict[str, System] = {
-        "challenger": challenger_system(params, split.products),
-        "champion": champion_system(bundle, split.products, split.popular, params),
+        "challenger": challenger_system(params, split),
+        "champion": champion_system(bundle, split, params),
     }
     comparison = compare_systems(systems, split, tables, params)
     reranker = paths.RERANKER

@@ -28,8 +28,10 @@ def run(params: Params) -> Prepared:
         for name, frame in result.tables.items():
             write_parquet(frame, staging / f"{name}.parquet")
         (staging / paths.CORPUS.name).write_text("\n".join(result.corpus) + "\n", encoding="utf-8")
+        if result.recommend is not None:
+            write_json(staging / paths.RECOMMEND_POLICY.name, result.recommend)
         write_json(
-            staging / "splits.json",
+            staging / paths.SPLITS.name,
             {
                 "time_boundaries": result.boundaries,
                 "source": manifest["source"],

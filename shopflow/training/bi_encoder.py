@@ -11,8 +11,9 @@ judgments, clicks and purchases (`retrieval_examples`). The loss is InfoNCE over
 (`losses.contrastive_loss`): every other positive and every hard negative compete with the
 true product.
 
-After training, the popularity prior's weight in recommendations is fitted on the valid split
-and the catalogue is embedded once, to be saved beside the model.
+After training, the catalogue is embedded once and saved beside the model with the training
+split's popularity (the feature ranker reads it). The query tower reading a customer's
+recent products (no query) is the user tower, one of the recommendation mix's sources.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ import torch
 
 from shopflow.core import paths
 from shopflow.core.artifacts import files_hash, write_json, write_parquet
-from shopflow.core.config import Params, RetrieverConfig
-from shopflow.data.features import history_texts, product_text, titles_of
+from shopflow.core.config import RetrieverConfig
+from shopflow.data.features import product_text
 from shopflow.data.tables import read_prepared
-from shopflow.evaluation import ranking
 from shopflow.evaluation.offline import bi_encoder_scores, summarize
 from shopflow.models.base import quiet_transformers, require_model
-from shopflow.models.bi_encoder import BiEncoder, TextEncoder, top_k
+from shopflow.models.bi_encoder import BiEncoder, TextEncoder
+from shopflow.models.lexical import Bm25Settings
 from shopflow.models.popularity import popularity, popularity_prior
 from shopflow.models.tokens import pad, tokenize
 from shopflow.training.loop import Fitted, Runtime, batch_order, shard
@@ -51,48 +52,17 @@ from shopflow.training.trainer import TrainingTask, training_figures
 log = logging.getLogger(__name__)
 
 
-PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
-MAX_VALID_HISTORIES = 2000
-
-
-def fit_prior_weight(retriever: BiEncoder, tables: dict[str, pd.DataFrame], params: Params) -> dict:
-    """Weight of the popularity prior in recommendations, chosen on the valid split.
-
-    Bought-next is dominated by best-sellers in many shops (on the synthetic one popularity
-    alone has twice the retriever's HitRate@10); the user tower alone cannot know that. The
-    grid includes 0, so a shop where popularity does not help keeps the pure retriever.
-    """
-    empty_pairs = pd.DataFrame(columns=["split", "label", "product_id"])
-    sequences = tables.get("sequences")
-    if sequences is None or not (sequences["split"] == "valid").any():
-        return {"weight": 0.0, "reason": "no valid purchases to fit it on"}
-    popular = popularity(tables.get("pairs", empty_pairs), sequences)
-    retriever.item_prior = popularity_prior(popular, retriever.item_ids)
-    valid = sequences[sequences["split"] == "valid"]
-    if len(valid) > MAX_VALID_HISTORIES:
-        valid = valid.sample(MAX_VALID_HISTORIES, random_state=params.seed)
-    titles = titles_of(tables["products"])
-    texts = history_texts(valid["history"], titles, params.retriever.history_items)
-    vectors = retriever.encode(texts, "embedding valid histories", retriever.query_max_len)
-    banned = retriever.banned([list(h) for h in valid["history"]])
-    targets = valid["product_id"].tolist()
-    hit_rates = {}
-    for weight in PRIOR_WEIGHTS:
-        bias = weight * retriever.item_prior if weight else None
-        hits = top_k(vectors, retriever.item_vectors, retriever.item_ids, 10, banned, bias)
-        recs = [[pid for pid, _ in row] for row in hits]
-        hit_rates[weight] = float(ranking.next_item(targets, recs)["hit@10"].mean())
-    best = max(PRIOR_WEIGHTS, key=lambda w: (hit_rates[w], -w))
-    retriever.prior_weight = best
-    log.info(
-        "popularity prior weight %.2f (valid HitRate@10 %s)",
-        best,
-        ", ".join(f"{w:g}: {h:.4f}" for w, h in hit_rates.items()),
-    )
+def attach_popularity(retriever: BiEncoder, tables: dict[str, pd.DataFrame]) -> dict:
+    """The training split's popularity on the retriever's products (`item_prior`), saved with
+    its vectors: the feature ranker's popularity feature. Without clicks or purchases there
+    is none."""
+    pairs, sequences = tables.get("pairs"), tables.get("sequences")
+    if pairs is None or sequences is None:
+        return {"popularity_prior": False, "reason": "no click or purchase log"}
+    retriever.item_prior = popularity_prior(popularity(pairs, sequences), retriever.item_ids)
     return {
-        "weight": best,
-        "valid_hit@10": {str(w): round(h, 4) for w, h in hit_rates.items()},
-        "n": len(valid),
+        "popularity_prior": True,
+        "products_with_interactions": int((retriever.item_prior > 0).sum()),
     }
 
 
@@ -134,7 +104,9 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         require_model(paths.ENCODER, "pretrain")
         self.tables = read_prepared()
         products = self.tables["products"]
-        negatives = bm25_negatives(self.tables, cfg.bm25_negative_depth)
+        negatives = bm25_negatives(
+            self.tables, cfg.bm25_negative_depth, Bm25Settings.load(paths.BM25_SETTINGS)
+        )
         examples = training_examples(self.tables, params, negatives)
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
@@ -223,7 +195,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             cfg.eval_batch_size,
         )
         self.encoder.index(products["product_id"].tolist(), self.item_texts)
-        prior = fit_prior_weight(self.encoder, self.tables, self.params)
+        prior = attach_popularity(self.encoder, self.tables)
         self.per_query = bi_encoder_scores(self.encoder, self.tables, self.params)
         sources = pd.Series(self.train_batches.examples.sources).value_counts().to_dict()
         result = {

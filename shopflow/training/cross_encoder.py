@@ -55,7 +55,7 @@ from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
 from shopflow.models.feature_ranker import FeatureRanker
-from shopflow.models.lexical import BM25
+from shopflow.models.lexical import BM25, Bm25Settings
 from shopflow.training.feature_ranker import fit_feature_ranker
 from shopflow.training.listwise_groups import (
     PRIOR_FIT_GROUPS,
@@ -265,7 +265,8 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         cfg = self.knobs
         reranker = CrossEncoder(model, self.pairs, runtime.device, cfg.eval_batch_size)
         catalogue = Catalogue(self.tables["products"])
-        lexical = BM25(catalogue.ids, catalogue.texts)
+        self.bm25 = Bm25Settings.load(paths.BM25_SETTINGS)
+        lexical = BM25.of_fields(catalogue.ids, catalogue.fields, self.bm25)
         fitted_ranker = fit_feature_ranker(
             self.retriever, catalogue, lexical, self.tables, self.params
         )
@@ -360,6 +361,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
             "first_stage": chosen.first_stage,
             "final": chosen.final,
             "rrf_k": self.params.serving.rrf_k,
+            "bm25": self.bm25.as_dict(),
             "metrics": result.get("test", {}),
         }
         write_json(folder / "shopflow.json", meta)

@@ -21,8 +21,8 @@ import pandas as pd
 
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
-from shopflow.data.features import history_texts, product_text, query_text, titles_of
-from shopflow.models.lexical import BM25
+from shopflow.data.features import history_texts, query_text, titles_of
+from shopflow.models.lexical import BM25, Bm25Settings
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,14 @@ def validation_examples(tables: dict[str, pd.DataFrame], params: Params) -> Exam
     return examples.subset(np.random.default_rng(params.seed).permutation(len(examples))[:size])
 
 
-def bm25_negatives(tables: dict[str, pd.DataFrame], depth: int) -> dict[str, list[str]]:
+def bm25_negatives(
+    tables: dict[str, pd.DataFrame], depth: int, settings: Bm25Settings
+) -> dict[str, list[str]]:
+    """BM25's top `depth` for each judged train query (with the tuned `settings`)."""
     judged = tables.get("judgments")
     if judged is None or not (judged["split"] == "train").any():
         return {}
-    products = tables["products"]
     queries = sorted(judged.loc[judged["split"] == "train", "query"].unique())
-    bm25 = BM25(products["product_id"], product_text(products))
+    bm25 = BM25.of_products(tables["products"], settings)
     hits = bm25.search(queries, k=depth)
     return {q: [pid for pid, _ in h] for q, h in zip(queries, hits, strict=True)}

@@ -4,13 +4,17 @@ filters and exclusions hold, and a shop without a reranker is served by the retr
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
+from shopflow.data.profiles import WEIGHTS
 from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
+from shopflow.engine.recommend import Recommender, RecommendSettings
 from shopflow.engine.search import Filters
 from shopflow.stages import reranker, retriever
+from shopflow.models.recommenders import ItemIndex
 from tests.conftest import tiny_params
 from tests.model.test_finetune import write_planted_shop
 
@@ -32,6 +36,24 @@ def trained_shop(in_tmp):
         }
     )
     users.to_parquet(prepared / "users.parquet")
+    products = pd.read_parquet(prepared / "products.parquet")["product_id"]
+    bought = pd.DataFrame(
+        {  # u1 bought the red kettle twice and clicked the blue mug; the others buy sets
+            "ts": pd.to_datetime(
+                ["2026-10-01", "2026-10-05", "2026-10-06"] + ["2026-10-02"] * 6, utc=True
+            ),
+            "user_key": ["u1", "u1", "u1", "u2", "u2", "u2", "u3", "u3", "u3"],
+            "product_id": ["p-red-kettle", "p-red-kettle", "p-blue-mug"]
+            + ["p-red-kettle", "p-red-lamp", "p-red-towel"] * 2,
+            "event_type": ["purchase", "purchase", "click"] + ["purchase"] * 6,
+        }
+    )
+    acts = bought.assign(split="train", weight=bought["event_type"].map(WEIGHTS))
+    settings = RecommendSettings(exclude="purchased", serve="ease", ease_l2=1.0)
+    as_of = pd.Timestamp("2026-10-10", tz="UTC")
+    Recommender.fit(acts, ItemIndex(products), as_of, settings).save(
+        in_tmp / "data/models/recommender"
+    )
     return in_tmp, params
 
 
@@ -43,6 +65,7 @@ def bundle(folder, params, name="bundle", reranker_dir="data/models/reranker"):
         prepared_dir=folder / "data/prepared",
         settings=bundle_settings(params),
         info={"model_name": "test"},
+        recommender_dir=folder / "data/models/recommender",
     )
 
 
@@ -75,8 +98,17 @@ def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
     assert sorted(h.product_id for h in engine.rank("plum mug", given)) == sorted(given)
     recent, bought = engine.user("u1")
     assert recent == ["p-red-kettle", "p-blue-mug"] and engine.user("nobody") == ([], [])
-    recommended = engine.recommend([recent], k=10, exclude=[recent + bought])[0]
-    assert len(recommended) == 10 and not {h.product_id for h in recommended} & set(recent)
+    recommended = [h.product_id for h in engine.recommend(["u1"], k=10)[0]]
+    assert len(recommended) == 10 and "p-red-kettle" not in recommended  # bought: excluded
+    # what others bought with the kettle, and the mug u1 clicked (EASE; clicks are not excluded)
+    assert set(recommended[:3]) == {"p-red-lamp", "p-red-towel", "p-blue-mug"}
+    again = engine.recommender.with_settings(
+        replace(engine.recommender.settings, serve="buy_again")
+    )
+    assert again.recommend(["u1"], k=1)[0][0][0] == "p-blue-mug"  # clicked, not bought: allowed
+    anonymous = [h.product_id for h in engine.recommend([None], k=3, recents=[["p-red-lamp"]])[0]]
+    # nothing bought, nothing left out: what was bought with the lamp comes first
+    assert set(anonymous[:2]) == {"p-red-kettle", "p-red-towel"}
     personal = engine.search(["plum mug"], k=5, recents=[recent])[0]
     assert len(personal) == 5
 

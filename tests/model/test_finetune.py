@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
+from shopflow.core import paths
 from shopflow.core.errors import StageInputError
 from shopflow.models.base import resolve_base_model
+from shopflow.models.lexical import Bm25Settings
 from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_pretrain import cli, encoder_weights
@@ -68,6 +70,7 @@ def write_planted_shop(folder: Path) -> None:
     products.to_parquet(prepared / "products.parquet")
     judgments.to_parquet(prepared / "judgments.parquet")
     shutil.copytree(resolve_base_model("tiny-random-bert"), folder / "data/models/encoder")
+    Bm25Settings().save(folder / paths.BM25_SETTINGS)  # as the baselines stage tunes them
 
 
 RETRIEVER = (

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 
 def split_of(products: pd.DataFrame) -> HeldOut:
     qrels = {"red sofa": {"p1": 3.0, "p2": 0.0}, "garden hose": {"p3": 2.0, "p4": 1.0}}
-    return HeldOut(products, qrels, [], [], None, pd.Series({"p1": 5.0, "p3": 1.0}))
+    return HeldOut(products, qrels, None, None, pd.Series({"p1": 5.0, "p3": 1.0}))
 
 
 def test_slices_and_brand_exposure_of_a_shop_with_categories_brands_and_logs():

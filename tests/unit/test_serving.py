@@ -170,3 +170,40 @@ def test_reciprocal_rank_fusion_adds_one_over_k_plus_rank():
     assert dict(fused)["c"] == pytest.approx(1 / 4 + 1 / 2)
     assert [p for p, _ in reciprocal_rank_fusion([["a", "b"], ["b", "a"]], depth=1)] == ["a"]
     assert order_of(["x", "y", "z"], np.array([0.0, 2.0, 1.0]), positive_only=True) == ["y", "z"]
+
+
+def test_a_bento_of_the_same_model_is_reused_only_while_its_sources_are_unchanged(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from shopflow.serving import bento_build
+
+    (tmp_path / "bento").mkdir()
+    bentofile = tmp_path / "bento" / "bentofile.yaml"
+    bentofile.write_text(
+        'include:\n  - "bento/service.py"\npython:\n  requirements_txt: "bento/requirements.txt"\n'
+    )
+    (tmp_path / "bento" / "service.py").write_text("answer = 1\n")
+    (tmp_path / "bento" / "requirements.txt").write_text("numpy==2.0\n")
+    monkeypatch.setattr(bento_build, "ROOT", tmp_path)
+    monkeypatch.setattr(bento_build, "BENTOFILE", bentofile)
+    built_from = bento_build.sources_hash()
+    store = [
+        SimpleNamespace(
+            tag="shopflow:old",
+            info=SimpleNamespace(
+                labels={"model_version": "v1", "sources": built_from}, creation_time=1
+            ),
+        )
+    ]
+    bentoml = pytest.importorskip("bentoml")
+    monkeypatch.setattr(bentoml, "list", lambda: store)
+    assert bento_build.find_bento("shopflow:v1") == "shopflow:old"
+    assert bento_build.find_bento("shopflow:v2") is None  # another model
+    (tmp_path / "bento" / "service.py").write_text("answer = 2\n")  # a shopflow upgrade
+    assert bento_build.sources_hash() != built_from
+    assert bento_build.find_bento("shopflow:v1") is None  # rebuilt, not reused
+    (tmp_path / "bento" / "service.py").write_text("answer = 1\n")
+    (tmp_path / "bento" / "requirements.txt").write_text("numpy==2.1\n")  # new pins
+    assert bento_build.find_bento("shopflow:v1") is None

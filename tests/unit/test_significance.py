@@ -83,3 +83,42 @@ def test_sessions_per_arm_matches_the_textbook_formula():
 def test_paired_runs_must_have_the_same_length():
     with pytest.raises(ValueError, match="equally long"):
         significance.compare([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_correlated_rows_make_the_row_level_test_wrong_and_the_cluster_test_right():
+    """40 customers with 20 purchases each; every purchase of a customer shares one list, so
+    the customer's rows move together. Under no true difference, the row-level test calls
+    far more than 5% of such experiments significant; the cluster-level test does not."""
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(40), 20)
+    row_level, cluster_level = [], []
+    for _ in range(200):
+        effect = np.repeat(rng.normal(0, 0.1, 40), 20)  # per customer, mean 0: no real gain
+        noise = rng.normal(0, 0.01, len(clusters))
+        a, b = 0.5 + effect + noise, np.full(len(clusters), 0.5)
+        row_level.append(significance.permutation_p(a, b, resamples=500, seed=1))
+        cluster_level.append(
+            significance.permutation_p(a, b, clusters=clusters, resamples=500, seed=1)
+        )
+    assert np.mean(np.array(row_level) < 0.05) > 0.3  # the planted trap: wrong
+    assert np.mean(np.array(cluster_level) < 0.05) < 0.09  # about alpha: right
+
+
+def test_the_cluster_test_is_the_test_on_cluster_sums_and_the_interval_widens():
+    rng = np.random.default_rng(4)
+    clusters = np.repeat(np.arange(30), 10)
+    per_cluster = rng.normal(0.02, 0.1, 30)
+    a = np.repeat(per_cluster, 10) + rng.normal(0, 0.01, 300)
+    b = np.zeros(300)
+    sums = np.bincount(clusters, weights=a - b)
+    assert significance.permutation_p(a, b, clusters=clusters, seed=3) == pytest.approx(
+        significance.permutation_p(sums / 10, np.zeros(30), seed=3)
+    )
+    rows = significance.bootstrap_ci(a, b, seed=3)
+    grouped = significance.bootstrap_ci(a, b, clusters=clusters, seed=3)
+    assert grouped[1] - grouped[0] > 2 * (rows[1] - rows[0])
+    result = significance.compare(a, b, clusters=clusters, seed=3)
+    assert result["n"] == 300 and result["clusters"] == 30
+    assert result["difference"] == pytest.approx(float((a - b).mean()))
+    with pytest.raises(ValueError, match="cluster labels"):
+        significance.compare(a, b, clusters=clusters[:10])
