@@ -13,8 +13,8 @@ from shopflow.data.profiles import WEIGHTS
 from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
 from shopflow.engine.recommend import Recommender, RecommendSettings
 from shopflow.engine.search import Filters
-from shopflow.stages import reranker, retriever
 from shopflow.models.recommenders import ItemIndex
+from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_finetune import write_planted_shop
 
@@ -96,7 +96,7 @@ def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
     assert engine.search(["plum mug"], k=5, filters=Filters(min_price=11))[0] == []
     given = ["p-red-mug", "p-blue-lamp", "p-white-towel"]
     assert sorted(h.product_id for h in engine.rank("plum mug", given)) == sorted(given)
-    recent, bought = engine.user("u1")
+    recent, _ = engine.user("u1")
     assert recent == ["p-red-kettle", "p-blue-mug"] and engine.user("nobody") == ([], [])
     recommended = [h.product_id for h in engine.recommend(["u1"], k=10)[0]]
     assert len(recommended) == 10 and "p-red-kettle" not in recommended  # bought: excluded

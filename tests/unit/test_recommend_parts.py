@@ -32,7 +32,7 @@ def test_the_exclusion_rule_is_one_function_with_three_answers():
     assert profiles.excluded(bought, seen, "none") == set()
     assert profiles.excluded(bought, seen, "purchased") == {"a"}
     assert profiles.excluded(bought, seen, "interacted") == {"a", "b"}
-    with pytest.raises(ConfigError, match="recommend.exclude"):
+    with pytest.raises(ConfigError, match=r"recommend\.exclude"):
         profiles.excluded(bought, seen, "everything")
 
 
