@@ -158,10 +158,11 @@ def tune_baselines(
     task: RecommendTask,
     cfg: RecommendConfig,
     start: RecommendSettings,
+    metric: str = "ndcg@10",
 ) -> tuple[RecommendSettings, dict]:
-    """Each baseline's knob chosen by valid NDCG@10 (the gate's recommendation metric;
-    HitRate@10 breaks ties, then the grid's order), and the best baseline as what the
-    settings serve: the first champion."""
+    """Each baseline's knob chosen by its valid `metric` (`choice_metric`: the gate's; the
+    other of NDCG@10 and HitRate@10 breaks ties, then the grid's order), and the best
+    baseline as what the settings serve: the first champion."""
     settings = start
     tried: dict[str, dict] = {}
     best: dict[str, float] = {}
@@ -173,7 +174,7 @@ def tune_baselines(
             candidate = replace(settings, serve=source, **{key: value})
             scores = evaluate(Recommender.fit(acts, index, task.start, candidate), task)
             hit, ndcg = float(scores["hit@10"].mean()), float(scores["ndcg@10"].mean())
-            results.append((ndcg, hit, value))
+            results.append((ndcg, hit, value) if metric == "ndcg@10" else (hit, ndcg, value))
             log.info(
                 "recommend baseline %s %s=%s: valid HitRate@10 %.4f, NDCG@10 %.4f (%.1fs)",
                 source,
@@ -183,27 +184,28 @@ def tune_baselines(
                 ndcg,
                 time.perf_counter() - started,
             )
-        ndcg, hit, value = max(results, key=lambda r: (r[0], r[1]))
+        first, _, value = max(results, key=lambda r: (r[0], r[1]))
         settings = replace(settings, **{key: value})
         tried[source] = {
             "knob": key,
             "chosen": value,
-            "valid_ndcg@10": {str(v): round(n, 4) for n, _, v in results},
-            "valid_hit@10": {str(v): round(h, 4) for _, h, v in results},
+            f"valid_{metric}": {str(v): round(m, 4) for m, _, v in results},
         }
-        best[source] = ndcg
+        best[source] = first
     champion = max(BASELINE_SOURCES, key=lambda s: (best[s], -BASELINE_SOURCES.index(s)))
     log.info(
-        "recommend baselines on %d valid purchases of %d customers: the best is %s (NDCG@10 %s)",
+        "recommend baselines on %d valid purchases of %d customers: the best is %s (%s %s)",
         len(task),
         len(task.users),
         champion,
+        metric,
         ", ".join(f"{s} {h:.4f}" for s, h in best.items()),
     )
     return replace(settings, serve=champion), {
         "tried": tried,
         "best": champion,
-        "valid_hit@10": best,
+        "metric": metric,
+        f"valid_{metric}": {s: round(v, 4) for s, v in best.items()},
     }
 
 
@@ -230,6 +232,7 @@ def recommend_baselines(
     exclude: str,
     cfg: RecommendConfig,
     history_items: int,
+    metric: str = "ndcg@10",
 ) -> BaselineRecommenders | None:
     """Tune every baseline on the valid split and score each on the test split (fitted on
     what was known when the test split starts); None without valid and test purchases."""
@@ -239,7 +242,7 @@ def recommend_baselines(
         return None
     index = ItemIndex(products["product_id"])
     settings, info = tune_baselines(
-        acts, index, valid, cfg, base_settings(cfg, exclude, history_items)
+        acts, index, valid, cfg, base_settings(cfg, exclude, history_items), metric
     )
     scores = {
         source: evaluate(
@@ -248,3 +251,9 @@ def recommend_baselines(
         for source in BASELINE_SOURCES
     }
     return BaselineRecommenders(settings, info, scores)
+
+
+def choice_metric(primary: str) -> str:
+    """What the recommendation choices compare (`gate.primary`): the gate's recommendation
+    metric when it is one, else NDCG@10."""
+    return primary.removeprefix("recommend_") if primary.startswith("recommend_") else "ndcg@10"

@@ -60,6 +60,7 @@ def run(params: Params) -> dict:
             read_policy()["exclude"],
             params.recommend,
             params.retriever.history_items,
+            recommend.choice_metric(params.gate.primary),
         )
     result: dict = {
         **summarize(per_query),

@@ -289,7 +289,7 @@ def fit_recommender(
         params.evaluation.resamples,
         params.seed,
         tower_ok=tower is not None,
-        metric=choice_metric(params),
+        metric=recommend.choice_metric(params.gate.primary),
     )
     served_settings = chosen.settings
     if served_settings.serve != MIX:  # a baseline alone: fit no other source
@@ -308,10 +308,3 @@ def fit_recommender(
         "test": {name: recommend.summary(frame) for name, frame in scores.items()},
     }
     return FittedRecommender(served, scores, result)
-
-
-def choice_metric(params: Params) -> str:
-    """What the recommendation choices compare: the gate's recommendation metric when it is
-    one, else NDCG@10."""
-    primary = params.gate.primary
-    return primary.removeprefix("recommend_") if primary.startswith("recommend_") else "ndcg@10"
