@@ -20,6 +20,7 @@ from shopflow.stages import (
     ingest,
     prepare,
     pretrain,
+    recommender,
     reranker,
     retriever,
     validate,
@@ -60,7 +61,18 @@ def shop(tmp_path_factory) -> dict:
     """The tiny synthetic shop's stage outputs and its model saved in a BentoML home."""
     work = tmp_path_factory.mktemp("shop")
     params = tiny_params(*MODEL_OVERRIDES)
-    for stage in (ingest, validate, drift, prepare, baselines, pretrain, retriever, reranker):
+    stages = (
+        ingest,
+        validate,
+        drift,
+        prepare,
+        baselines,
+        pretrain,
+        retriever,
+        reranker,
+        recommender,
+    )
+    for stage in stages:
         run_in(work, stage.run, params)
     env = {
         **os.environ,

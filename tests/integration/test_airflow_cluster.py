@@ -23,7 +23,16 @@ from tests.conftest import committed, copy_project
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
 GPU_STAGES = ("pretrain", "retriever", "reranker")
-DEFAULT_STAGES = ("resolve", "ingest", "validate", "drift", "prepare", "baselines", "evaluate")
+DEFAULT_STAGES = (
+    "resolve",
+    "ingest",
+    "validate",
+    "drift",
+    "prepare",
+    "baselines",
+    "recommender",
+    "evaluate",
+)
 # the cluster's own settings (params.local.yaml of each clone): no schedule (only the test's
 # run), no retries (a failure shows at once), fewer training steps than the tiny profile
 # (where the work runs is tested here, not what it learns)

@@ -41,11 +41,20 @@ STAGES = (
     "pretrain",
     "retriever",
     "reranker",
+    "recommender",
     "drift",
     "evaluate",
     "promote",
 )
-TRAINING = ("prepare", "baselines", "pretrain", "retriever", "reranker", "evaluate")
+TRAINING = (
+    "prepare",
+    "baselines",
+    "pretrain",
+    "retriever",
+    "reranker",
+    "recommender",
+    "evaluate",
+)
 CHECKS = ("resolve", "ingest", "validate", "drift")
 RUNNER = Path(__file__).with_name("airflow_run.py")
 DESCRIBE = """

@@ -27,6 +27,7 @@ STAGES = (
     "pretrain",
     "retriever",
     "reranker",
+    "recommender",
     "evaluate",
     "promote",
 )
@@ -105,6 +106,7 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         "baselines",
         "retriever",
         "reranker",
+        "recommender",
         "evaluate",
         "promote",
     }

@@ -53,9 +53,21 @@ def test_the_feature_ranker_learns_a_planted_feature_and_ignores_noise(tmp_path)
     again = FeatureRanker.load(tmp_path / "ranker")
     assert np.allclose(again.score(test.features), ranker.score(test.features), atol=1e-6)
     meta = read_json(tmp_path / "ranker/shopflow.json")
-    write_json(tmp_path / "ranker/shopflow.json", {**meta, "features": ["bm25"]})
+    write_json(tmp_path / "ranker/shopflow.json", {**meta, "features": ["bm25", "colour"]})
     with pytest.raises(Exception, match="re-run the reranker stage"):
-        FeatureRanker.load(tmp_path / "ranker")
+        FeatureRanker.load(tmp_path / "ranker")  # a feature this code does not compute
+
+
+def test_a_ranker_saved_before_the_per_field_features_still_loads_and_scores(tmp_path):
+    older = tuple(f for f in FEATURES if not f.startswith("bm25_") or f == "bm25_rank")
+    train, stop = planted(200, 0), planted(40, 1)
+    cols = [FEATURES.index(f) for f in older]
+    subset = [RankingData(d.features[:, cols], d.labels, d.groups) for d in (train, stop)]
+    ranker, info = FeatureRanker.fit(*subset, CONFIG, seed=0, features=older)
+    ranker.save(tmp_path / "ranker", info)
+    again = FeatureRanker.load(tmp_path / "ranker")
+    assert again.features == older  # the engine computes exactly these, in this order
+    assert np.allclose(again.score(subset[0].features), ranker.score(subset[0].features))
 
 
 def test_labels_count_thirds_of_a_grade_above_the_bottom():

@@ -149,3 +149,20 @@ def test_a_recommender_saves_and_loads_to_the_same_lists(tmp_path):
     assert again is not None and again.recommend(["u"], 2) == rec.recommend(["u"], 2)
     assert np.array_equal(again.popularity.scores, rec.popularity.scores)
     assert again.knows("u") and not again.knows("stranger")
+
+
+def test_days_before_the_training_window_are_history_not_training():
+    from shopflow.data.splits import split_by_time, time_boundaries, training_days
+
+    params = tiny_params("ingest.window.days=10", "prepare.train_days=3")
+    bounds = time_boundaries(params)
+    assert (bounds["valid"] - bounds["train"]).days == 3
+    days = pd.Series(pd.date_range(params.ingest.window.start, periods=10, freq="D", tz="UTC"))
+    assert (
+        split_by_time(days, bounds).tolist()
+        == ["history"] * 3 + ["train"] * 3 + ["valid"] * 2 + ["test"] * 2
+    )
+    assert len(training_days(params)) == 3
+    everything = tiny_params("ingest.window.days=10")  # train_days null: no history split
+    assert "history" not in split_by_time(days, time_boundaries(everything)).tolist()
+    assert len(training_days(everything)) == 6
