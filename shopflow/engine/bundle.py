@@ -167,10 +167,8 @@ def assemble_engine(
             len(catalogue),
         )
         retriever.index(catalogue.ids.tolist(), catalogue.texts)
-        weight = BiEncoder.saved_prior_weight(retriever_dir / "index")
-        if item_prior is not None and weight is not None:
+        if item_prior is not None and BiEncoder.has_saved_prior(retriever_dir / "index"):
             retriever.item_prior = item_prior
-            retriever.prior_weight = weight
     stage = served_mix(reranker_dir, settings)
     ranker = None
     if stage["final"] == "ltr":

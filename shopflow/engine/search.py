@@ -148,15 +148,9 @@ class SearchEngine:
         return self.retriever.encode(texts, max_len=self.retriever.query_max_len)
 
     def retrieve(
-        self,
-        vectors: np.ndarray,
-        depth: int,
-        allowed: np.ndarray | None = None,
-        exclude: Sequence[Sequence[str]] | None = None,
-        bias: np.ndarray | None = None,
+        self, vectors: np.ndarray, depth: int, allowed: np.ndarray | None = None
     ) -> list[Candidates]:
-        banned = [self.catalogue.positions(e) for e in exclude] if exclude is not None else None
-        hits = self.index.search(vectors, depth, allowed, banned, bias)
+        hits = self.index.search(vectors, depth, allowed)
         return [[(self.catalogue.ids[p], s) for p, s in row] for row in hits]
 
     def first_stage_hits(

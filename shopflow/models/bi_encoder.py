@@ -71,6 +71,9 @@ class TextEncoder(torch.nn.Module):
         tokenizer.save_pretrained(folder)
 
 
+PRIOR = "item_prior.npy"  # in a saved index: the products' popularity prior
+
+
 class BiEncoder:
     """A trained (or zero-shot) bi-encoder folder, ready to embed queries and products."""
 
@@ -92,16 +95,8 @@ class BiEncoder:
         self.item_ids: np.ndarray = np.asarray([], dtype=object)
         self.dim = model.dim
         self.item_vectors = np.zeros((0, self.dim), np.float32)
-        # Recommendation adds prior_weight * item_prior (popularity, in [0, 1]) to the cosine.
+        # the training split's popularity per product, in [0, 1]: a feature ranker feature
         self.item_prior: np.ndarray | None = None
-        self.prior_weight = 0.0
-
-    @property
-    def recommend_bias(self) -> np.ndarray | None:
-        """What recommendation adds to each item's cosine (None: nothing)."""
-        if self.item_prior is None or not self.prior_weight:
-            return None
-        return (self.prior_weight * self.item_prior).astype(np.float32)
 
     def index(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
         """Embed the catalogue once; `search` then ranks all of it."""
@@ -116,8 +111,7 @@ class BiEncoder:
         np.save(folder / "item_vectors.npy", self.item_vectors)
         (folder / "item_ids.txt").write_text("\n".join(map(str, self.item_ids)) + "\n")
         if self.item_prior is not None:
-            np.save(folder / "item_prior.npy", self.item_prior.astype(np.float32))
-            (folder / "prior_weight.txt").write_text(f"{self.prior_weight!r}\n")
+            np.save(folder / PRIOR, self.item_prior.astype(np.float32))
 
     def load_index(self, folder: Path, item_ids: Sequence[str] | None = None) -> bool:
         """Load a saved index; with `item_ids`, only if it covers exactly those products."""
@@ -128,35 +122,19 @@ class BiEncoder:
         if item_ids is not None and saved != [str(i) for i in item_ids]:
             return False
         self.item_ids, self.item_vectors = np.asarray(saved), np.load(vectors_path)
-        if (folder / "item_prior.npy").exists():
-            self.item_prior = np.load(folder / "item_prior.npy")
-            self.prior_weight = self.saved_prior_weight(folder) or 0.0
+        if (folder / PRIOR).exists():
+            self.item_prior = np.load(folder / PRIOR)
         return True
 
     @staticmethod
-    def saved_prior_weight(folder: Path) -> float | None:
-        """The recommendation prior's weight saved with an index (None: none was fitted)."""
-        path = folder / "prior_weight.txt"
-        return float(path.read_text()) if path.exists() else None
+    def has_saved_prior(folder: Path) -> bool:
+        """Was a popularity prior saved with this index (a shop with clicks or purchases)?"""
+        return (folder / PRIOR).exists()
 
-    def search(
-        self,
-        query_texts: Sequence[str],
-        k: int = 100,
-        exclude: Sequence[Sequence[str]] | None = None,
-        bias: np.ndarray | None = None,
-    ) -> list[list[tuple[str, float]]]:
-        """Top-k products per query text; `exclude[i]` lists product ids query i must not get;
-        `bias` is added to every query's item scores (`recommend_bias` for recommendations)."""
+    def search(self, query_texts: Sequence[str], k: int = 100) -> list[list[tuple[str, float]]]:
+        """Top-k products per query text (exact inner product)."""
         queries = self.encode(query_texts, "embedding queries", self.query_max_len)
-        return top_k(queries, self.item_vectors, self.item_ids, k, self.banned(exclude), bias)
-
-    def banned(self, exclude: Sequence[Sequence[str]] | None) -> list[set[int]] | None:
-        """Item positions per query from product ids (unknown ids are ignored)."""
-        if exclude is None:
-            return None
-        position = {pid: i for i, pid in enumerate(self.item_ids)}
-        return [{position[p] for p in ids if p in position} for ids in exclude]
+        return top_k(queries, self.item_vectors, self.item_ids, k)
 
     @classmethod
     def load(
@@ -219,16 +197,9 @@ def base_bi_encoder(models: ModelsConfig, max_len: int = 64) -> BiEncoder:
 
 
 def top_k(
-    queries: np.ndarray,
-    items: np.ndarray,
-    item_ids: Sequence[str] | np.ndarray,
-    k: int = 100,
-    exclude: Sequence[set[int]] | None = None,
-    bias: np.ndarray | None = None,
+    queries: np.ndarray, items: np.ndarray, item_ids: Sequence[str] | np.ndarray, k: int = 100
 ) -> list[list[tuple[str, float]]]:
-    """Exact top-k by inner product (+ `bias`) as (item id, score); `exclude[i]` holds item
-    positions that query i must not get back (e.g. already bought)."""
+    """Exact top-k by inner product as (item id, score)."""
     ids = np.asarray(item_ids)
-    banned = [list(e) for e in exclude] if exclude is not None else None
-    hits = exact_top_k(queries, items, k, None, banned, bias)
+    hits = exact_top_k(queries, items, k)
     return [[(ids[i], s) for i, s in row] for row in hits]
