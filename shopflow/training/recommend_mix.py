@@ -33,7 +33,7 @@ from shopflow.engine.recommend import (
     Tower,
     feature_names,
 )
-from shopflow.evaluation import recommend, significance
+from shopflow.evaluation import ranking, recommend, significance
 from shopflow.evaluation.recommend import RecommendTask
 from shopflow.models.feature_ranker import FeatureRanker, RankingData
 from shopflow.models.recommenders import ItemIndex
@@ -160,6 +160,11 @@ def out_of_fold(
     return lists
 
 
+def coverage(lists: dict[str, list[str]], n_products: int) -> float:
+    """Share of the catalogue in at least one customer's top 10 (the gate's coverage@10)."""
+    return ranking.coverage(list(lists.values()), n_products, recommend.TOP)
+
+
 def choose_mix(
     baseline: Recommender,
     task: RecommendTask,
@@ -169,10 +174,15 @@ def choose_mix(
     seed: int,
     tower_ok: bool,
     metric: str = "ndcg@10",
+    coverage_margin: float = 1.0,
 ) -> tuple[Recommender, dict]:
     """The served recommendation (the best baseline, the mix without or with the user
     tower), chosen on the valid split; the returned recommender is fitted at the valid start
-    with the chosen ranker, and the figures say what was compared and why."""
+    with the chosen ranker, and the figures say what was compared and why.
+
+    A candidate whose lists cover less of the catalogue than the current choice's by more
+    than `coverage_margin` (the gate's `margins.coverage`) is not chosen, whatever its gain:
+    the gate would reject the whole challenger for it, search included."""
     settings = baseline.settings
     sources = tuple(s for s in cfg.sources if s != "user_tower" or tower_ok)
     fitted = baseline.with_settings(replace(settings, serve=MIX, mix_sources=sources))
@@ -180,7 +190,9 @@ def choose_mix(
         return baseline, {"chosen": settings.serve, "reasons": ["recommend.ranker.enabled: false"]}
     data = mix_data(fitted, task)
     ids = baseline.index.ids
-    rows_of = {settings.serve: recommend.evaluate(baseline, task)}
+    baseline_lists = recommend.lists_of(baseline, task)
+    rows_of = {settings.serve: recommend.score_lists(task, baseline_lists)}
+    coverage_of = {settings.serve: coverage(baseline_lists, len(ids))}
     variants: list[tuple[str, tuple[str, ...]]] = [
         ("mix", tuple(s for s in sources if s != "user_tower"))
     ]
@@ -193,6 +205,7 @@ def choose_mix(
             log.warning("recommendation mix %s: too few customers to learn from", name)
             continue
         rows_of[name] = recommend.score_lists(task, lists)
+        coverage_of[name] = coverage(lists, len(ids))
         log.info(
             "recommendation mix %s: out-of-fold valid NDCG@10 %.4f, HitRate@10 %.4f (%.1fs)",
             name,
@@ -206,6 +219,7 @@ def choose_mix(
         figures[name] = {
             "valid_hit@10": round(float(scores["hit@10"].mean()), 4),
             "valid_ndcg@10": round(float(scores["ndcg@10"].mean()), 4),
+            "valid_coverage@10": round(coverage_of[name], 4),
         }
     for name in [n for n, _ in variants if n in rows_of]:
         current = rows_of[chosen][metric].to_numpy()
@@ -216,7 +230,9 @@ def choose_mix(
             challenger, current, clusters=clusters, resamples=resamples, seed=seed
         )
         needs_test = name.endswith("user_tower")
-        wins = gain > 0 and (p < alpha or not needs_test)
+        narrower = coverage_of[chosen] - coverage_of[name]
+        covers = narrower <= coverage_margin
+        wins = gain > 0 and (p < alpha or not needs_test) and covers
         figures[name].update({f"gain_over_{chosen}": round(gain, 4), "p_value": round(p, 4)})
         rule = (
             f"a significant gain (customer-level p < {alpha:g}): it embeds every history"
@@ -225,7 +241,10 @@ def choose_mix(
         )
         reasons.append(
             f"{name}: valid {metric} {gain:+.4f} over {chosen} (p={p:.3g}, "
-            f"{rows_of[name]['cluster'].nunique()} customers); needs {rule}: "
+            f"{rows_of[name]['cluster'].nunique()} customers); needs {rule}; coverage@10 "
+            f"{coverage_of[name]:.4f} vs {coverage_of[chosen]:.4f} "
+            + ("within" if covers else "narrower than")
+            + f" the gate's margin {coverage_margin:g}: "
             + ("chosen" if wins else "not chosen")
         )
         if wins:
@@ -290,6 +309,7 @@ def fit_recommender(
         params.seed,
         tower_ok=tower is not None,
         metric=recommend.choice_metric(params.gate.primary),
+        coverage_margin=params.gate.margins.coverage,
     )
     served_settings = chosen.settings
     if served_settings.serve != MIX:  # a baseline alone: fit no other source

@@ -72,6 +72,11 @@ def test_tuning_picks_the_best_baseline_and_the_mix_beats_it_on_unseen_customers
     served, choice = choose_mix(at_valid, valid, cfg, 0.05, 1000, seed=1, tower_ok=False)
     assert choice["chosen"] == "mix" and served.settings.serve == MIX, choice["reasons"]
     assert choice["candidates"]["mix"][f"gain_over_{settings.serve}"] > 0.05
+    # a gain the gate would reject for narrowing the catalogue is not chosen either
+    strict = choose_mix(
+        at_valid, valid, cfg, 0.05, 1000, seed=1, tower_ok=False, coverage_margin=-1
+    )
+    assert strict[1]["chosen"] == settings.serve and "narrower than" in strict[1]["reasons"][0]
     test = recommend.task_of(acts, STARTS, "test")
     assert test is not None
     mix_test = recommend.evaluate(served.refit(acts, index, test.start), test)
