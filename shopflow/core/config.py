@@ -228,18 +228,25 @@ class RerankerConfig(TrainingConfig):
     )
 
 
-class RankerConfig(Section):
-    """The feature ranker (LightGBM lambdarank), trained by the reranker stage."""
+class BoostingConfig(Section):
+    """A LightGBM lambdarank ranker's knobs (the feature ranker, the recommendation mix)."""
 
-    enabled: bool = Field(description="false: no feature ranker among the serving mixes")
+    enabled: bool = Field(description="false: the ranker is not offered")
     trees: int = Field(ge=1, description="boosting rounds at most (early stopping)")
     learning_rate: float = Field(gt=0, le=1)
     leaves: int = Field(ge=2)
     min_data_in_leaf: int = Field(ge=1)
     early_stopping: int = Field(ge=1, description="rounds without a held-out NDCG@10 gain")
     stop_share: float = Field(
-        gt=0, lt=1, description="train queries held out for early stopping (valid stays clean)"
+        gt=0, lt=1, description="training lists held out for early stopping (valid stays clean)"
     )
+
+
+class RankerConfig(BoostingConfig):
+    """The feature ranker (LightGBM lambdarank over search features), trained by the
+    reranker stage."""
+
+    candidates: int = Field(ge=1, description="first-stage hits it reorders")
 
 
 RecommendSource = Literal["popularity", "buy_again", "ease", "item_knn", "user_tower"]
@@ -265,7 +272,7 @@ class RecommendConfig(Section):
     item_neighbours: int = Field(ge=1, description="kept per product of EASE and kNN")
     candidates: int = Field(ge=1, description="each source's top products the ranker reads")
     folds: int = Field(ge=2, description="customer folds of the mix's cross-validation")
-    ranker: RankerConfig
+    ranker: BoostingConfig
 
     @model_validator(mode="after")
     def _positive_grids(self) -> RecommendConfig:

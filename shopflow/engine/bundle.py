@@ -50,6 +50,7 @@ def bundle_settings(params: Params) -> dict:
         "rerank_max_len": params.reranker.max_len,
         "rerank_max_query_len": params.reranker.max_query_len,
         "candidates": params.reranker.candidates,
+        "ranker_candidates": params.ranker.candidates,
         "ann_min_items": params.serving.ann_min_items,
         "batch_size": params.serving.batch_size,
     }
@@ -177,7 +178,9 @@ def assemble_engine(
         retriever,
         load_reranker(reranker_dir, settings, device),
         catalogue,
-        candidates=settings["candidates"],
+        candidates=settings.get("ranker_candidates", settings["candidates"])
+        if stage["final"] == "ltr"
+        else settings["candidates"],
         history_items=settings["history_items"],
         ann_min_items=settings["ann_min_items"],
         users=users,

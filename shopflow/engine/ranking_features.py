@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -21,6 +22,16 @@ from shopflow.models.feature_ranker import FEATURES
 from shopflow.models.lexical import BM25
 
 _TERM = re.compile(r"[a-z0-9]+")
+_DIGIT = re.compile(r"\d")
+PHRASE = (
+    "title_stem_share",
+    "title_bigram_share",
+    "number_share",
+    "query_numbers",
+    "title_stems",
+    "first_match",
+)
+PHRASE_FEATURES = set(PHRASE)
 
 
 def terms(text: str) -> set[str]:
@@ -44,6 +55,8 @@ class FeatureExtractor:
         self.catalogue = catalogue
         self.lexical = lexical
         self.title_terms = [terms(str(t)) for t in catalogue.titles]
+        # the titles as BM25 reads them (stemmed, stop words out), in order: phrase features
+        self.title_stems = lexical.corpus.tokenizer([str(t) for t in catalogue.titles])
         self.log_price = np.log1p(np.nan_to_num(catalogue.prices, nan=0.0).clip(min=0))
         self.popularity = np.zeros(len(catalogue), np.float32) if popularity is None else popularity
 
@@ -74,7 +87,36 @@ class FeatureExtractor:
             "log_price": self.log_price[at],
             "popularity": self.popularity[at],
         }
-        if any(name.startswith("bm25_") and name != "bm25_rank" for name in names):
+        if any(name.startswith("bm25_") and name not in columns for name in names):
             for field, scores in self.lexical.field_scores_of(query, ids).items():
                 columns[f"bm25_{field}"] = scores
+            columns["bm25_ratio"] = bm25 / max(float(bm25.max(initial=0.0)), 1e-6)
+        if PHRASE_FEATURES & set(names):
+            columns.update(self.phrase_features(query, at))
+        columns["cosine_gap"] = cosine - cosine.max(initial=0.0)
         return np.column_stack([columns[name] for name in names]).astype(np.float32)
+
+    def phrase_features(self, query: str, at: Sequence[int]) -> dict[str, np.ndarray]:
+        """How the query's stems sit in each title: their share, the share of the query's
+        adjacent stem pairs found adjacent (a phrase), the share of its numbers (sizes,
+        model numbers; -1 when it has none), how many numbers it has, the title's length
+        and where the first query stem appears in it (99: nowhere)."""
+        stems = self.lexical.corpus.tokenizer([query])[0]
+        wanted, pairs = set(stems), set(pairwise(stems))
+        numbers = {s for s in wanted if _DIGIT.search(s)}
+        rows = []
+        for i in at:
+            title = self.title_stems[i]
+            have = set(title)
+            rows.append(
+                (
+                    len(wanted & have) / max(1, len(wanted)),
+                    len(pairs & set(pairwise(title))) / max(1, len(pairs)),
+                    len(numbers & have) / len(numbers) if numbers else -1.0,
+                    len(numbers),
+                    len(title),
+                    next((n for n, s in enumerate(title) if s in wanted), 99),
+                )
+            )
+        table = np.asarray(rows, np.float32).reshape(len(at), 6)
+        return dict(zip(PHRASE, table.T, strict=True))

@@ -1,7 +1,8 @@
 """Which trained system to serve, chosen on the valid split with latency in the balance.
 
 A serving mix is a first stage (the dense retriever alone, or hybrid: it and BM25 fused by
-reciprocal rank, `engine.fusion`) and what reorders its top `reranker.candidates`: nothing,
+reciprocal rank, `engine.fusion`) and what reorders its top candidates (`ranker.candidates`
+for the feature ranker, `reranker.candidates` for the cross-encoder): nothing,
 the feature ranker (`models.feature_ranker`) or the cross-encoder. Each allowed mix
 (`serving.first_stage`, `ranker.enabled`, `reranker.serve`) is scored on
 the valid split's judged queries and timed on single-query searches. Mixes are taken cheapest
@@ -165,7 +166,8 @@ def mix_engine(
         retriever,
         reranker if mix.final == RERANKER else None,
         catalogue,
-        candidates=params.reranker.candidates,
+        # the feature ranker reorders more than the cross-encoder can afford to
+        candidates=params.ranker.candidates if mix.final == LTR else params.reranker.candidates,
         first_stage=mix.first_stage,
         lexical=lexical,
         rrf_k=params.serving.rrf_k,

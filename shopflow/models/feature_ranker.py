@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shopflow.core.artifacts import read_json, write_json
-from shopflow.core.config import RankerConfig
+from shopflow.core.config import BoostingConfig
 from shopflow.core.errors import StageInputError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,15 @@ FEATURES = (
     "bm25_category",
     "bm25_attributes",
     "bm25_description",
+    "bm25_ratio",
+    "cosine_gap",
     "title_term_share",
+    "title_stem_share",
+    "title_bigram_share",
+    "number_share",
+    "query_numbers",
+    "title_stems",
+    "first_match",
     "title_has_all_terms",
     "query_terms",
     "log_price",
@@ -82,7 +90,7 @@ class FeatureRanker:
         cls,
         train: RankingData,
         stop: RankingData,
-        cfg: RankerConfig,
+        cfg: BoostingConfig,
         seed: int,
         features: tuple[str, ...] = FEATURES,
     ) -> tuple[FeatureRanker, dict]:

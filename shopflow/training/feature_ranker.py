@@ -1,5 +1,5 @@
 """Fitting the feature ranker on what it will reorder: the hybrid first stage's top
-`reranker.candidates` for each judged train query, labelled by the judgments (a candidate
+`ranker.candidates` for each judged train query, labelled by the judgments (a candidate
 nobody judged counts as the scale's bottom, as the full-catalogue NDCG counts it).
 
 `ranker.stop_share` of the train queries is held out to stop boosting, so the valid split
@@ -73,7 +73,7 @@ def fit_feature_ranker(
         retriever,
         None,
         catalogue,
-        candidates=params.reranker.candidates,
+        candidates=params.ranker.candidates,
         first_stage=HYBRID,
         lexical=lexical,
         rrf_k=params.serving.rrf_k,

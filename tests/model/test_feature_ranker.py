@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from shopflow.core.artifacts import read_json, write_json
-from shopflow.core.config import RankerConfig
+from shopflow.core.config import BoostingConfig
 from shopflow.models.feature_ranker import FEATURES, FeatureRanker, RankingData, labels_of
 from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
@@ -17,7 +17,7 @@ from tests.model.test_finetune import write_planted_shop
 
 pytestmark = pytest.mark.model
 
-CONFIG = RankerConfig(
+CONFIG = BoostingConfig(
     enabled=True,
     trees=200,
     learning_rate=0.1,
@@ -99,3 +99,40 @@ def test_a_bundle_serving_the_feature_ranker_ranks_as_the_stage_evaluated(in_tmp
     assert (merged["ndcg@10_served"] - merged["ndcg@10_stage"]).abs().max() < 1e-6
     given = ["p-red-mug", "p-blue-lamp", "p-white-towel"]
     assert sorted(h.product_id for h in engine.rank("apple mug", given)) == sorted(given)
+
+
+def test_phrase_features_see_stems_phrases_and_sizes():
+    import pandas as pd
+
+    from shopflow.engine.catalogue import Catalogue
+    from shopflow.engine.ranking_features import FeatureExtractor
+    from shopflow.models.lexical import BM25, Bm25Settings
+
+    products = pd.DataFrame(
+        {
+            "product_id": ["a", "b", "c"],
+            "title": [
+                "copper pipe fittings 1/2 in",
+                "pipe with copper fitting 3/4 in",
+                "oak table",
+            ],
+            **dict.fromkeys(("description", "brand", "category", "attributes", "price"), None),
+        }
+    )
+    catalogue = Catalogue(products)
+    extract = FeatureExtractor(
+        catalogue, BM25.of_fields(catalogue.ids, catalogue.fields, Bm25Settings())
+    )
+    names = (
+        "title_stem_share",
+        "title_bigram_share",
+        "number_share",
+        "query_numbers",
+        "first_match",
+    )
+    rows = extract("copper pipe 1/2", [("a", 0.0), ("b", 0.0), ("c", 0.0)], [0.5, 0.4, 0.1], names)
+    a, b, c = (dict(zip(names, row, strict=True)) for row in rows)
+    assert a["title_stem_share"] == 1.0 and b["title_stem_share"] == 0.5  # "fittings": stemmed
+    assert a["title_bigram_share"] > b["title_bigram_share"]  # "copper pipe" as a phrase
+    assert a["number_share"] == 1.0 and b["number_share"] == 0.0 and a["query_numbers"] == 2
+    assert a["first_match"] == 0 and c["first_match"] == 99 and c["title_stem_share"] == 0
