@@ -132,7 +132,7 @@ def test_phrase_features_see_stems_phrases_and_sizes():
     )
     rows = extract("copper pipe 1/2", [("a", 0.0), ("b", 0.0), ("c", 0.0)], [0.5, 0.4, 0.1], names)
     a, b, c = (dict(zip(names, row, strict=True)) for row in rows)
-    assert a["title_stem_share"] == 1.0 and b["title_stem_share"] == 0.5  # "fittings": stemmed
+    assert a["title_stem_share"] == 1.0 and b["title_stem_share"] == 0.5  # b lacks the sizes
     assert a["title_bigram_share"] > b["title_bigram_share"]  # "copper pipe" as a phrase
     assert a["number_share"] == 1.0 and b["number_share"] == 0.0 and a["query_numbers"] == 2
     assert a["first_match"] == 0 and c["first_match"] == 99 and c["title_stem_share"] == 0
