@@ -18,20 +18,12 @@ from itertools import pairwise
 import numpy as np
 
 from shopflow.engine.catalogue import Candidates, Catalogue
-from shopflow.models.feature_ranker import FEATURES
+from shopflow.models.feature_ranker import FEATURES, PHRASE_FEATURES
 from shopflow.models.lexical import BM25
 
 _TERM = re.compile(r"[a-z0-9]+")
 _DIGIT = re.compile(r"\d")
-PHRASE = (
-    "title_stem_share",
-    "title_bigram_share",
-    "number_share",
-    "query_numbers",
-    "title_stems",
-    "first_match",
-)
-PHRASE_FEATURES = set(PHRASE)
+
 
 
 def terms(text: str) -> set[str]:
@@ -91,7 +83,7 @@ class FeatureExtractor:
             for field, scores in self.lexical.field_scores_of(query, ids).items():
                 columns[f"bm25_{field}"] = scores
             columns["bm25_ratio"] = bm25 / max(float(bm25.max(initial=0.0)), 1e-6)
-        if PHRASE_FEATURES & set(names):
+        if set(PHRASE_FEATURES) & set(names):
             columns.update(self.phrase_features(query, at))
         columns["cosine_gap"] = cosine - cosine.max(initial=0.0)
         return np.column_stack([columns[name] for name in names]).astype(np.float32)
@@ -119,4 +111,4 @@ class FeatureExtractor:
                 )
             )
         table = np.asarray(rows, np.float32).reshape(len(at), 6)
-        return dict(zip(PHRASE, table.T, strict=True))
+        return dict(zip(PHRASE_FEATURES, table.T, strict=True))

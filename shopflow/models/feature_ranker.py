@@ -23,6 +23,15 @@ from shopflow.core.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
+# How the query's stems sit in the title (`engine.ranking_features`: one pass computes them all)
+PHRASE_FEATURES = (
+    "title_stem_share",
+    "title_bigram_share",
+    "number_share",
+    "query_numbers",
+    "title_stems",
+    "first_match",
+)
 # What a newly fitted ranker reads, in order (computed by
 # `engine.ranking_features.FeatureExtractor`, which computes any of these by name: a ranker
 # saved with fewer of them, before the per-field BM25 scores, still loads and scores).
@@ -39,12 +48,7 @@ FEATURES = (
     "bm25_ratio",
     "cosine_gap",
     "title_term_share",
-    "title_stem_share",
-    "title_bigram_share",
-    "number_share",
-    "query_numbers",
-    "title_stems",
-    "first_match",
+    *PHRASE_FEATURES,
     "title_has_all_terms",
     "query_terms",
     "log_price",

@@ -72,7 +72,7 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     registry_dir = tmp_path / "registry"
     registry = Registry(registry_dir)
 
-    # 1. the real A/B evaluation against the first champion, the BM25 + popularity baseline
+    # 1. the real A/B evaluation against the first champion, the baselines (tuned BM25F, the best recommender)
     done = cli(shop, registry_dir, "evaluate")
     assert done.returncode == 0, done.stderr
     decision = read_json(shop["work"] / "reports/decision.json")

@@ -51,30 +51,35 @@ def planted_shop(customers: int = 240, seed: int = 0) -> tuple[pd.DataFrame, Ite
     return profiles.interactions(events), ItemIndex(products)
 
 
+CFG = tiny_params().recommend.model_copy(
+    update={"sources": ["popularity", "buy_again", "ease", "item_knn"], "folds": 3}
+)
+
+
+def tuned(acts: pd.DataFrame, index: ItemIndex) -> tuple:
+    """The valid task, the tuned baselines and their figures, and a recommender fitted at
+    the valid start with every source the mix may read."""
+    valid = recommend.task_of(acts, STARTS, "valid")
+    assert valid is not None
+    start = recommend.base_settings(CFG, "none", history_items=3)
+    settings, info = recommend.tune_baselines(acts, index, valid, CFG, start)
+    sources = replace(settings, mix_sources=tuple(CFG.sources))
+    return valid, settings, info, Recommender.fit(acts, index, valid.start, sources)
+
+
 def test_tuning_picks_the_best_baseline_and_the_mix_beats_it_on_unseen_customers():
     acts, index = planted_shop()
-    cfg = tiny_params().recommend.model_copy(
-        update={"sources": ["popularity", "buy_again", "ease", "item_knn"], "folds": 3}
-    )
-    valid = recommend.task_of(acts, STARTS, "valid")
-    assert valid is not None and len(valid.users) > 60
-    start = recommend.base_settings(cfg, "none", history_items=3)
-    settings, info = recommend.tune_baselines(acts, index, valid, cfg, start)
+    valid, settings, info, at_valid = tuned(acts, index)
+    assert len(valid.users) > 60
     assert settings.serve in ("buy_again", "ease")  # each explains half the purchases
     scores = info["valid_ndcg@10"]
     assert scores["popularity"] < min(scores["buy_again"], scores["ease"])
-    at_valid = Recommender.fit(
-        acts,
-        index,
-        valid.start,
-        replace(settings, mix_sources=tuple(cfg.sources)),
-    )
-    served, choice = choose_mix(at_valid, valid, cfg, 0.05, 1000, seed=1, tower_ok=False)
+    served, choice = choose_mix(at_valid, valid, CFG, 0.05, 1000, seed=1, tower_ok=False)
     assert choice["chosen"] == "mix" and served.settings.serve == MIX, choice["reasons"]
     assert choice["candidates"]["mix"][f"gain_over_{settings.serve}"] > 0.05
     # a gain the gate would reject for narrowing the catalogue is not chosen either
     strict = choose_mix(
-        at_valid, valid, cfg, 0.05, 1000, seed=1, tower_ok=False, coverage_margin=-1
+        at_valid, valid, CFG, 0.05, 1000, seed=1, tower_ok=False, coverage_margin=-1
     )
     assert strict[1]["chosen"] == settings.serve and "narrower than" in strict[1]["reasons"][0]
     test = recommend.task_of(acts, STARTS, "test")
@@ -88,19 +93,7 @@ def test_a_mix_that_does_not_help_is_left_out():
     acts, index = planted_shop()
     # only re-buyers remain: buy again alone is already right; the mix cannot add anything
     rebuyers = acts[acts["user_key"].str.fullmatch(r"u\d*[02468]")]
-    cfg = tiny_params().recommend.model_copy(
-        update={"sources": ["popularity", "buy_again", "ease", "item_knn"], "folds": 3}
-    )
-    valid = recommend.task_of(rebuyers, STARTS, "valid")
-    assert valid is not None
-    start = recommend.base_settings(cfg, "none", history_items=3)
-    settings, _ = recommend.tune_baselines(rebuyers, index, valid, cfg, start)
+    valid, settings, _, at_valid = tuned(rebuyers, index)
     assert settings.serve == "buy_again"
-    at_valid = Recommender.fit(
-        rebuyers,
-        index,
-        valid.start,
-        replace(settings, mix_sources=tuple(cfg.sources)),
-    )
-    served, choice = choose_mix(at_valid, valid, cfg, 0.05, 1000, seed=1, tower_ok=False)
+    served, choice = choose_mix(at_valid, valid, CFG, 0.05, 1000, seed=1, tower_ok=False)
     assert choice["chosen"] == "buy_again" and served.settings.serve == "buy_again"
