@@ -91,7 +91,7 @@ class Bm25Settings:
 
 # Words of one character too: sizes and dimensions ("1/2 in", "2 x 4") are much of what
 # shoppers type. bm25s's default pattern drops them; keeping them measured +0.015 NDCG@10 on
-# Home Depot's valid queries (docs/evaluation.md). English stop words ("a") still go.
+# Home Depot's valid queries. English stop words ("a") still go.
 TOKEN_PATTERN = r"(?u)\b\w+\b"
 
 
