@@ -298,12 +298,14 @@ def test_a_promotion_schedules_deploy_which_serves_the_champion(airflow):
 
 
 def test_a_night_the_drift_check_cannot_judge_keeps_the_young_champion(airflow):
-    """A tiny day (about 500 events) is too small for the drift check to tell noise from drift
-    at its thresholds, so here it is made to say so: with `min_rows` above a day's rows the
-    behaviour features are `insufficient_data` (the champion's score distribution is still
-    measured, and the cool-down holds back what already retrained last night). Drift does not
-    say retrain, the champion is 1 day old, and nothing is trained."""
+    """A tiny day (about 500 events, 100 searches) is too small for the drift check to tell
+    noise from drift at its thresholds, so here it is made to say so: with `min_rows` above a
+    day's rows the behaviour features are `insufficient_data`, and with `text_sample` above a
+    day's searches so are the query embeddings and the champion's scores (on 100 queries
+    their noise reaches the thresholds). Drift does not say retrain, the champion is 1 day
+    old, and nothing is trained."""
     airflow.set_param("profiles.tiny.drift.min_rows", 100_000)
+    airflow.set_param("profiles.tiny.drift.text_sample", 100_000)
     quiet = airflow.run("2026-10-29")
     assert quiet["state"] == "success", quiet["log"][-5000:]
     assert all(quiet["tasks"][s] == "success" and ran(quiet, s) == [s] for s in CHECKS)
