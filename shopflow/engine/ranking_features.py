@@ -25,7 +25,6 @@ _TERM = re.compile(r"[a-z0-9]+")
 _DIGIT = re.compile(r"\d")
 
 
-
 def terms(text: str) -> set[str]:
     """Lower-cased alphanumeric terms (a size like "3/4" gives "3" and "4")."""
     return set(_TERM.findall(text.lower()))

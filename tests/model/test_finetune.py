@@ -266,7 +266,13 @@ def test_the_serving_mix_decides_the_first_stage_and_whether_the_reranker_is_ser
     assert result["serving_mix"]["reasons"] == [reason]
     assert serves(paths.RERANKER) is served
     final = "reranker" if served else "none"
-    assert served_mix(paths.RERANKER, {}) == {"first_stage": stage, "final": final, "rrf_k": 60.0}
+    mix = served_mix(paths.RERANKER, {})
+    assert {k: mix[k] for k in ("first_stage", "final", "rrf_k")} == {
+        "first_stage": stage,
+        "final": final,
+        "rrf_k": 60.0,
+    }
+    assert mix["bm25"] == Bm25Settings().as_dict()  # the settings the stage measured with
     settings = {"rerank_max_len": 32, "rerank_max_query_len": 8, "batch_size": 8}
     assert (load_reranker(paths.RERANKER, settings, "cpu") is not None) is served
     assert set(result["test"]) == {"search", "hybrid_search"}  # kept whatever is served
