@@ -63,7 +63,11 @@ def run(params: Params) -> dict:
     )
     if fitted is None:
         return skip("no purchases of known customers in the valid or the test split")
-    result = {**fitted.result, "compare": compare_with_baselines(fitted.test["recommend"], params)}
+    result = {
+        **fitted.result,
+        "policy": recommend.read_policy(),  # the rule, why, and the re-buy shares it read
+        "compare": compare_with_baselines(fitted.test["recommend"], params),
+    }
     with staged_dir(paths.RECOMMENDER) as staging:
         fitted.served.save(staging, {"serving": fitted.result["serving"]})
         for name, frame in fitted.test.items():
