@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-hostile bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ bench-train: setup ## training samples/s and tokens/s per model and profile (+ M
 bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
 	$(BIN)/python -m shopflow bench drift
 
+bench-hostile: setup ## the service against 108 hostile requests, slow bodies/headers, then 64 clients for 60 s
+	$(BIN)/python -m shopflow bench hostile
+
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
 	$(BIN)/python -m shopflow bench serve
 
@@ -131,8 +134,8 @@ gpu-check-device: ## on a lent GPU machine: install the carried wheels, run the 
 	PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 -m shopflow.bench.gpu_check \
 	  --model $(GPU_CHECK)/minilm --out $${OUT:-metrics}/gpu_check.json
 
-serve: setup ## serve the champion's Bento (before any promotion: the current run's model) on 127.0.0.1:3000
-	$(BIN)/python -m shopflow serve
+serve: setup ## serve the champion's Bento on 127.0.0.1:3000 (an ungated model only with MODEL=current or a tag)
+	$(BIN)/python -m shopflow serve $(if $(MODEL),--model $(MODEL))
 
 bento: setup ## build a Bento of the service with the current run's model; prints its tag
 	$(BIN)/python -m shopflow build-bento

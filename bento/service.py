@@ -34,9 +34,12 @@ from starlette.routing import Route
 
 from shopflow.core import paths
 from shopflow.core.config import load_params
+from shopflow.core.errors import ConfigError
+from shopflow.core.secrets import MIN_KEY_CHARS, Mode, read_secret
 from shopflow.engine.bundle import load_engine, load_pair_scorer
 from shopflow.engine.search import Candidates, Filters, Hit
-from shopflow.serving.http import RequestGuard, UnknownProductsError, request_models
+from shopflow.serving.hardening import limit_header_time, quiet_client_errors
+from shopflow.serving.http import API_KEY_ENV, RequestGuard, UnknownProductsError, request_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / paths.PARAMS))
@@ -45,6 +48,11 @@ MODEL_TAG = os.environ.get("SHOPFLOW_MODEL", "shopflow:latest")
 DEVICE = "cuda" if PARAMS.models.device == "cuda" else "cpu"
 REQUESTS = request_models(CFG)
 API_PATHS = ("/search", "/recommend", "/rank")
+API_KEY = read_secret(API_KEY_ENV)
+if API_KEY is not None and len(API_KEY) < MIN_KEY_CHARS:
+    raise ConfigError(f"{API_KEY_ENV} is {len(API_KEY)} characters: use at least {MIN_KEY_CHARS}")
+limit_header_time(CFG.read_timeout_s)
+quiet_client_errors()
 
 STAGE_SECONDS = bentoml.metrics.Histogram(
     name="shopflow_stage_seconds",
@@ -143,6 +151,12 @@ class Shopflow:
             "onnx": self.engine.info.get("onnx"),
             "products": len(self.engine.catalogue),
             "adaptive_batching": CFG.adaptive_batching,
+            "mode": self.engine.info.get("mode", str(Mode.PRODUCTION)),
+            "per_customer_access": "api key"
+            if API_KEY
+            else "open (demo model)"
+            if self.engine.info.get("mode") == Mode.DEMO
+            else "closed (no API key configured)",
         }
         self.ready = True
 
@@ -195,7 +209,7 @@ class Shopflow:
     ) -> Answer:
         """Top k products for a query: retrieve over the catalogue, rerank the candidates."""
         engine = self.engine
-        recent, _ = engine.user(user_key)
+        recent = engine.recent(user_key)
         chosen = Filters(
             category=filters.category if filters else None,
             min_price=filters.price.min if filters and filters.price else None,
@@ -263,4 +277,21 @@ async def version(_: Request) -> JSONResponse:
 # @bentoml.service wraps the class in a Service (which has these methods); mypy sees the class.
 api = cast(Any, Shopflow)
 api.mount_asgi_app(Starlette(routes=[Route("/version", version, methods=["GET"])]), path="/")
-api.add_asgi_middleware(RequestGuard, max_body_bytes=CFG.max_body_bytes, paths=API_PATHS)
+
+
+def demo_model() -> bool:
+    """Whether the served model was trained on the synthetic demo (its ids are invented, so
+    its per-customer answers are open without a key)."""
+    service = bentoml.get_current_service()
+    return getattr(service, "about", {}).get("mode") == Mode.DEMO
+
+
+api.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=CFG.max_body_bytes,
+    paths=API_PATHS,
+    max_json_depth=CFG.max_json_depth,
+    read_timeout_s=CFG.read_timeout_s,
+    api_key=API_KEY.encode() if API_KEY else None,
+    open_per_user=demo_model,
+)

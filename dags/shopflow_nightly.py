@@ -144,7 +144,7 @@ def promote_task(
 ) -> dict:
     """The promote stage (forced by the run's conf: `shopflow promote --force`); the champion
     asset is updated only when the champion changed."""
-    registry = Registry(PROJECT / config.promote.registry)
+    registry = Registry.of(config, PROJECT)
     before = registry.champion()
     forced = decisions.ForcedPromotion.from_conf(params or {})
     outcome = run_stage(stage, logical_date, run_id, forced.command() if forced else None)
@@ -168,7 +168,7 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
     night = load_params(PROJECT / paths.PARAMS)
     decision = decisions.decide_retrain(
         nightly.read_report(PROJECT, paths.DRIFT_REPORT),
-        Registry(PROJECT / night.promote.registry).champion(),
+        Registry.of(night, PROJECT).champion(),
         night,
         forced=bool((params or {}).get("force_retrain", False)),
     )

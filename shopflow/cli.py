@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import getpass
 import importlib
 import json
@@ -22,7 +21,9 @@ from pathlib import Path
 
 from shopflow.core import paths
 from shopflow.core.config import Params, flatten, load_params
-from shopflow.core.errors import ShopflowError
+from shopflow.core.errors import ShopflowError, capped_lines
+from shopflow.core.processes import die_with_parent
+from shopflow.core.secrets import new_key
 from shopflow.orchestration import runlog
 
 log = logging.getLogger("shopflow")
@@ -37,6 +38,9 @@ class StageCommand:
         self.options = options  # command-line options passed on to the stage's `run`
 
     def __call__(self, params: Params, args: argparse.Namespace) -> None:
+        # A stage killed with its DVC (`dvc repro` SIGKILLed) must not go on writing into the
+        # workspace while a retry starts: it gets SIGTERM when its parent dies.
+        die_with_parent()
         given = {name: getattr(args, name) for name in self.options}
         importlib.import_module(f"shopflow.stages.{self.stage}").run(params, **given)
 
@@ -121,23 +125,9 @@ def _airflow_cluster(params: Params, args: argparse.Namespace) -> None:
 
 
 def _registry(params: Params, args: argparse.Namespace) -> None:
-    from shopflow.release.registry import Registry
+    from shopflow.release.registry_admin import administer
 
-    registry = Registry(params.promote.registry)
-    if args.what == "history":
-        entries = registry.history()
-        champion = registry.champion()
-        if not entries:
-            print(f"{registry.path}: empty (the first promote stage registers the baseline)")
-        for entry in entries:
-            marker = "*" if champion and entry.id == champion.id else " "
-            print(f"{marker} {entry.summary()}")
-        return
-    champion = registry.champion()
-    if champion is None:
-        print(f"{registry.path}: empty; the champion is the baselines (BM25F, best recommender)")
-        return
-    print(json.dumps(dataclasses.asdict(champion), indent=2))
+    print(administer(params, args.what))
 
 
 def _rollback(params: Params, args: argparse.Namespace) -> None:
@@ -204,7 +194,9 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         _report,
     ),
     "registry": (
-        "the champion (`registry show`) or the promotion log (`registry history`)",
+        "the champion (`registry show`), the promotion log (`registry history`), "
+        "`registry init` (a new shop), `registry upgrade` (seal an old registry) or "
+        "`registry rekey` (seal under SHOPFLOW_REGISTRY_KEY_NEW)",
         lambda params, args: _registry(params, args),
     ),
     "rollback": (
@@ -229,11 +221,15 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "--stop stops the local one",
         _deploy,
     ),
-    "serve": ("serve a Bento or a saved model (default: the current outputs) on 127.0.0.1", _serve),
+    "serve": (
+        "serve the champion's Bento on 127.0.0.1 (or, explicitly, --bento / --model)",
+        _serve,
+    ),
     "bento-requirements": (
         "write bento/requirements.txt: the service's packages and all they need, pinned",
         _bento_requirements,
     ),
+    "keys": ("`keys new`: a random key (docs/security.md)", lambda p, a: print(new_key())),
     "params": ("print the effective params (profile applied)", _show_params),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
@@ -273,16 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bench":
             cmd.add_argument(
                 "what",
-                choices=["ingest", "simulate", "train", "serve", "drift", "gpu"],
+                choices=["ingest", "simulate", "train", "serve", "hostile", "drift", "gpu"],
                 help="which one",
             )
-            cmd.add_argument("--seconds", type=float, default=20.0, help="serve: per cell")
+            cmd.add_argument(
+                "--seconds",
+                type=float,
+                default=None,
+                help="serve: per cell (20); hostile: load (60)",
+            )
             cmd.add_argument(
                 "--concurrency",
                 type=int,
                 nargs="*",
                 default=[1, 8, 32],
-                help="serve: concurrent clients",
+                help="serve: concurrent clients; hostile: the first is the load's (64)",
             )
             cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
             cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
@@ -298,8 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
                 default=paths.CLUSTER,
                 help="where its servers, clones and shared state live",
             )
+        if name == "keys":
+            cmd.add_argument("what", choices=["new"], help="new: print a fresh 64-hex key")
         if name == "registry":
-            cmd.add_argument("what", choices=["show", "history"], nargs="?", default="show")
+            cmd.add_argument(
+                "what",
+                choices=["show", "history", "init", "upgrade", "rekey"],
+                nargs="?",
+                default="show",
+                help="init: create a new shop's registry; upgrade: seal a format-1 registry",
+            )
         if name == "rollback":
             cmd.add_argument(
                 "--to",
@@ -331,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "deploy":
             cmd.add_argument("--stop", action="store_true", help="stop the local deployment")
         if name in ("serve", "build-bento"):
-            cmd.add_argument("--model", default=None, help="BentoML model tag (shopflow:...)")
+            cmd.add_argument(
+                "--model",
+                default=None,
+                help="BentoML model tag (shopflow:...); serve: `current` for this workspace's "
+                "latest outputs (ungated)",
+            )
         if name == "serve":
             cmd.add_argument("--bento", default=None, help="a built Bento's tag")
             cmd.add_argument("--port", type=int, default=None, help="default: serving.port")
@@ -374,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except ShopflowError as exc:
         if debug:
             traceback.print_exc()
-        print(f"shopflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"shopflow {args.command}: error: {capped_lines(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(

@@ -11,14 +11,24 @@ from pathlib import Path
 import pytest
 
 from shopflow.core.config import Params, load_params
+from shopflow.core.secrets import Mode
+from shopflow.release.registry import Registry, registry_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's scripts (dvc), whatever PATH says
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-os.environ.setdefault("SHOPFLOW_PSEUDONYM_KEY", "test-key-not-secret")
+# Test keys (public, so never production's): long enough for production mode, which the
+# tests of file sources run in. The synthetic demo would run without them.
+os.environ.setdefault("SHOPFLOW_PSEUDONYM_KEY", "test-pseudonym-key-not-secret-0123456789")
+os.environ.setdefault("SHOPFLOW_REGISTRY_KEY", "test-registry-key-not-secret-0123456789")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def open_registry(folder: Path) -> Registry:
+    """The registry at `folder` as the synthetic demo's stages open it (the test key)."""
+    return Registry(folder, registry_key(Mode.DEMO), missing_ok=True)
 
 
 def tiny_params(*overrides: str) -> Params:

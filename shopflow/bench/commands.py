@@ -12,7 +12,12 @@ def run(params: Params, what: str, options: argparse.Namespace) -> None:
     if what == "serve":
         from shopflow.bench.serve import serve_throughput
 
-        serve_throughput(params, tuple(options.concurrency), seconds=options.seconds)
+        serve_throughput(params, tuple(options.concurrency), seconds=options.seconds or 20.0)
+    elif what == "hostile":
+        from shopflow.bench.hostile import hostile_bench
+
+        clients = options.concurrency[0] if options.concurrency != [1, 8, 32] else 64
+        hostile_bench(params, clients=clients, seconds=options.seconds or 60.0)
     elif what == "drift":
         from shopflow.bench.drift import drift_sensitivity
 

@@ -20,6 +20,7 @@ import torch
 
 from shopflow.core import paths
 from shopflow.core.config import Params
+from shopflow.core.secrets import mode_for
 from shopflow.data.normalize import normalize
 from shopflow.data.privacy import pseudonym_key
 from shopflow.data.sources import read_source
@@ -82,7 +83,9 @@ def ingest_throughput(params: Params, events: int, workdir: Path | None = None) 
         t0 = time.perf_counter()
         raw = read_source(bench)
         t1 = time.perf_counter()
-        result = normalize(raw, bench, pseudonym_key(), dt.datetime.now(dt.UTC))
+        result = normalize(
+            raw, bench, pseudonym_key(mode_for(bench.ingest.source)), dt.datetime.now(dt.UTC)
+        )
         write_ingested(result, root / "ingested")
         t2 = time.perf_counter()
         tables, _ = read_ingested(root / "ingested")

@@ -378,6 +378,12 @@ class ServingConfig(Section):
     max_rank_products: int = Field(ge=1, description="products one /rank call may send")
     max_recent_products: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
+    max_json_depth: int = Field(
+        16, ge=2, le=256, description="deeper request bodies get 400 before any parser recurses"
+    )
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a request's headers, then its body, must arrive within"
+    )
     adaptive_batching: bool
     max_batch_size: int = Field(ge=2, description="(query, product) pairs per batch")
     max_latency_ms: int = Field(ge=1, description="a request's wait + compute budget")

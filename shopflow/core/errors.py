@@ -44,6 +44,15 @@ class TrainingError(ShopflowError):
     """Training ran but did not do what the stage promises (e.g. the loss did not drop)."""
 
 
+def capped_lines(message: str, limit: int = 500) -> str:
+    """`message` with each line cut to `limit` characters: an error quoting a source's line
+    (which can be megabytes long) must not flood the log."""
+    return "\n".join(
+        line if len(line) <= limit else f"{line[: limit - 1]}…({len(line):,} chars)"
+        for line in message.splitlines()
+    )
+
+
 def preview(value: object, limit: int = 80) -> str:
     """Render a value for an error message without flooding it (a title can be 50 MB)."""
     text = repr(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 
@@ -42,6 +43,32 @@ def is_running(pid: int, started: float | None = None) -> bool:
     """Is `pid` alive (and, when `started` is given, still the process that started then)?"""
     now = started_at(pid)
     return now is not None and (started is None or abs(now - started) < 0.01)
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live processes of process group `pgid` (orphans included, whoever their parent)."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+    return members
+
+
+def stop_process_group(pgid: int, grace_s: float = 30.0) -> int:
+    """SIGTERM every process of group `pgid`, SIGKILL what is left after `grace_s`; how many
+    there were. A killed `dvc repro` leaves its stage running as an orphan in the group it
+    was started in (its own, `start_new_session`): this is what stops it."""
+    members = group_members(pgid)
+    for process in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(members)
 
 
 def stop_process_tree(pid: int, grace_s: float = 30.0) -> bool:

@@ -148,12 +148,16 @@ def _parse_json_column(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return pd.Series(out, index=values.index, dtype="object"), pd.Series(bad, index=values.index)
 
 
+POSITION_UNITS = ("line", "row")  # how a reader numbered a frame's rows (its index's name)
+
+
 def conform(frame: pd.DataFrame, table: str, origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cast `frame` to the contract schema of `table`.
 
-    Returns (rows that parsed, rejects). Rejects keep the source row number (`source_row`),
-    the column, the raw value and a reason. Missing required columns raise at once, naming
-    them and the columns that were found.
+    Returns (rows that parsed, rejects). Rejects keep where the row was in the source
+    (`source_row`, in `unit`: the file's `line` when the reader numbered the rows that way,
+    else the 1-based `row`), the column, the raw value (capped) and a reason. Missing required
+    columns raise at once, naming them and the columns that were found.
     """
     schema = SCHEMAS[table]
     missing = [c.name for c in schema if c.required and c.name not in frame.columns]
@@ -163,8 +167,12 @@ def conform(frame: pd.DataFrame, table: str, origin: str) -> tuple[pd.DataFrame,
             f"{origin}: {table} is missing required column(s) {', '.join(missing)} "
             f"(found: {found}); map source columns with ingest.mapping in params.yaml"
         )
+    numbered = frame.index.name in POSITION_UNITS  # else: 1-based positions
+    unit = str(frame.index.name) if numbered else "row"
+    numbers = frame.index.to_numpy() if numbered else np.arange(1, len(frame) + 1)
     frame = frame.reset_index(drop=True)
     out = pd.DataFrame(index=frame.index)
+    bad = np.zeros(len(frame), dtype=bool)
     rejects = []
     for col in schema:
         if col.name not in frame.columns:
@@ -178,10 +186,12 @@ def conform(frame: pd.DataFrame, table: str, origin: str) -> tuple[pd.DataFrame,
             parsed = _parse(raw, col.kind)
             failed = raw.notna() & parsed.isna()
         if failed.any():
+            bad |= failed.to_numpy()
             rejects.append(
                 pd.DataFrame(
                     {
-                        "source_row": frame.index[failed],
+                        "source_row": numbers[failed.to_numpy()],
+                        "unit": unit,
                         "column": col.name,
                         "value": raw[failed].map(lambda v: preview(v, 200)),
                         "reason": f"cannot parse as {col.kind}",
@@ -192,16 +202,15 @@ def conform(frame: pd.DataFrame, table: str, origin: str) -> tuple[pd.DataFrame,
     reject_frame = (
         pd.concat(rejects, ignore_index=True)
         if rejects
-        else pd.DataFrame(columns=["source_row", "column", "value", "reason"])
+        else pd.DataFrame(columns=["source_row", "unit", "column", "value", "reason"])
     )
-    good = ~out.index.isin(reject_frame["source_row"])
-    return out[good].reset_index(drop=True), reject_frame.assign(table=table)
+    return out[~bad].reset_index(drop=True), reject_frame.assign(table=table)
 
 
 def describe_rejects(rejects: pd.DataFrame, origin: str, limit: int = 5) -> str:
     """One readable line per offending row (at most `limit`), for error messages."""
     lines = [
-        f"  {row.table}.{row.column} at source row {row.source_row}: {row.reason}: {row.value}"
+        f"  {row.table}.{row.column} at {row.unit} {row.source_row}: {row.reason}: {row.value}"
         for row in rejects.head(limit).itertuples()
     ]
     more = len(rejects) - limit

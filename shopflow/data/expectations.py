@@ -132,12 +132,20 @@ def event_rules(params: Params) -> list[Rule]:
                 column="product_known", value_set=[True], mostly=1 - cfg.max_unknown_product_share
             ),
         ),
-        _r(
-            f"query under {cfg.max_query_chars} characters",
-            gxe.ExpectColumnValueLengthsToBeBetween(column="query", max_value=cfg.max_query_chars),
-            "warning",
-        ),
+        _query_length_rule(params),
     ]
+
+
+def _query_length_rule(params: Params) -> Rule:
+    """Queries longer than the service accepts (`serving.max_query_chars` refuses them):
+    a warning for events and judged queries alike, so neither trains or measures on text
+    no shopper could send."""
+    cfg = params.validate_
+    return _r(
+        f"query under {cfg.max_query_chars} characters",
+        gxe.ExpectColumnValueLengthsToBeBetween(column="query", max_value=cfg.max_query_chars),
+        "warning",
+    )
 
 
 def judgment_rules(params: Params, scale: tuple[float, float] | None) -> list[Rule]:
@@ -149,6 +157,7 @@ def judgment_rules(params: Params, scale: tuple[float, float] | None) -> list[Ru
             "query is not blank",
             gxe.ExpectColumnValuesToNotMatchRegex(column="query", regex=r"^\s*$"),
         ),
+        _query_length_rule(params),
         _r(
             "one judgment per (query, product)",
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["query", "product_id"]),

@@ -99,7 +99,7 @@ def normalize(raw: Tables, params: Params, key: bytes, now: dt.datetime) -> Inge
     reject_frame = (
         pd.concat(rejects, ignore_index=True)
         if rejects
-        else pd.DataFrame(columns=["source_row", "column", "value", "reason", "table"])
+        else pd.DataFrame(columns=["source_row", "unit", "column", "value", "reason", "table"])
     )
     apply_reject_policy(reject_frame, total_rows, params, origin)
     stats: dict[str, int] = {}

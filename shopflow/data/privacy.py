@@ -1,8 +1,10 @@
 """Privacy at the door: keyed pseudonyms for people, placeholders for PII typed into search.
 
-User and session ids become HMAC-SHA256 pseudonyms under a key from the environment
-(`SHOPFLOW_PSEUDONYM_KEY`), so the same person keeps the same key across nights (needed for
-recommendation histories) while the raw id cannot be recovered without the key. Query text is
+User and session ids become HMAC-SHA256 pseudonyms under a secret key
+(`SHOPFLOW_PSEUDONYM_KEY`, see `shopflow.core.secrets`), so the same person keeps the same key
+across nights (needed for recommendation histories) while the raw id cannot be recovered
+without the key. Outside the synthetic demo a missing or public key is an error: with a known
+key and guessable raw ids every pseudonym could be reversed by hashing the candidates. Query text is
 scrubbed of e-mail addresses, phone numbers and card numbers (Luhn-checked, so product codes
 and sizes survive) before anything is written.
 """
@@ -11,14 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import os
 import re
 
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from shopflow.core.secrets import Mode, require_key
 
 KEY_ENV = "SHOPFLOW_PSEUDONYM_KEY"
 DEV_KEY = "shopflow-development-key-do-not-use-in-production"
@@ -32,17 +32,9 @@ PHONE_RE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,}\d(?![\w])")
 MIN_PHONE_DIGITS = 9
 
 
-def pseudonym_key() -> bytes:
-    """The HMAC key; the development default works but warns, since it is public."""
-    key = os.environ.get(KEY_ENV, "")
-    if not key:
-        log.warning(
-            "%s is not set: using the public development key. Pseudonyms are then reversible "
-            "by anyone with a list of raw ids; set a secret key in production.",
-            KEY_ENV,
-        )
-        key = DEV_KEY
-    return key.encode()
+def pseudonym_key(mode: Mode) -> bytes:
+    """The HMAC key: a secret in production; the public development key only in the demo."""
+    return require_key(KEY_ENV, mode, DEV_KEY, "customer pseudonyms")
 
 
 def key_fingerprint(key: bytes) -> str:

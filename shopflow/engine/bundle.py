@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 INFO = "shopflow.json"
 CATALOGUE = "catalogue.parquet"
 USERS = "users.parquet"
+SERVED_USER_COLUMNS = ["user_key", "recent"]
 RANKER = "ranker"  # the feature ranker's folder, in a reranker stage output and in a bundle
 RECOMMENDER = "recommender"  # the served recommender (`engine.recommend`), as the stage saved it
 
@@ -81,8 +82,10 @@ def save_bundle(
         shutil.copytree(reranker_dir / RANKER, out / RANKER)
     products = pd.read_parquet(prepared_dir / "products.parquet")
     write_parquet(products, out / CATALOGUE)
-    if (prepared_dir / USERS).exists():
-        shutil.copy2(prepared_dir / USERS, out / USERS)
+    if (prepared_dir / USERS).exists():  # only what search personalises with: no purchases
+        write_parquet(
+            pd.read_parquet(prepared_dir / USERS, columns=SERVED_USER_COLUMNS), out / USERS
+        )
     if recommender_dir is not None and recommender_dir.exists():
         shutil.copytree(recommender_dir, out / RECOMMENDER, ignore=shutil.ignore_patterns("eval"))
     write_json(out / INFO, {**info, "settings": {**settings, **mix}})

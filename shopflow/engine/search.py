@@ -108,12 +108,10 @@ class SearchEngine:
         self.candidates = candidates
         self.history_items = history_items
         self.index = VectorIndex(retriever.item_vectors, ann_min_items)
-        self.users: dict[str, tuple[list[str], list[str]]] = {}
+        self.users: dict[str, list[str]] = {}
         if users is not None:
-            for key, recent, bought in users[["user_key", "recent", "purchased"]].itertuples(
-                index=False
-            ):
-                self.users[str(key)] = (list(recent), list(bought))
+            for key, recent in users[["user_key", "recent"]].itertuples(index=False):
+                self.users[str(key)] = list(recent)
         self.info = info or {}
         self.score_pairs = PairScorer(reranker, catalogue)
         self.first_stage = first_stage
@@ -193,9 +191,10 @@ class SearchEngine:
 
     # -- what callers ask ----------------------------------------------------------------
 
-    def user(self, user_key: str | None) -> tuple[list[str], list[str]]:
-        """(recent products, bought products) of a user; empty for unknown users."""
-        return self.users.get(user_key, ([], [])) if user_key else ([], [])
+    def recent(self, user_key: str | None) -> list[str]:
+        """A user's latest products (latest last), which personalise search; empty for
+        unknown users."""
+        return self.users.get(user_key, []) if user_key else []
 
     def history_text(self, query: str | None, recent: Sequence[str]) -> str:
         titles = [

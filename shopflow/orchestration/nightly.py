@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ import yaml
 from shopflow.core import paths
 from shopflow.core.config import AirflowConfig, load_params, update_local_params
 from shopflow.core.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
-from shopflow.core.processes import die_with_parent, stop_process_tree
+from shopflow.core.processes import die_with_parent, stop_process_group, stop_process_tree
 from shopflow.orchestration import handover
 from shopflow.orchestration.runlog import RUN_ID_ENV
 
@@ -258,19 +259,30 @@ def run_stage(
     )
     ran: list[str] = []
     tail: deque[str] = deque(maxlen=tail_lines)
-    assert process.stdout is not None  # stdout=PIPE
-    try:
-        for line in process.stdout:
+    stdout = process.stdout
+    assert stdout is not None  # stdout=PIPE
+
+    def pump() -> None:  # in a thread: a stage orphaned by a killed DVC keeps the pipe open
+        for line in stdout:
             line = line.rstrip()
             log.info("%s", line)
             tail.append(line)
             if match := re.match(r"Running stage '([\w-]+)'", line):
                 ran.append(match.group(1))
+
+    reader = threading.Thread(target=pump, name=f"{stage}-output", daemon=True)
+    reader.start()
+    try:
         code = process.wait()
     finally:  # a timeout or a kill of this task must not leave DVC running
         if process.poll() is None:
             stop_process_tree(process.pid)
             process.wait()
+        # DVC gone (done, failed or killed): nothing of its group may go on writing
+        left = stop_process_group(process.pid, grace_s=10)
+        if left:
+            log.warning("%s: stopped %d process(es) DVC left running", stage, left)
+        reader.join(timeout=10)
     seconds = round(time.perf_counter() - started, 1)
     if code != 0:
         raise StageRunError(stage, stage_exit_code(code, "\n".join(tail)), "\n".join(tail))

@@ -52,7 +52,7 @@ def ensure_bento(entry: Entry) -> str:
 def deploy_champion(params: Params) -> dict:
     """Deploy the registry's champion: `bentoml serve` on 127.0.0.1 (target `local`) or
     `bentoml deploy` to BentoCloud (target `bentocloud`). Repeating it changes nothing."""
-    champion = Registry(params.promote.registry).champion()
+    champion = Registry.of(params).champion()
     if champion is None or champion.kind != "model":
         raise DeployError(
             "the champion is the baselines (BM25F, best recommender): there is no model to "
@@ -67,22 +67,31 @@ def deploy_champion(params: Params) -> dict:
     )
 
 
+CURRENT = "current"  # `--model current`: this workspace's latest outputs, gated or not
+
+
 def serve_champion(
     params: Params, model: str | None = None, bento: str | None = None, port: int | None = None
 ) -> int:
-    """`make serve`: a built `bento`, else the saved `model` with the service from this source
-    tree; by default the champion's Bento, or the current run's outputs before any promotion.
-    Runs until Ctrl-C; the server's exit code."""
+    """`make serve`: the champion's Bento; or, when asked explicitly, a built `bento`, a saved
+    `model`, or `model="current"` (this workspace's outputs, which no gate may have passed).
+    Never an ungated model by default. Runs until stopped; the server's exit code."""
     env = {**os.environ}
     if bento is None and model is None:
-        champion = Registry(params.promote.registry).champion()
-        if champion is not None and champion.kind == "model":
-            bento = ensure_bento(champion)
-            env["SHOPFLOW_PROMOTED_AT"] = champion.at
-            log.info("serving the champion #%d %s", champion.id, champion.version)
-        else:
-            model = current_model(params)
-            log.info("no promoted model yet: serving the current run's outputs (%s)", model)
+        champion = Registry.of(params).champion()
+        if champion is None or champion.kind != "model":
+            raise DeployError(
+                "no promoted model to serve: the champion is "
+                + ("nobody (empty registry)" if champion is None else "the baselines")
+                + ". Serving an ungated model takes an explicit `shopflow serve --model "
+                f"{CURRENT}` (this workspace's latest outputs) or `--model shopflow:<version>`"
+            )
+        bento = ensure_bento(champion)
+        env["SHOPFLOW_PROMOTED_AT"] = champion.at
+        log.info("serving the champion #%d %s", champion.id, champion.version)
+    elif model == CURRENT:
+        model = current_model(params)
+        log.warning("serving this workspace's latest outputs (%s), not a promoted model", model)
     env[MODEL_ENV] = packed_model(bento) if bento else str(model)
     target = bento or SERVICE
     return serve_foreground(target, port or params.serving.port, env, None if bento else ROOT)

@@ -73,7 +73,7 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
     """Act on the evaluate stage's decision, or on `override` whatever it says (see the
     module docstring); the outcome."""
     metrics = paths.metrics("promote")
-    registry = Registry(params.promote.registry)
+    registry = Registry.of(params)
     baseline_metrics = (
         decision["metrics"].get("champion", {})
         if decision["champion"]["kind"] == "baseline"

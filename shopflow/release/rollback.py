@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def rollback(params: Params, to: str | int | None = None) -> Entry:
     """Re-point the champion to `to` (an entry id or model version; default: the model
     before the champion) and log it."""
-    registry = Registry(params.promote.registry)
+    registry = Registry.of(params)
     target = registry.rollback_target(to)
     bento = ensure_bento(target)
     entry = registry.rollback(target.id, bento_tag=bento)

@@ -121,7 +121,7 @@ def training_section(project: Path) -> dict:
 
 def promotion_section(project: Path, params: Params, promoted_now: bool) -> dict:
     """The registry as a timeline (newest first), the champion, and what is deployed."""
-    registry = Registry(project / params.promote.registry)
+    registry = Registry.of(params, project)
     entries = [dataclasses.asdict(e) for e in registry.history()]
     champion = registry.champion()
     for i, entry in enumerate(entries):

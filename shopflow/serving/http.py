@@ -6,21 +6,35 @@ Bad input gets a 4xx that names what is wrong, never a 500:
   their errors with 400 and the field that failed;
 - `RequestGuard`, an ASGI middleware, answers before the body reaches BentoML: 413 for a body
   over `max_body_bytes` (declared or streamed), 415 for a body that is not JSON by its
-  Content-Type, 400 for bytes that are not UTF-8 or not JSON;
+  Content-Type, 408 for a body that does not arrive within `read_timeout_s`, 400 for bytes
+  that are not UTF-8, not JSON or nested deeper than `max_json_depth` (checked without
+  recursion, so no body can exhaust the parser's stack), 401/403 for a request about a
+  customer (`user_key`) without a valid API key;
 - unknown product ids are a 400 from the service that lists them (`UnknownProductsError`).
 
-The limits come from the `serving` section of params.yaml (`request_models`).
+Per-customer answers need `SHOPFLOW_API_KEY` (`Authorization: Bearer <key>` or `X-API-Key`),
+compared in constant time. Only a model trained on the synthetic demo answers them without a
+key. The limits come from the `serving` section of params.yaml (`request_models`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shopflow.core.config import ServingConfig
+from shopflow.core.errors import preview
+from shopflow.core.secrets import same_secret
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "SHOPFLOW_API_KEY"
+PER_USER_FIELD = "user_key"
 
 
 class UnknownProductsError(ValueError):
@@ -38,7 +52,7 @@ UserKey = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 
 
 class PriceRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     min: float | None = Field(None, ge=0)
     max: float | None = Field(None, ge=0)
 
@@ -50,7 +64,7 @@ class PriceRange(BaseModel):
 
 
 class SearchFilters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     category: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
         | None
@@ -114,12 +128,26 @@ JSON_TYPES = ("application/json",)
 
 
 class RequestGuard:
-    """ASGI middleware: body size, media type and encoding checks for the POST endpoints."""
+    """ASGI middleware: size, media type, read time, encoding, depth and per-customer access
+    checks for the POST endpoints, each answered with a 4xx that names the problem."""
 
-    def __init__(self, app, max_body_bytes: int = 65_536, paths: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app,
+        max_body_bytes: int = 65_536,
+        paths: tuple[str, ...] = (),
+        max_json_depth: int = 16,
+        read_timeout_s: float = 10.0,
+        api_key: bytes | None = None,
+        open_per_user: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.paths = set(paths)
+        self.max_json_depth = max_json_depth
+        self.read_timeout_s = read_timeout_s
+        self.api_key = api_key
+        self.open_per_user = open_per_user
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -129,7 +157,9 @@ class RequestGuard:
         media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media not in JSON_TYPES:
             await respond(
-                send, 415, f"Content-Type {media!r} is not accepted: send JSON (application/json)"
+                send,
+                415,
+                f"Content-Type {preview(media, 60)} is not accepted: send JSON (application/json)",
             )
             return
         declared = headers.get("content-length")
@@ -142,21 +172,35 @@ class RequestGuard:
             )
             return
         body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                await respond(
-                    send, 413, f"request body is over the limit of {self.max_body_bytes} bytes"
-                )
-                return
-        problem = body_problem(body)
+        with anyio.move_on_after(self.read_timeout_s) as reading:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_body_bytes:
+                    await respond(
+                        send, 413, f"request body is over the limit of {self.max_body_bytes} bytes"
+                    )
+                    return
+        if reading.cancelled_caught:
+            await respond(
+                send,
+                408,
+                f"request body did not arrive within {self.read_timeout_s:g} s "
+                f"({len(body)} bytes of {declared or 'an unknown length'} came)",
+            )
+            return
+        value, problem = parse_body(body, self.max_json_depth)
         if problem:
             await respond(send, 400, problem)
             return
+        if value.get(PER_USER_FIELD) is not None:
+            denied = self.access_problem(headers)
+            if denied:
+                await respond(send, *denied)
+                return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -168,22 +212,88 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
+    def access_problem(self, headers: dict[str, str]) -> tuple[int, str] | None:
+        """Why a request about a customer may not be answered, or None. The key is compared
+        in constant time; no answer says how much of a wrong key matched."""
+        given = presented_key(headers)
+        if self.api_key is None:
+            if self.open_per_user():
+                return None
+            return 403, (
+                f"{PER_USER_FIELD}: this service answers no request about a customer because it "
+                f"has no API key configured (set {API_KEY_ENV} where it runs); send "
+                "recent_product_ids instead"
+            )
+        if given is None:
+            return 401, (
+                f"{PER_USER_FIELD}: a request about a customer needs the API key: send "
+                "`Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            )
+        if not same_secret(given, self.api_key):
+            return 401, "the API key sent is not valid"
+        return None
 
-def body_problem(body: bytes) -> str | None:
-    """Why a request body is not a JSON object, or None."""
+
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The API key a request carries (`Authorization: Bearer ...` or `X-API-Key`), or None."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    return headers.get("x-api-key", "").strip() or None
+
+
+def json_depth_over(text: str, limit: int) -> bool:
+    """Whether JSON `text` nests objects/arrays deeper than `limit` (brackets inside strings
+    do not count). A linear scan, so no input can exhaust a recursive parser."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def parse_body(body: bytes, max_depth: int = 16) -> tuple[dict, str | None]:
+    """A request body as a JSON object, or ({}, why it is not one)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"request body is not UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 1]!r})"
+        return {}, (
+            f"request body is not UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 1]!r})"
+        )
     if not text.strip():
-        return "request body is empty: send a JSON object"
+        return {}, "request body is empty: send a JSON object"
+    if json_depth_over(text, max_depth):
+        return {}, f"request body nests deeper than {max_depth} levels: send a flat JSON object"
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
-        return f"request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        return {}, f"request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:  # unreachable after the depth check; kept as a last line
+        return {}, "request body nests too deeply"
+    except ValueError as exc:  # NaN / Infinity, which Python's parser accepts and JSON does not
+        return {}, f"request body is not JSON: {exc}"
     if not isinstance(value, dict):
-        return f"request body must be a JSON object, not {type(value).__name__}"
-    return None
+        return {}, f"request body must be a JSON object, not {type(value).__name__}"
+    return value, None
 
 
 async def respond(send, status: int, message: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,18 +24,21 @@ from typing import IO
 
 from shopflow.core.artifacts import read_json, write_json
 from shopflow.core.errors import DeployError, StageInputError
-from shopflow.core.processes import is_running, started_at, stop_process_tree
+from shopflow.core.processes import die_with_parent, is_running, started_at, stop_process_tree
 from shopflow.serving.bento_build import MODEL_ENV, ROOT, packed_model
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SERVICE = "bento.service:Shopflow"  # the service from this source tree (no Bento)
 HOST = "127.0.0.1"
 
 
 def serve_command(target: str, port: int) -> list[str]:
-    """`bentoml serve` of a Bento tag or of `SERVICE`, on loopback only."""
-    return [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+    """`bentoml serve` of a Bento tag or of `SERVICE`, on loopback only, through the launcher
+    that keeps the process manager's control sockets private."""
+    launcher = "shopflow.serving.launch"
+    return [sys.executable, "-m", launcher, "serve", target, "--host", HOST, "--port", str(port)]
 
 
 def is_ready(base_url: str) -> bool:
@@ -65,7 +69,39 @@ def serve_foreground(target: str, port: int, env: dict[str, str], cwd: Path | No
         f"  curl -s {base}/version",
         flush=True,
     )
-    return subprocess.call(serve_command(target, port), env=env, cwd=cwd)
+    process = subprocess.Popen(
+        serve_command(target, port),
+        env=env,
+        cwd=cwd,
+        start_new_session=True,  # its own group: a terminal's Ctrl-C reaches it only through us
+        preexec_fn=die_with_parent,  # and it dies with us even if we are SIGKILLed
+    )
+    return wait_forwarding_signals(process)
+
+
+def wait_forwarding_signals(process: subprocess.Popen) -> int:
+    """Wait for `process`; SIGTERM, SIGINT or SIGHUP to this process stops its whole tree
+    (BentoML's arbiter and every worker) before this returns, so nothing keeps the port."""
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        log.info(
+            "%s: stopping the server (pid %d) and its workers",
+            signal.Signals(signum).name,
+            process.pid,
+        )
+        stop_process_tree(process.pid, grace_s=20)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        code = process.wait()
+    finally:
+        if process.poll() is None:  # an exception in this process: never leave the server
+            stop_process_tree(process.pid, grace_s=20)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + stopping[0] if stopping else code
 
 
 class RunningService:

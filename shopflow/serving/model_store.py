@@ -27,6 +27,7 @@ from shopflow.core.artifacts import files_hash, read_json, write_json
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
 from shopflow.core.provenance import git_revision
+from shopflow.core.secrets import mode_for
 from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
 from shopflow.engine.onnx import PRECISIONS
 from shopflow.engine.search import SearchEngine
@@ -58,7 +59,8 @@ def save_model(
             reranker_dir=models_dir / "reranker",
             prepared_dir=prepared_dir,
             settings=bundle_settings(params),
-            info={"model_name": MODEL_NAME},
+            # the mode decides whether per-customer answers need an API key (bento/service.py)
+            info={"model_name": MODEL_NAME, "mode": str(mode_for(params.ingest.source))},
             recommender_dir=models_dir / paths.RECOMMENDER.name,
         )
         if (drift_reference / "window.json").exists():

@@ -48,7 +48,7 @@ def run(params: Params) -> dict:
     events, products = tables["events"], tables["products"]
 
     tonight = tonight_reference(events, products, params)
-    entry = Registry(params.promote.registry).champion()
+    entry = Registry.of(params).champion()
     bundle = champion_bundle(entry)
     if entry is not None and bundle is not None and (bundle / REFERENCE / "window.json").exists():
         reference = load_reference(bundle / REFERENCE, f"champion #{entry.id} ({entry.model_tag})")

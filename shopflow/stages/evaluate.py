@@ -34,7 +34,7 @@ def run(params: Params) -> dict:
     started = time.perf_counter()
     tables = read_prepared()
     split = held_out(tables, params, paths.BASELINES)
-    entry = Registry(params.promote.registry).champion()
+    entry = Registry.of(params).champion()
     label = (
         f"#{entry.id} {entry.version}"
         if entry

@@ -17,6 +17,7 @@ from pathlib import Path
 from shopflow.core import paths
 from shopflow.core.artifacts import staged_dir, write_json, write_parquet
 from shopflow.core.config import Params
+from shopflow.core.secrets import mode_for
 from shopflow.data.normalize import Ingested, normalize
 from shopflow.data.privacy import pseudonym_key
 from shopflow.data.sources import read_source
@@ -43,8 +44,11 @@ def run(params: Params) -> Ingested:
         window.start,
         window.end,
     )
+    mode = mode_for(params.ingest.source)
+    key = pseudonym_key(mode)  # before reading: a production run without a key stops at once
     raw = read_source(params)
-    result = normalize(raw, params, pseudonym_key(), dt.datetime.now(dt.UTC))
+    result = normalize(raw, params, key, dt.datetime.now(dt.UTC))
+    result.manifest["mode"] = str(mode)
     write(result)
     seconds = time.perf_counter() - started
     rows = {name: len(frame) for name, frame in result.tables.items()}

@@ -246,7 +246,9 @@ class Checkpoints:
         path = self.latest()
         if path is None:
             return 0, {}
-        state = torch.load(path, map_location=self.runtime.device, weights_only=False)
+        state = torch.load(
+            path, map_location=self.runtime.device, weights_only=True
+        )  # no pickled code
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -17,8 +17,7 @@ import pytest
 
 from shopflow.core.processes import is_running
 from shopflow.orchestration import cluster, handover, servers
-from shopflow.release.registry import Registry
-from tests.conftest import committed, copy_project
+from tests.conftest import committed, copy_project, open_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -117,7 +116,7 @@ def test_a_night_runs_across_two_workers_through_the_dvc_remote(running):
     assert committed(default, "params.yaml") and committed(gpu, "params.yaml")
 
     assert returned(tasks["promote"])["project"] == str(default)
-    registry = Registry(up.shared / "state/registry")  # one registry for every worker
+    registry = open_registry(up.shared / "state/registry")  # one registry for every worker
     champion = registry.champion()
     assert champion.kind == "model" and champion.action == "force"
     assert champion.decision["forced_by"] == "pytest"

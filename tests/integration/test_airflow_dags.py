@@ -28,7 +28,7 @@ import yaml
 from shopflow.core.artifacts import read_json, write_json
 from shopflow.core.processes import is_running
 from shopflow.release.registry import Registry
-from tests.conftest import BIN, ROOT, copy_project
+from tests.conftest import BIN, ROOT, copy_project, open_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -140,7 +140,7 @@ class Airflow:
         path.write_text(yaml.safe_dump(tree, sort_keys=False))
 
     def registry(self) -> Registry:
-        return Registry(self.project / ".shopflow/registry")
+        return open_registry(self.project / ".shopflow/registry")
 
 
 def free_port() -> int:

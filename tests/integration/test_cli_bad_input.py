@@ -85,9 +85,7 @@ def test_wrong_types_fail_or_quarantine_by_policy(tmp_path):
     rows.loc[1, "price"] = "two hundred"
     rows.to_csv(path, index=False)
     result = cli(tmp_path, "ingest", *judgments_args(path))
-    assert_clear_error(
-        result, 2, "products.price at source row 1", "'two hundred'", "on_unparseable"
-    )
+    assert_clear_error(result, 2, "products.price at line 3", "'two hundred'", "on_unparseable")
     assert not (tmp_path / "data" / "ingested").exists()
     lenient = cli(
         tmp_path,

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from shopflow.orchestration.nightly import stale_upstream
-from shopflow.release.registry import BASELINE_VERSION, Registry
-from tests.conftest import BIN, copy_project
+from shopflow.release.registry import BASELINE_VERSION
+from tests.conftest import BIN, copy_project, open_registry
 from tests.integration.browser import chromium, local_links, needs_browser, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -144,7 +144,9 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert data["metrics/drift.json"]["data"]["decision"] == checked["decision"]
     assert checked["reference"]["source"].startswith("tonight's training days")  # no model yet
     assert (project / "reports/drift/index.html").exists()
-    registry = Registry(project / ".shopflow/registry")  # the first run registered the baseline
+    registry = open_registry(
+        project / ".shopflow/registry"
+    )  # the first run registered the baseline
     assert registry.history()[0].version == BASELINE_VERSION
     assert registry.champion().kind == ("model" if decision["verdict"] == "promote" else "baseline")
     reranker = data["metrics/reranker.json"]["data"]

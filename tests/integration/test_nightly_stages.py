@@ -6,10 +6,15 @@ Airflow may retry, and two clones sharing only a DVC remote run one night betwee
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from shopflow.orchestration import handover, nightly
@@ -122,3 +127,46 @@ def test_two_clones_run_one_night_through_a_dvc_remote_alone(tmp_path):
         b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
     )
     assert again["ran"] == []  # a rerun of the task: nothing to do
+
+
+SLOW_STAGE = """
+  slow:
+    cmd: python -c "import os, time; open('stage.pid', 'w').write(str(os.getpid())); time.sleep(300)"
+    deps: [night.txt]
+    outs: [slow.txt]
+"""
+
+
+def test_a_killed_dvc_leaves_no_stage_process_behind(project):
+    """SIGKILL of the task's `dvc repro` (an OOM kill, a lost worker): the stage it ran is
+    stopped before the task fails, so no process writes into the workspace while a retry
+    starts."""
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + SLOW_STAGE)
+    nightly.run_stage(project, "resolve", NIGHT)
+    nightly.run_stage(project, "window", NIGHT, ["resolve"])
+    outcome: dict = {}
+
+    def task() -> None:
+        try:
+            nightly.run_stage(project, "slow", NIGHT, ["window"])
+        except nightly.StageRunError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=task)
+    thread.start()
+    pid_file = project / "stage.pid"
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the slow stage never started"
+        time.sleep(0.2)
+    stage = psutil.Process(int(pid_file.read_text()))
+    dvc = next(
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "repro" in p.cmdline() and p.pid != stage.pid
+    )
+    os.kill(dvc.pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the task waited for the orphaned stage"
+    assert "error" in outcome  # the task failed (and may be retried) ...
+    assert not stage.is_running() or stage.status() == psutil.STATUS_ZOMBIE  # ... alone

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from shopflow.core.artifacts import read_json, write_json
-from shopflow.release.registry import BASELINE_VERSION, Registry
-from tests.conftest import ROOT
+from shopflow.release.registry import BASELINE_VERSION
+from tests.conftest import ROOT, open_registry
 from tests.integration.conftest import MODEL_OVERRIDES
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def set_verdict(shop: dict, verdict: str, champion_entry: int | None) -> None:
 
 def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path):
     registry_dir = tmp_path / "registry"
-    registry = Registry(registry_dir)
+    registry = open_registry(registry_dir)
 
     # 1. the real A/B evaluation against the first champion, the baselines (tuned BM25F, the best recommender)
     done = cli(shop, registry_dir, "evaluate")

@@ -10,19 +10,33 @@ BentoML home, built into a Bento (`bentoml build`, offline) and that Bento is se
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
+from shopflow.bench.hostile import check, slow_body, slow_headers
+from shopflow.bench.hostile_probes import probes
 from shopflow.core import paths
+from shopflow.core.processes import stop_process_tree
+from shopflow.core.secrets import new_key
 from shopflow.data.synthetic.user_model import UserModel
 from shopflow.data.synthetic.world import ShopWorld
 from shopflow.models.lexical import BM25, Bm25Settings
-from shopflow.serving.local import RunningService, free_port
+from shopflow.serving.http import API_KEY_ENV
+from shopflow.serving.local import RunningService, free_port, is_ready
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
+API_KEY = new_key()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +45,7 @@ def service(shop):
     with RunningService(
         shop["bento"],
         free_port(),
-        shop["env"],
+        {**shop["env"], API_KEY_ENV: API_KEY},
         cwd=shop["work"],
         log_path=shop["work"] / "serve.log",
     ) as base:
@@ -46,6 +60,11 @@ def post(base: str, path: str, body, **kwargs) -> httpx.Response:
 
 def products(shop) -> pd.DataFrame:
     return pd.read_parquet(shop["work"] / "data/prepared/products.parquet")
+
+
+def buyer(shop) -> pd.Series:
+    users = pd.read_parquet(shop["work"] / "data/prepared/users.parquet")
+    return users[users["purchased"].map(len) > 0].iloc[0]
 
 
 def test_health_ready_version_and_metrics(service, shop):
@@ -92,58 +111,51 @@ def test_recommend_by_user_and_by_recent_products_keeps_the_shops_exclusion_rule
     rule = httpx.get(f"{service}/version").json()["recommends"]
     policy = json.loads((shop["work"] / "data/prepared/recommend.json").read_text())
     assert rule["exclude"] == policy["exclude"]  # what prepare resolved is what is served
-    users = pd.read_parquet(shop["work"] / "data/prepared/users.parquet")
-    buyer = users[users["purchased"].map(len) > 0].iloc[0]
-    hits = post(service, "/recommend", {"user_key": buyer["user_key"], "k": 10}).json()["products"]
+    customer = buyer(shop)
+    with_key = {"headers": {"Authorization": f"Bearer {API_KEY}"}}
+    refused = post(service, "/recommend", {"user_key": customer["user_key"], "k": 10})
+    assert refused.status_code == 401  # a customer's recommendations need the API key
+    hits = post(
+        service, "/recommend", {"user_key": customer["user_key"], "k": 10}, **with_key
+    ).json()["products"]
     returned = {h["product_id"] for h in hits}
     assert len(hits) == 10
     if rule["exclude"] in ("purchased", "interacted"):
-        assert not returned & set(buyer["purchased"])
+        assert not returned & set(customer["purchased"])
     if rule["exclude"] == "interacted":
-        assert not returned & set(buyer["recent"])
-    recent = list(buyer["recent"][-2:])
+        assert not returned & set(customer["recent"])
+    recent = list(customer["recent"][-2:])
     by_items = post(service, "/recommend", {"recent_product_ids": recent, "k": 5}).json()
     assert len(by_items["products"]) == 5
 
 
-BAD_INPUT = [
-    ("/search", {"query": "   "}, 400, "query"),
-    ("/search", {"query": ""}, 400, "query"),
-    ("/search", {"query": "x" * 513}, 400, "at most 512"),
-    ("/search", {"query": "sofa", "k": 0}, 400, "greater than or equal to 1"),
-    ("/search", {"query": "sofa", "k": 101}, 400, "less than or equal to 100"),
-    ("/search", {"query": "sofa", "k": "5"}, 400, "valid integer"),
-    ("/search", {"query": 42}, 400, "valid string"),
-    ("/search", {"k": 5}, 400, "Field required"),
-    ("/search", {"query": "sofa", "colour": "red"}, 400, "Extra inputs"),
-    ("/search", {"query": "sofa", "filters": {"price": {"min": 50, "max": 10}}}, 400, "above max"),
-    ("/rank", {"query": "sofa", "product_ids": []}, 400, "at least 1"),
-    ("/rank", {"query": "sofa", "product_ids": ["no-such-product"]}, 400, "no-such-product"),
-    ("/recommend", {"k": 5}, 400, "user_key or recent_product_ids"),
-    ("/recommend", {"recent_product_ids": ["ghost-1"]}, 400, "ghost-1"),
-    ("/recommend", {"user_key": "stranger"}, 400, "no history"),
-    ("/search", b"not json", 400, "not JSON"),
-    ("/search", b"[1, 2]", 400, "JSON object"),
-    ("/search", b"", 400, "empty"),
-    ("/search", b'{"query": "\xff\xfe"}', 400, "not UTF-8"),
-    ("/search", json.dumps({"query": "a" * 70_000}).encode(), 413, "over the limit"),
-]
+def test_the_hostile_input_suite_gets_no_5xx_and_every_4xx_names_the_problem(service, shop):
+    """108 probes (malformed, nested, encodings, sizes, types at every level, methods, paths,
+    headers, API keys): each gets its expected status and a body that names the problem."""
+    ids = products(shop)["product_id"].tolist()
+    suite = probes(shop["params"].serving, ids, buyer(shop)["user_key"], API_KEY)
+    assert len(suite) >= 100
+    results = check(service, suite)
+    failed = [r for r in results if not r["passed"]]
+    assert not failed, json.dumps(failed, indent=1)
+    assert max(r["ms"] for r in results) < 30_000  # nothing hung
 
 
-@pytest.mark.parametrize(("path", "body", "status", "says"), BAD_INPUT)
-def test_bad_input_gets_a_clear_4xx(service, path, body, status, says):
-    response = post(service, path, body)
-    assert response.status_code == status, response.text
-    assert says in response.text
+def test_a_body_or_headers_that_stop_half_way_do_not_hold_the_service(service, shop):
+    seconds = shop["params"].serving.read_timeout_s
+    body = slow_body(service, seconds)
+    assert body["passed"] and "did not arrive within" in body["answer"], body
+    headers = slow_headers(service, seconds)
+    assert headers["passed"], headers
+    post(service, "/search", {"query": "sofa"}).raise_for_status()  # still answering
 
 
-def test_non_json_media_type_is_415(service):
-    response = httpx.post(
-        f"{service}/search",
-        content=b"query=sofa",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert response.status_code == 415 and "JSON" in response.text
+def test_client_errors_are_one_warning_line_each_not_error_tracebacks(service, shop):
+    post(service, "/search", {"query": "sofa", "k": "five"})
+    post(service, "/rank", {"query": "sofa", "product_ids": ["no-such-product"]})
+    log = (shop["work"] / "serve.log").read_text()
+    assert "Traceback" not in log and "Exception on" not in log
+    assert "400 POST /rank: " in log and "no-such-product" in log
 
 
 def test_search_returns_more_relevant_products_than_bm25(service, shop):
@@ -166,3 +178,36 @@ def test_search_returns_more_relevant_products_than_bm25(service, shop):
     served = float(np.mean(model.grades(requests, served_top)))
     lexical = float(np.mean(model.grades(requests, bm25_top)))
     assert served > lexical, (served, lexical)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_shopflow_serve_stops_the_server_and_frees_the_port(shop, sig):
+    """`shopflow serve` starts BentoML's arbiter and workers; a SIGTERM to it (Ctrl-C, a
+    process manager, `kill`) stops them all, and even a SIGKILL takes them down with it."""
+    port = free_port()
+    command = [sys.executable, "-m", "shopflow", "--params", str(ROOT / "params.yaml"), "serve"]
+    command += ["--bento", shop["bento"], "--port"]
+    parent = subprocess.Popen(
+        [*command, str(port)],
+        cwd=shop["work"],
+        env=shop["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not is_ready(f"http://127.0.0.1:{port}"):
+            assert parent.poll() is None and time.monotonic() < deadline, "never ready"
+            time.sleep(0.5)
+        tree = psutil.Process(parent.pid).children(recursive=True)
+        assert len(tree) >= 2  # the arbiter and at least one worker
+        os.kill(parent.pid, sig)
+        parent.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+        with socket.socket() as probe:  # nothing listens on the port any more
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        if parent.poll() is None:
+            stop_process_tree(parent.pid)

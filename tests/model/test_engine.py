@@ -96,8 +96,7 @@ def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
     assert engine.search(["plum mug"], k=5, filters=Filters(min_price=11))[0] == []
     given = ["p-red-mug", "p-blue-lamp", "p-white-towel"]
     assert sorted(h.product_id for h in engine.rank("plum mug", given)) == sorted(given)
-    recent, _ = engine.user("u1")
-    assert recent == ["p-red-kettle", "p-blue-mug"] and engine.user("nobody") == ([], [])
+    assert engine.recent("u1") == ["p-red-kettle", "p-blue-mug"] and engine.recent("nobody") == []
     recommended = [h.product_id for h in engine.recommend(["u1"], k=10)[0]]
     assert len(recommended) == 10 and "p-red-kettle" not in recommended  # bought: excluded
     # what others bought with the kettle, and the mug u1 clicked (EASE; clicks are not excluded)
@@ -109,7 +108,7 @@ def test_filters_rank_and_recommend_keep_their_promises(trained_shop):
     anonymous = [h.product_id for h in engine.recommend([None], k=3, recents=[["p-red-lamp"]])[0]]
     # nothing bought, nothing left out: what was bought with the lamp comes first
     assert set(anonymous[:2]) == {"p-red-kettle", "p-red-towel"}
-    personal = engine.search(["plum mug"], k=5, recents=[recent])[0]
+    personal = engine.search(["plum mug"], k=5, recents=[engine.recent("u1")])[0]
     assert len(personal) == 5
 
 

@@ -31,7 +31,8 @@ def test_unparseable_values_are_rejected_with_row_and_column():
     )
     good, rejects = conform(raw, "products", "cat.csv")
     assert list(good["product_id"]) == ["a", "c"]
-    assert rejects.loc[0, "source_row"] == 1 and rejects.loc[0, "column"] == "price"
+    assert rejects.loc[0, "source_row"] == 2 and rejects.loc[0, "column"] == "price"  # 1-based
+    assert rejects.loc[0, "unit"] == "row"
     message = describe_rejects(rejects, "cat.csv")
     assert "cat.csv" in message and "products.price" in message and "'abc'" in message
 

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from shopflow.engine.search import Catalogue, Filters
 from shopflow.models.vector_index import VectorIndex, exact_top_k, recall_at
-from shopflow.serving.http import RequestGuard, body_problem, request_models
+from shopflow.serving.http import RequestGuard, json_depth_over, parse_body, request_models
 from shopflow.serving.model_store import decide_onnx
 from tests.conftest import tiny_params
 
@@ -120,11 +120,20 @@ def test_request_models_take_their_limits_from_the_config():
         (b"{", "not JSON"),
         (b"3", "JSON object"),
         (b'{"a": 1}', None),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper than 16"),
+        (b'{"a": ' + b"[" * 200_000, "deeper than 16"),  # never reaches the parser
     ],
 )
-def test_body_problem_names_what_is_wrong(body, says):
-    problem = body_problem(body)
+def test_parse_body_names_what_is_wrong(body, says):
+    value, problem = parse_body(body)
     assert problem is None if says is None else says in problem
+    assert (value == {}) == (says is not None)
+
+
+def test_json_depth_ignores_brackets_inside_strings():
+    assert not json_depth_over('{"q": "[[[[[[[[ {{{{ \\" [[["}', 3)
+    assert json_depth_over('{"a": {"b": {"c": {}}}}', 3)
+    assert not json_depth_over('{"a": {"b": {"c": {}}}}', 4)
 
 
 def test_request_guard_checks_size_type_and_encoding_and_passes_good_bodies_intact():
@@ -147,6 +156,35 @@ def test_request_guard_checks_size_type_and_encoding_and_passes_good_bodies_inta
     assert form.status_code == 415
     assert client.post("/search", content=b"\xfe{}").status_code == 400
     assert client.post("/other", content=b'{"x": 1}').status_code == 200  # not guarded
+
+
+def guarded(api_key: bytes | None, demo: bool) -> TestClient:
+    async def echo(request):
+        return JSONResponse({"got": json.loads(await request.body())})
+
+    app = Starlette(routes=[Route("/recommend", echo, methods=["POST"])])
+    guard = RequestGuard(app, paths=("/recommend",), api_key=api_key, open_per_user=lambda: demo)
+    return TestClient(guard)
+
+
+def test_a_request_about_a_customer_needs_the_api_key_unless_the_model_is_a_demo():
+    key = b"k" * 40
+    personal = b'{"user_key": "u_1"}'
+    anonymous = b'{"recent_product_ids": ["p1"]}'
+    for client in (guarded(key, demo=False), guarded(key, demo=True)):
+        assert client.post("/recommend", content=anonymous).status_code == 200
+        missing = client.post("/recommend", content=personal)
+        assert missing.status_code == 401 and "needs the API key" in missing.json()["error"]
+        wrong = client.post("/recommend", content=personal, headers={"X-API-Key": "k" * 39})
+        assert wrong.status_code == 401 and "not valid" in wrong.json()["error"]
+        for header in ({"Authorization": f"Bearer {key.decode()}"}, {"X-API-Key": key.decode()}):
+            assert client.post("/recommend", content=personal, headers=header).status_code == 200
+    closed = guarded(None, demo=False).post("/recommend", content=personal)
+    assert closed.status_code == 403 and "SHOPFLOW_API_KEY" in closed.json()["error"]
+    assert guarded(None, demo=True).post("/recommend", content=personal).status_code == 200
+    assert guarded(None, demo=False).post("/recommend", content=anonymous).status_code == 200
+    nan = guarded(None, demo=True).post("/recommend", content=b'{"k": NaN}')
+    assert nan.status_code == 400 and "NaN is not a JSON value" in nan.json()["error"]
 
 
 def test_int8_is_only_chosen_with_a_measured_drop_below_the_limit():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shopflow.core.errors import EmptyDataError, SourceError
+from shopflow.core.errors import preview, EmptyDataError, SourceError
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": None}
 MAX_FIELD_BYTES = 64 * 1024 * 1024
@@ -79,8 +79,14 @@ def read_table(path: str | Path, encoding: str = "utf-8", sep: str | None = None
     except pd.errors.EmptyDataError:
         raise EmptyDataError(f"{path}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, ValueError, OSError) as exc:
-        raise SourceError(f"{path}: cannot be parsed: {str(exc).strip().splitlines()[0]}") from None
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SourceError(f"{path}: cannot be parsed: {preview(said, 300)}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    # Number rows as a person finds them: the file's line (a CSV's header is line 1; exact
+    # unless a quoted field spans lines), or the 1-based row of a parquet file.
+    first = {"csv": 2, "tsv": 2, "txt": 2, "jsonl": 1, "ndjson": 1}.get(base, 1)
+    unit = "row" if base == "parquet" else "line"
+    frame.index = pd.RangeIndex(first, first + len(frame), name=unit)
     return frame
 
 
