@@ -60,14 +60,7 @@ def stop_process_group(pgid: int, grace_s: float = 30.0) -> int:
     there were. A killed `dvc repro` leaves its stage running as an orphan in the group it
     was started in (its own, `start_new_session`): this is what stops it."""
     members = group_members(pgid)
-    for process in members:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(members, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate(members, grace_s)
     return len(members)
 
 
@@ -79,12 +72,17 @@ def stop_process_tree(pid: int, grace_s: float = 30.0) -> bool:
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return False
-    for process in tree:
+    terminate(tree, grace_s)
+    return True
+
+
+def terminate(processes: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM each of `processes`, then SIGKILL those still alive after `grace_s`."""
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     psutil.wait_procs(alive, timeout=5)
-    return True

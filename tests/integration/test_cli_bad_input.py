@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 MAPPING = "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, price: price}"
 
 
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -34,7 +34,7 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -214,3 +214,24 @@ def test_repeated_judgments_stop_validate_by_default_naming_the_option(tmp_path)
         "mean, median, max or first",
     )
     assert not (tmp_path / "data" / "validated").exists()
+
+
+def test_real_data_without_a_secret_key_stops_before_reading_it(tmp_path):
+    """Production mode: no pseudonym key, the public development key or a short one is an
+    error naming the variable, and nothing is written."""
+    path = tmp_path / "j.csv"
+    good_rows().to_csv(path, index=False)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("SHOPFLOW_")}
+    for key, says in [
+        (None, "SHOPFLOW_PSEUDONYM_KEY is not set"),
+        ("shopflow-development-key-do-not-use-in-production", "public development key"),
+        ("short", "at least 32"),
+    ]:
+        env = bare if key is None else {**bare, "SHOPFLOW_PSEUDONYM_KEY": key}
+        result = cli(tmp_path, "ingest", *judgments_args(path), env=env)
+        assert_clear_error(result, 2, says, "docs/security.md")
+        assert not (tmp_path / "data" / "ingested").exists()
+    demo = cli(tmp_path, "ingest", env=bare)  # the synthetic demo runs without any key
+    assert demo.returncode == 0, demo.stderr
+    assert "public development key" in demo.stderr
+    assert json.loads((tmp_path / "data/ingested/manifest.json").read_text())["mode"] == "demo"

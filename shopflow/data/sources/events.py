@@ -74,7 +74,7 @@ def read(params: Params) -> Tables:
     elif "title" in log.columns:
         log = with_product_ids(log, origin)
         products = log[[c for c in PRODUCT_COLUMNS if c in log.columns]]
-        products = products.drop_duplicates("product_id").reset_index(drop=True)
+        products = products.drop_duplicates("product_id")  # keeps the file's line numbers
     else:
         raise SourceError(
             f"{origin}: events need a catalogue: set ingest.options.products_path, "

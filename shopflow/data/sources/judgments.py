@@ -68,7 +68,7 @@ def read(params: Params) -> Tables:
                 f"map it with ingest.mapping.{col}"
             )
     products = frame[[c for c in PRODUCT_COLUMNS if c in frame.columns]]
-    products = products.drop_duplicates("product_id").reset_index(drop=True)
+    products = products.drop_duplicates("product_id")  # keeps the file's line numbers
     return Tables(
         products=products,
         judgments=frame[[c for c in JUDGMENT_COLUMNS if c in frame.columns]],
