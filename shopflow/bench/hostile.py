@@ -230,7 +230,8 @@ def hostile_bench(params: Params, clients: int = 64, seconds: float = 60.0) -> d
         headers = slow_headers(base, params.serving.read_timeout_s)
         valid = [p for p in suite if p.status == 200]
         invalid = [p for p in suite if p.status != 200 and p.kind != "size"]
-        mix = [p for pair in zip(valid * 3, invalid, strict=False) for p in pair]
+        turns = max(len(valid), len(invalid))  # every probe in turn, valid and invalid alternating
+        mix = [p for i in range(turns) for p in (valid[i % len(valid)], invalid[i % len(invalid)])]
         loaded = asyncio.run(load(base, mix, clients, seconds))
     failed = [r for r in results if not r["passed"]]
     result = {
