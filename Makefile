@@ -108,7 +108,7 @@ bench-train: setup ## training samples/s and tokens/s per model and profile (+ M
 bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
 	$(BIN)/python -m shopflow bench drift
 
-bench-hostile: setup ## the service against 109 hostile requests, slow bodies/headers, then 64 clients for 60 s
+bench-hostile: setup ## the service against 110 hostile requests, slow bodies/headers, then 64 clients for 60 s
 	$(BIN)/python -m shopflow bench hostile
 
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker

@@ -38,7 +38,7 @@ from shopflow.core.errors import ConfigError
 from shopflow.core.secrets import MIN_KEY_CHARS, Mode, read_secret
 from shopflow.engine.bundle import load_engine, load_pair_scorer
 from shopflow.engine.search import Candidates, Filters, Hit
-from shopflow.serving.hardening import limit_header_time, quiet_client_errors
+from shopflow.serving.hardening import limit_headers, quiet_client_errors
 from shopflow.serving.http import API_KEY_ENV, RequestGuard, UnknownProductsError, request_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ API_PATHS = ("/search", "/recommend", "/rank")
 API_KEY = read_secret(API_KEY_ENV)
 if API_KEY is not None and len(API_KEY) < MIN_KEY_CHARS:
     raise ConfigError(f"{API_KEY_ENV} is {len(API_KEY)} characters: use at least {MIN_KEY_CHARS}")
-limit_header_time(CFG.read_timeout_s)
+limit_headers(CFG.read_timeout_s, CFG.max_header_bytes)
 quiet_client_errors()
 
 STAGE_SECONDS = bentoml.metrics.Histogram(

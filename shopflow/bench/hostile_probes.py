@@ -178,6 +178,8 @@ def probes(cfg: ServingConfig, product_ids: list[str], user_key: str, api_key: s
             ("JSON with a charset", "/search", good, 200, "",
              {"Content-Type": "application/json; charset=utf-8"}),
             ("a 7 KB header", "/search", good, 200, "", {**JSON, "X-Padding": "p" * 7000}),
+            ("headers over the limit", "/search", good, 431, "over",
+             {**JSON, "X-Padding": "p" * (cfg.max_header_bytes + 10)}),
             ("60 extra headers", "/search", good, 200, "",
              {**JSON, **{f"X-H{i}": str(i) for i in range(60)}}),
             ("X-Forwarded-For spoof", "/search", good, 200, "",

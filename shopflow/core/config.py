@@ -381,6 +381,9 @@ class ServingConfig(Section):
     max_json_depth: int = Field(
         16, ge=2, le=256, description="deeper request bodies get 400 before any parser recurses"
     )
+    max_header_bytes: int = Field(
+        65_536, ge=1024, description="a request line and headers over this get 431"
+    )
     read_timeout_s: float = Field(
         10.0, gt=0, le=300, description="a request's headers, then its body, must arrive within"
     )

@@ -182,9 +182,10 @@ class SealedFile:
         if not isinstance(seal, str) or not hmac.compare_digest(seal, self._seal(raw)):
             dev = hmac.new(DEV_KEY.encode(), canonical(raw), hashlib.sha256).hexdigest()
             if isinstance(seal, str) and hmac.compare_digest(seal, dev):
-                raise self._damaged(
-                    "sealed with the public development key (a demo registry): production "
-                    "starts its own with `shopflow registry init`"
+                raise RegistryError(
+                    f"{self.path}: a demo registry, sealed with the public development key; "
+                    "production keeps its own elsewhere (promote.registry) and creates it "
+                    "with `shopflow registry init`"
                 )
             raise self._damaged(
                 f"its seal does not match its content under {KEY_ENV}: it was changed without "

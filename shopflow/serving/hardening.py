@@ -3,11 +3,13 @@
 BentoML 1.4 runs uvicorn under a circus arbiter. Three of their defaults fail open for a
 public service, and none is a setting, so each is fixed here at the one place it is decided:
 
-- **Slow headers hold a connection forever.** uvicorn times out idle keep-alive connections
-  but not a request whose headers trickle in (slowloris). `HeaderDeadlineProtocol` closes a
-  connection whose request line and headers are not complete within `read_timeout_s`; the
-  body's deadline is `RequestGuard`'s. `limit_header_time` makes it the protocol uvicorn
-  picks (`http="auto"`), before BentoML's worker builds its uvicorn config.
+- **Slow or endless headers hold a connection, and memory, forever.** uvicorn times out idle
+  keep-alive connections but not a request whose headers trickle in (slowloris), and its
+  httptools parser sets no size limit on them. `HeaderDeadlineProtocol` closes a connection
+  whose request line and headers are not complete within `read_timeout_s`, and answers 431
+  once they pass `max_header_bytes`; the body's limits are `RequestGuard`'s. `limit_headers`
+  makes it the protocol uvicorn picks (`http="auto"`), before BentoML's worker builds its
+  uvicorn config.
 - **Every 4xx is an ERROR with a traceback.** BentoML logs each exception of an API call the
   same way. `quiet_client_errors` logs a client's mistake (validation error, 4xx) as one
   WARNING line with the path and a capped message; 5xx keep their tracebacks.
@@ -22,6 +24,7 @@ Each check fails loudly if a BentoML or uvicorn upgrade moved what it replaces (
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import tempfile
@@ -39,10 +42,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol with a deadline on each request's line and headers."""
 
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 65_536
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
         self._arm()
 
     def _arm(self) -> None:
@@ -67,7 +72,34 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._arm()
+        self._header_bytes = 0
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        """Answer 431 and close once a request's line and headers pass `max_header_bytes`
+        (raising stops the parser; uvicorn's own 400 then finds the connection closed)."""
+        self._header_bytes += size
+        if self._header_bytes <= self.max_header_bytes:
+            return
+        if not self.transport.is_closing():
+            limit = self.max_header_bytes
+            body = json.dumps({"error": f"request line and headers are over {limit} bytes"})
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/json\r\nconnection: close\r\n"
+                + f"content-length: {len(body)}\r\n\r\n{body}".encode()
+            )
+            log.warning("431: a request's headers passed %d bytes; connection closed", limit)
+            self.transport.close()
+        raise ValueError("request headers over the limit")
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -78,13 +110,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def limit_header_time(seconds: float) -> None:
-    """Make uvicorn's `auto` protocol one with a header deadline of `seconds`."""
+def limit_headers(seconds: float, max_bytes: int) -> None:
+    """Make uvicorn's `auto` protocol one with a header deadline of `seconds` and a size
+    limit of `max_bytes`."""
     import uvicorn.config
 
     if "auto" not in uvicorn.config.HTTP_PROTOCOLS:
         raise RuntimeError("uvicorn.config.HTTP_PROTOCOLS has no 'auto': uvicorn changed")
     HeaderDeadlineProtocol.header_timeout_s = seconds
+    HeaderDeadlineProtocol.max_header_bytes = max_bytes
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderDeadlineProtocol"
 
 

@@ -130,7 +130,7 @@ def test_recommend_by_user_and_by_recent_products_keeps_the_shops_exclusion_rule
 
 
 def test_the_hostile_input_suite_gets_no_5xx_and_every_4xx_names_the_problem(service, shop):
-    """109 probes (malformed, nested, encodings, sizes, types at every level, methods, paths,
+    """110 probes (malformed, nested, encodings, sizes, types at every level, methods, paths,
     headers, API keys): each gets its expected status and a body that names the problem."""
     ids = products(shop)["product_id"].tolist()
     suite = probes(shop["params"].serving, ids, buyer(shop)["user_key"], API_KEY)
