@@ -44,8 +44,6 @@ from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.evaluation import gate
 from shopflow.orchestration import alerts, decisions, nightly
-from shopflow.release.registry import Registry
-from shopflow.reporting import pages
 
 PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
@@ -144,6 +142,8 @@ def promote_task(
 ) -> dict:
     """The promote stage (forced by the run's conf: `shopflow promote --force`); the champion
     asset is updated only when the champion changed."""
+    from shopflow.release.registry import Registry  # imports torch: in the task, not at parse
+
     registry = Registry.of(config, PROJECT)
     before = registry.champion()
     forced = decisions.ForcedPromotion.from_conf(params or {})
@@ -164,6 +164,8 @@ def promote_task(
 @task.short_circuit(task_id="should_retrain", ignore_downstream_trigger_rules=False)
 def should_retrain(params: dict | None = None, logical_date: dt.datetime | None = None) -> bool:
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
+    from shopflow.release.registry import Registry
+
     receive([nightly.DRIFT_STAGE], [paths.DRIFT_REPORT])
     night = load_params(PROJECT / paths.PARAMS)
     decision = decisions.decide_retrain(
@@ -201,6 +203,8 @@ def should_promote(params: dict | None = None) -> bool:
 @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
 def write_report(logical_date: dt.datetime | None = None, run_id: str | None = None) -> str:
     """The night's run report (also after a failure: it says where the night stopped)."""
+    from shopflow.reporting import pages  # reads the registry (torch): in the task
+
     receive(graph.stages)
     page = pages.write(
         load_params(PROJECT / paths.PARAMS),

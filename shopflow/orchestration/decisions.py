@@ -10,9 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shopflow.core.config import Params
-from shopflow.release.registry import Entry
+
+if TYPE_CHECKING:  # the registry pulls in the model store (torch): DAG files parse without it
+    from shopflow.release.registry import Entry
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ service imports. Read from the source (nothing imported), so these run in a seco
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,13 @@ def test_the_bento_environment_is_pinned_and_up_to_date():
     assert direct <= {Requirement(line).name for line in lines}
     assert "torch==2.13.0+cpu" in lines and f"--extra-index-url {bento_env.TORCH_CPU_INDEX}" in text
     assert not any(line.startswith(("apache-airflow", "dvc==", "evidently")) for line in lines)
+
+
+def test_the_dag_files_parse_without_torch():
+    """Airflow re-parses DAG files every 30 s: models load inside tasks, never at parse."""
+    probe = "import sys, dags.shopflow_nightly, dags.shopflow_deploy; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
