@@ -60,8 +60,13 @@ def send_raw(base: str, probe: Probe, timeout_s: float) -> tuple[int, str]:
         answer = read_answer(sock)
     if answer is None:
         return 599, f"no answer within {timeout_s:g} s"
-    status = int(answer.split()[1]) if answer.startswith("HTTP/") else 0
+    status = status_of(answer)
     return status, answer.split("\r\n\r\n", 1)[-1]
+
+
+def status_of(answer: str) -> int:
+    """The status code of a raw HTTP response (0 when it is not one)."""
+    return int(answer.split()[1]) if answer.startswith("HTTP/") else 0
 
 
 def read_answer(sock: socket.socket) -> str | None:
@@ -122,7 +127,7 @@ def slow_body(base: str, timeout_s: float) -> dict:
         )
         answer = read_answer(sock) or ""
     seconds = time.perf_counter() - started
-    status = int(answer.split()[1]) if answer.startswith("HTTP/") else 0
+    status = status_of(answer)
     return {
         "status": status,
         "seconds": round(seconds, 1),
