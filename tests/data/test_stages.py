@@ -114,6 +114,16 @@ def test_clean_data_passes_and_writes_docs(ingested, tmp_path):
     assert "events" in html and "products" in html
 
 
+def test_a_judged_query_longer_than_the_service_accepts_is_flagged_like_an_event_query(
+    ingested, tmp_path
+):
+    broken = copy_with(ingested, tmp_path / paths.INGESTED, judgments=set_value("query", "q" * 600))
+    summary = run_validate(broken, tmp_path)
+    flagged = [f for f in summary["failures"] if f["rule"] == "query under 512 characters"]
+    assert summary["passed"] and [f["severity"] for f in flagged] == ["warning"]
+    assert [f["table"] for f in flagged] == ["judgments"]
+
+
 def test_quarantine_policy_sets_rows_aside_with_reasons(ingested, tmp_path):
     broken = copy_with(ingested, tmp_path / paths.INGESTED, products=set_value("price", -1.0, 2))
     run_validate(broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05")
