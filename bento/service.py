@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import bentoml
 from bentoml.exceptions import BadInput, BentoMLException, ServiceUnavailable
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,7 +37,20 @@ from shopflow.core.config import load_params
 from shopflow.core.errors import ConfigError
 from shopflow.core.secrets import MIN_KEY_CHARS, Mode, read_secret
 from shopflow.engine.bundle import load_engine, load_pair_scorer
-from shopflow.engine.search import Candidates, Filters, Hit
+from shopflow.engine.search import Candidates, Filters, Hit, SearchEngine
+from shopflow.online.events import event_batch_model
+from shopflow.online.experiment import CHALLENGER
+from shopflow.online.router import Impression, impression, new_impression_id
+from shopflow.online.runtime import OnlineRuntime
+from shopflow.serving.answers import (
+    Answer,
+    EventsAccepted,
+    Pair,
+    ProductHit,
+    describe,
+    ranked,
+    shown_hits,
+)
 from shopflow.serving.hardening import limit_headers, quiet_client_errors
 from shopflow.serving.http import API_KEY_ENV, RequestGuard, UnknownProductsError, request_models
 
@@ -45,9 +58,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / paths.PARAMS))
 CFG = PARAMS.serving
 MODEL_TAG = os.environ.get("SHOPFLOW_MODEL", "shopflow:latest")
+CHALLENGER_TAG = os.environ.get("SHOPFLOW_CHALLENGER")  # an experiment's challenger, packed too
 DEVICE = "cuda" if PARAMS.models.device == "cuda" else "cpu"
 REQUESTS = request_models(CFG)
-API_PATHS = ("/search", "/recommend", "/rank")
+EVENTS = event_batch_model(PARAMS.online.max_events)
+API_PATHS = ("/search", "/recommend", "/rank", "/events")
+IMPRESSION_HEADER = "X-Impression-Id"
 API_KEY = read_secret(API_KEY_ENV)
 if API_KEY is not None and len(API_KEY) < MIN_KEY_CHARS:
     raise ConfigError(f"{API_KEY_ENV} is {len(API_KEY)} characters: use at least {MIN_KEY_CHARS}")
@@ -60,24 +76,14 @@ STAGE_SECONDS = bentoml.metrics.Histogram(
     labelnames=["endpoint", "stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+LOG_RECORDS = bentoml.metrics.Counter(
+    name="shopflow_log_records_total",
+    documentation="Impressions and events by outcome: written, dropped (queue full), lost (sink)",
+    labelnames=["kind", "outcome"],
+)
 
 
-class Pair(BaseModel):
-    query: str
-    product_id: str
-    prior: float
-
-
-class ProductHit(BaseModel):
-    product_id: str
-    title: str
-    score: float
-    retriever_score: float
-
-
-class Answer(BaseModel):
-    products: list[ProductHit]
-    model_version: str
+Ranker = Callable[[SearchEngine], Awaitable[list[Hit]]]
 
 
 def stored_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
@@ -116,66 +122,66 @@ class Shopflow:
     """Search, recommendation and ranking for one shop's catalogue."""
 
     bundle = bentoml.models.BentoModel(MODEL_TAG)  # packed into the Bento by `bentoml build`
+    if CHALLENGER_TAG:
+        challenger_bundle = bentoml.models.BentoModel(CHALLENGER_TAG)
     if CFG.adaptive_batching:
         scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
         model = stored_model(type(self).bundle)
         self.engine = load_engine(model.path, DEVICE)
+        self.challenger: SearchEngine | None = None
+        self.challenger_version: str | None = None
+        if CHALLENGER_TAG:
+            other = stored_model(type(self).challenger_bundle)
+            self.challenger = load_engine(other.path, DEVICE)
+            self.challenger_version = str(
+                other.info.metadata.get("model_version", other.tag.version)
+            )
         if self.engine.reranker is not None and self.engine.candidates > CFG.max_batch_size:
             raise ValueError(
                 f"reranker.candidates ({self.engine.candidates}) exceeds serving.max_batch_size "
                 f"({CFG.max_batch_size}): one request's pairs must fit one batch"
             )
-        self.about = {
-            "model": str(model.tag),
-            "model_version": model.info.metadata.get("model_version", model.tag.version),
-            "git_revision": model.info.metadata.get("git_revision", "unknown"),
-            "data_hash": model.info.metadata.get("data_hash", "unknown"),
-            "created_at": model.info.metadata.get("created_at"),
-            "promoted_at": model.info.metadata.get("promoted_at")
-            or os.environ.get("SHOPFLOW_PROMOTED_AT"),
-            "metrics": model.info.metadata.get("metrics", {}),
-            "reranker": self.engine.reranker is not None,
-            "feature_ranker": self.engine.ranker is not None,
-            "first_stage": self.engine.first_stage,
-            "recommends": None
-            if self.engine.recommender is None
-            else {
-                "serve": self.engine.recommender.settings.serve,
-                "sources": list(self.engine.recommender.settings.mix_sources),
-                "exclude": self.engine.recommender.settings.exclude,
-            },
-            "index": self.engine.index.kind,
-            "runtime": self.engine.info["settings"].get("onnx", "none"),
-            "onnx": self.engine.info.get("onnx"),
-            "products": len(self.engine.catalogue),
-            "adaptive_batching": CFG.adaptive_batching,
-            "mode": self.engine.info.get("mode", str(Mode.PRODUCTION)),
-            "per_customer_access": "api key"
-            if API_KEY
-            else "open (demo model)"
-            if self.engine.info.get("mode") == Mode.DEMO
-            else "closed (no API key configured)",
-        }
+        self.about = describe(model, self.engine, CFG.adaptive_batching, bool(API_KEY))
+        self.online = OnlineRuntime.start(
+            PARAMS,
+            Mode(self.about["mode"]),
+            lambda kind, outcome, n: LOG_RECORDS.labels(kind=kind, outcome=outcome).inc(n),
+        )
+        spec = self.online.spec
+        if spec is not None and spec.challenger.split(":")[1] != self.challenger_version:
+            raise ValueError(
+                f"experiment {spec.id} tests {spec.challenger} but SHOPFLOW_CHALLENGER is "
+                f"{CHALLENGER_TAG}: serve the experiment's challenger"
+            )
+        self.about["experiment"] = None if spec is None else spec.model_dump()
+        self.about["challenger_version"] = self.challenger_version
         self.ready = True
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
 
     async def _scores(
-        self, endpoint: str, query: str, found: Candidates, priors: list[float]
+        self,
+        endpoint: str,
+        query: str,
+        found: Candidates,
+        priors: list[float],
+        engine: SearchEngine | None = None,
     ) -> list[float]:
         """The cross-encoder's scores of the candidates; without one, the feature ranker's
-        or the first stage's, in this process (well under a millisecond: no scorer hop)."""
-        if self.engine.reranker is None or not found:
-            return self.engine.local_scores(query, found, priors)
+        or the first stage's, in this process (well under a millisecond: no scorer hop).
+        The champion's pairs go to the batching scorer; a challenger scores in-process."""
+        engine = engine or self.engine
+        if engine.reranker is None or not found:
+            return engine.local_scores(query, found, priors)
         started = time.perf_counter()
         pairs = [
             Pair(query=query, product_id=p, prior=s)
             for (p, _), s in zip(found, priors, strict=True)
         ]
-        if CFG.adaptive_batching:
+        if CFG.adaptive_batching and engine is self.engine:
             try:
                 scores = await self.scorer.to_async.score(pairs)
             except BentoMLException:
@@ -186,7 +192,7 @@ class Shopflow:
                 ) from exc
         else:
             scores = await anyio.to_thread.run_sync(
-                self.engine.score_pairs,
+                engine.score_pairs,
                 [p.query for p in pairs],
                 [p.product_id for p in pairs],
                 [p.prior for p in pairs],
@@ -197,40 +203,116 @@ class Shopflow:
         )
         return scores
 
-    def _answer(self, hits: list[Hit]) -> Answer:
+    async def _timed(self, rank: Ranker, engine: SearchEngine) -> tuple[list[Hit], float]:
+        started = time.perf_counter()
+        hits = await rank(engine)
+        return hits, (time.perf_counter() - started) * 1000
+
+    async def _served(
+        self,
+        ctx: bentoml.Context,
+        surface: str,
+        query: str | None,
+        k: int,
+        unit_ids: tuple[str | None, str | None],
+        rank: Ranker,
+        challenger_serves: bool = True,
+    ) -> Answer:
+        """Answer with what the unit's arm shows, and log it as an impression.
+
+        Outside an experiment only the champion ranks. In one, the arm decides: A/B shows one
+        model's list, interleaving merges both, shadow shows the champion's and ranks with
+        the challenger after the answer is sent (the shopper never waits for it)."""
+        started = time.perf_counter()
+        online = self.online
+        unit = online.unit(*unit_ids)
+        challenger = self.challenger if challenger_serves else None
+        assignment = online.assign(unit[0], challenger is not None)
+        arm = assignment.arm
+        shown, shown_ms = ([], 0.0) if arm == CHALLENGER else await self._timed(rank, self.engine)
+        other: tuple[list[Hit], float] = ([], 0.0)
+        if challenger is not None and arm in ("interleaved", CHALLENGER):
+            other = await self._timed(rank, challenger)
+        impression_id = new_impression_id()
+        rate = PARAMS.online.exploration_rate if unit[0] is not None else 0.0
+
+        def build(challenger_hits: tuple[list[Hit], float]) -> Impression:
+            return impression(
+                surface=surface,
+                query=query,
+                k=k,
+                unit=unit,
+                assignment=assignment,
+                spec=online.spec,
+                champion=ranked(shown, self.about["model_version"], shown_ms),
+                challenger=None
+                if challenger is None
+                else ranked(challenger_hits[0], self.challenger_version, challenger_hits[1]),
+                exploration_rate=rate,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                impression_id=impression_id,
+            )
+
+        if arm == "shadowed" and challenger is not None:
+            # The order shown is the record's (exploration replays from the impression id);
+            # the record itself is written once the challenger has ranked, after the answer.
+            items = build(([], 0.0)).items
+
+            async def shadow() -> None:
+                online.record(build(await self._timed(rank, challenger)))
+
+            ctx.response.background.add_task(shadow)
+        else:
+            record = build(other)
+            online.record(record)
+            items = record.items
+        hits = shown_hits(items, (*other[0], *shown))
+        ctx.response.headers[IMPRESSION_HEADER] = impression_id
         return Answer(
             products=[ProductHit(**h.__dict__) for h in hits],
             model_version=self.about["model_version"],
+            impression_id=impression_id,
         )
 
     @bentoml.api(input_spec=REQUESTS.search)
     async def search(
-        self, query: str, user_key: str | None = None, k: int = 10, filters=None
+        self,
+        ctx: bentoml.Context,
+        query: str,
+        user_key: str | None = None,
+        session_id: str | None = None,
+        k: int = 10,
+        filters=None,
     ) -> Answer:
         """Top k products for a query: retrieve over the catalogue, rerank the candidates."""
-        engine = self.engine
-        recent = engine.recent(user_key)
         chosen = Filters(
             category=filters.category if filters else None,
             min_price=filters.price.min if filters and filters.price else None,
             max_price=filters.price.max if filters and filters.price else None,
         )
-        started = time.perf_counter()
-        found, priors = (
-            await anyio.to_thread.run_sync(
-                lambda: engine.candidates_for([query], k, [recent] if recent else None, chosen)
+
+        async def rank(engine: SearchEngine) -> list[Hit]:
+            recent = engine.recent(user_key)
+            started = time.perf_counter()
+            found, priors = (
+                await anyio.to_thread.run_sync(
+                    lambda: engine.candidates_for([query], k, [recent] if recent else None, chosen)
+                )
+            )[0]
+            STAGE_SECONDS.labels(endpoint="search", stage="retrieve").observe(
+                time.perf_counter() - started
             )
-        )[0]
-        STAGE_SECONDS.labels(endpoint="search", stage="retrieve").observe(
-            time.perf_counter() - started
-        )
-        scores = await self._scores("search", query, found, priors)
-        return self._answer(engine.merge(found, scores, k))
+            scores = await self._scores("search", query, found, priors, engine)
+            return engine.merge(found, scores, k)
+
+        return await self._served(ctx, "search", query, k, (user_key, session_id), rank)
 
     @bentoml.api(input_spec=REQUESTS.recommend)
     async def recommend(
         self,
+        ctx: bentoml.Context,
         user_key: str | None = None,
+        session_id: str | None = None,
         recent_product_ids: list[str] | None = None,
         k: int = 10,
     ) -> Answer:
@@ -249,21 +331,54 @@ class Shopflow:
             raise BadInput(
                 f"user_key {user_key!r} has no history in this model: send recent_product_ids"
             )
-        hits = await anyio.to_thread.run_sync(
-            lambda: engine.recommend([user_key], k, [recent] if recent else None)
+
+        async def rank(model: SearchEngine) -> list[Hit]:
+            found = await anyio.to_thread.run_sync(
+                lambda: model.recommend([user_key], k, [recent] if recent else None)
+            )
+            return found[0]
+
+        other = self.challenger
+        serves = (
+            other is not None
+            and other.recommender is not None
+            and (bool(recent) or (user_key is not None and other.recommender.knows(user_key)))
         )
-        return self._answer(hits[0])
+        return await self._served(ctx, "recommend", None, k, (user_key, session_id), rank, serves)
 
     @bentoml.api(input_spec=REQUESTS.rank)
-    async def rank(self, query: str, product_ids: list[str]) -> Answer:
+    async def rank(
+        self,
+        ctx: bentoml.Context,
+        query: str,
+        product_ids: list[str],
+        user_key: str | None = None,
+        session_id: str | None = None,
+    ) -> Answer:
         """The given products reordered for the query (for shops with their own retrieval)."""
-        engine = self.engine
-        unknown = engine.catalogue.unknown(product_ids)
+        unknown = self.engine.catalogue.unknown(product_ids)
         if unknown:
             raise BadInput(str(UnknownProductsError("product_ids", unknown)))
-        cands, priors = await anyio.to_thread.run_sync(engine.rank_candidates, query, product_ids)
-        scores = await self._scores("rank", query, cands, priors)
-        return self._answer(engine.merge(cands, scores, len(cands)))
+
+        async def rank(engine: SearchEngine) -> list[Hit]:
+            cands, priors = await anyio.to_thread.run_sync(
+                engine.rank_candidates, query, product_ids
+            )
+            scores = await self._scores("rank", query, cands, priors, engine)
+            return engine.merge(cands, scores, len(cands))
+
+        k = len(dict.fromkeys(product_ids))
+        return await self._served(ctx, "rank", query, k, (user_key, session_id), rank)
+
+    @bentoml.api(input_spec=EVENTS)
+    async def events(self, ctx: bentoml.Context, events: list) -> EventsAccepted:
+        """Clicks, add-to-carts and purchases on shown products (202; idempotent on event_id)."""
+        try:
+            counts = self.online.accept(events)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        ctx.response.status_code = 202
+        return EventsAccepted(**counts)
 
 
 async def version(_: Request) -> JSONResponse:
@@ -288,6 +403,7 @@ def demo_model() -> bool:
 
 api.add_asgi_middleware(
     RequestGuard,
+    keyed_paths=("/events",),
     max_body_bytes=CFG.max_body_bytes,
     paths=API_PATHS,
     max_json_depth=CFG.max_json_depth,

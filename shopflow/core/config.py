@@ -455,6 +455,52 @@ class ReportConfig(Section):
     )
 
 
+class OnlineLogConfig(Section):
+    """Where the service logs its impressions and the shop's events, and how much it buffers."""
+
+    sink: Literal["files", "postgres", "off"] = Field(
+        description="files: rotating JSON lines by day and hour; postgres: tables in $dsn_env"
+    )
+    folder: str = Field(description="the files sink's root ($SHOPFLOW_LOG_DIR overrides it)")
+    rotate_mb: float = Field(gt=0, description="a file part is closed at this size")
+    dsn_env: str = Field(description="the environment variable holding the Postgres DSN")
+    queue_size: int = Field(ge=10, description="records buffered in memory; beyond: counted loss")
+    batch_size: int = Field(ge=1, description="records written per sink call")
+    flush_interval_s: float = Field(gt=0, le=60, description="a partial batch waits this long")
+    retries: int = Field(ge=0, le=10, description="sink attempts per batch before it is lost")
+
+
+class OnlineDecisionConfig(Section):
+    """The nightly online decision: an always-valid test on the interleaving preference and
+    the guardrails a challenger must keep."""
+
+    alpha: float = Field(
+        gt=0, lt=0.5, description="false promotions (and stops), however often read"
+    )
+    tau: float = Field(gt=0, description="mSPRT mixing scale: the effect sizes it is tuned for")
+    min_units: int = Field(ge=1, description="no decision before this many units")
+    max_days: int = Field(ge=1, description="an experiment still undecided after this stops")
+    max_p95_ratio: float = Field(gt=1, description="challenger p95 latency / champion's")
+    max_error_rate: float = Field(ge=0, le=1, description="5xx share of the challenger's requests")
+    max_zero_result_increase: float = Field(ge=0, le=1)
+    min_cart_ratio: float = Field(
+        gt=0, le=1, description="challenger add-to-cart per impression / champion's (A/B only)"
+    )
+    srm_p: float = Field(gt=0, lt=1, description="sample-ratio mismatch below this p stops")
+
+
+class OnlineConfig(Section):
+    """Online experiments: impression logging, traffic split and the nightly decision."""
+
+    log: OnlineLogConfig
+    exploration_rate: float = Field(
+        ge=0, le=0.5, description="impressions whose top result is swapped with a lower one"
+    )
+    attribution_minutes: float = Field(gt=0, description="events after this are not attributed")
+    max_events: int = Field(ge=1, le=10_000, description="events one POST /events may carry")
+    decision: OnlineDecisionConfig
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -479,6 +525,7 @@ class Params(Section):
     deploy: DeployConfig
     airflow: AirflowConfig
     report: ReportConfig
+    online: OnlineConfig
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class UnknownProductsError(ValueError):
 
 ProductId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 UserKey = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# The client's session: the experiment unit of a shopper without a user_key; pseudonymised
+# (keyed hash) before it is logged.
+SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class PriceRange(BaseModel):
@@ -92,6 +95,7 @@ def request_models(cfg: ServingConfig) -> RequestModels:
         model_config = ConfigDict(extra="forbid", strict=True)
         query: QueryText
         user_key: UserKey | None = None
+        session_id: SessionId | None = None
         k: TopK = 10
         filters: SearchFilters | None = None
 
@@ -100,6 +104,7 @@ def request_models(cfg: ServingConfig) -> RequestModels:
 
         model_config = ConfigDict(extra="forbid", strict=True)
         user_key: UserKey | None = None
+        session_id: SessionId | None = None
         recent_product_ids: (
             Annotated[list[ProductId], Field(min_length=1, max_length=cfg.max_recent_products)]
             | None
@@ -120,6 +125,8 @@ def request_models(cfg: ServingConfig) -> RequestModels:
         product_ids: Annotated[
             list[ProductId], Field(min_length=1, max_length=cfg.max_rank_products)
         ]
+        user_key: UserKey | None = None
+        session_id: SessionId | None = None
 
     return RequestModels(SearchRequest, RecommendRequest, RankRequest)
 
@@ -140,6 +147,7 @@ class RequestGuard:
         read_timeout_s: float = 10.0,
         api_key: bytes | None = None,
         open_per_user: Callable[[], bool] = lambda: False,
+        keyed_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -148,6 +156,7 @@ class RequestGuard:
         self.read_timeout_s = read_timeout_s
         self.api_key = api_key
         self.open_per_user = open_per_user
+        self.keyed_paths = set(keyed_paths)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -196,8 +205,10 @@ class RequestGuard:
         if problem:
             await respond(send, 400, problem)
             return
-        if value.get(PER_USER_FIELD) is not None:
-            denied = self.access_problem(headers)
+        keyed = scope["path"] in self.keyed_paths
+        if keyed or value.get(PER_USER_FIELD) is not None:
+            what = f"POST {scope['path']}" if keyed else PER_USER_FIELD
+            denied = self.access_problem(headers, what)
             if denied:
                 await respond(send, *denied)
                 return
@@ -212,21 +223,24 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    def access_problem(self, headers: dict[str, str]) -> tuple[int, str] | None:
-        """Why a request about a customer may not be answered, or None. The key is compared
-        in constant time; no answer says how much of a wrong key matched."""
+    def access_problem(
+        self, headers: dict[str, str], what: str = PER_USER_FIELD
+    ) -> tuple[int, str] | None:
+        """Why a request about a customer (or one that writes what training reads: `what`)
+        may not be answered, or None. The key is compared in constant time; no answer says
+        how much of a wrong key matched."""
         given = presented_key(headers)
         if self.api_key is None:
             if self.open_per_user():
                 return None
+            instead = "; send recent_product_ids instead" if what == PER_USER_FIELD else ""
             return 403, (
-                f"{PER_USER_FIELD}: this service answers no request about a customer because it "
-                f"has no API key configured (set {API_KEY_ENV} where it runs); send "
-                "recent_product_ids instead"
+                f"{what}: this service answers no such request because it has no API key "
+                f"configured (set {API_KEY_ENV} where it runs){instead}"
             )
         if given is None:
             return 401, (
-                f"{PER_USER_FIELD}: a request about a customer needs the API key: send "
+                f"{what}: this request needs the API key: send "
                 "`Authorization: Bearer <key>` or `X-API-Key: <key>`"
             )
         if not same_secret(given, self.api_key):
