@@ -34,6 +34,11 @@ def _p95(values: pd.Series) -> float | None:
     return float(np.percentile(values, 95)) if len(values) else None
 
 
+def guardrail(value: float | None, limit: float, ok: bool, **measured: object) -> dict:
+    """One guardrail's verdict: its value (None: not measurable yet, which does not fail)."""
+    return {**measured, "value": value, "limit": limit, "ok": ok}
+
+
 def guardrails(joined: Joined, spec: ExperimentSpec, cfg: OnlineDecisionConfig) -> dict:
     """Each guardrail's value, limit and verdict (None: not measurable in this mode)."""
     imps = joined.impressions
@@ -54,11 +59,9 @@ def guardrails(joined: Joined, spec: ExperimentSpec, cfg: OnlineDecisionConfig) 
             for arm, rows in ((CHAMPION, champ), (CHALLENGER, chall))
         ]
         ratio = per_imp[1] / per_imp[0] if per_imp[0] > 0 else None
-        out["cart_ratio"] = {
-            "value": ratio,
-            "limit": cfg.min_cart_ratio,
-            "ok": ratio is None or ratio >= cfg.min_cart_ratio,
-        }
+        out["cart_ratio"] = guardrail(
+            ratio, cfg.min_cart_ratio, ratio is None or ratio >= cfg.min_cart_ratio
+        )
         units = inside.drop_duplicates("unit")
         observed = [int((units["arm"] == CHAMPION).sum()), int((units["arm"] == CHALLENGER).sum())]
         srm = srm_p_value(observed, [0.5, 0.5])
@@ -75,27 +78,22 @@ def guardrails(joined: Joined, spec: ExperimentSpec, cfg: OnlineDecisionConfig) 
         observed = [int((units["arm"] != "outside").sum()), int((units["arm"] == "outside").sum())]
         srm = srm_p_value(observed, [spec.share, 1 - spec.share]) if spec.share < 1 else 1.0
     ratio = lat[1] / lat[0] if lat[0] and lat[1] is not None else None
-    out["p95_latency_ratio"] = {
-        "champion_ms": lat[0],
-        "challenger_ms": lat[1],
-        "value": ratio,
-        "limit": cfg.max_p95_ratio,
-        "ok": ratio is None or ratio <= cfg.max_p95_ratio,
-    }
+    out["p95_latency_ratio"] = guardrail(
+        ratio,
+        cfg.max_p95_ratio,
+        ratio is None or ratio <= cfg.max_p95_ratio,
+        champion_ms=lat[0],
+        challenger_ms=lat[1],
+    )
     increase = zero[1] - zero[0] if zero[0] is not None and zero[1] is not None else None
-    out["zero_result_increase"] = {
-        "champion": zero[0],
-        "challenger": zero[1],
-        "value": increase,
-        "limit": cfg.max_zero_result_increase,
-        "ok": increase is None or increase <= cfg.max_zero_result_increase,
-    }
-    out["sample_ratio"] = {
-        "units": observed,
-        "p_value": srm,
-        "limit": cfg.srm_p,
-        "ok": srm >= cfg.srm_p,
-    }
+    out["zero_result_increase"] = guardrail(
+        increase,
+        cfg.max_zero_result_increase,
+        increase is None or increase <= cfg.max_zero_result_increase,
+        champion=zero[0],
+        challenger=zero[1],
+    )
+    out["sample_ratio"] = guardrail(srm, cfg.srm_p, srm >= cfg.srm_p, units=observed)
     return out
 
 

@@ -278,3 +278,61 @@ def test_logs_are_written_in_the_background_within_the_flush_interval(tmp_path):
     assert writer.flush(5)
     writer.close()
     assert len(read_files(tmp_path, "event")[0]) == 1
+
+
+def interleaved_logs(p_challenger: float, units: int, seed: int = 0):
+    """Interleaved impressions of `units` units, each with one click on the team a biased coin
+    picks: the challenger with probability `p_challenger`."""
+    s = spec("interleave")
+    rng = np.random.default_rng(seed)
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    imps, events = [], []
+    for u in range(units):
+        unit = f"u_{u:016x}"
+        imp = impression(
+            surface="search",
+            query="q",
+            k=10,
+            unit=(unit, "user"),
+            assignment=assign(s, unit),
+            spec=s,
+            champion=ranked("c", "a"),
+            challenger=ranked("x", "b"),
+            exploration_rate=0.0,
+            latency_ms=5.0,
+        ).as_record()
+        stamp = t0 + dt.timedelta(seconds=u)
+        imp["timestamp"] = stamp.isoformat()
+        imps.append(imp)
+        team = "challenger" if rng.random() < p_challenger else "champion"
+        item = next(i for i in imp["items"] if i["team"] == team)
+        events.append(
+            {
+                "event_id": f"e{u}",
+                "impression_id": imp["impression_id"],
+                "type": "click",
+                "product_id": item["product_id"],
+                "position": item["position"],
+                "timestamp": (stamp + dt.timedelta(seconds=5)).isoformat(),
+                "received_at": (stamp + dt.timedelta(seconds=6)).isoformat(),
+            }
+        )
+    return s, join_logs(pd.DataFrame(imps), pd.DataFrame(events), 30, s)
+
+
+def test_the_decision_promotes_a_preferred_challenger_stops_a_worse_one_and_waits_on_noise():
+    from shopflow.core.config import load_params
+    from shopflow.online.decision import decide
+
+    cfg = load_params().online.decision
+    now = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    s, better = interleaved_logs(0.65, 600)
+    verdict = decide(better, s, cfg, now)
+    assert verdict["decision"] == "promote" and verdict["preference"]["win_rate"] > 0.55
+    s, worse = interleaved_logs(0.35, 600)
+    assert decide(worse, s, cfg, now)["decision"] == "stop"
+    s, same = interleaved_logs(0.5, 600, seed=3)
+    assert decide(same, s, cfg, now)["decision"] == "continue"
+    late = now + dt.timedelta(days=cfg.max_days)
+    stopped = decide(same, s, cfg, late)
+    assert stopped["decision"] == "stop" and "undecided" in stopped["reasons"][0]
