@@ -36,6 +36,7 @@ from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.core.errors import ConfigError
 from shopflow.core.secrets import MIN_KEY_CHARS, Mode, read_secret
+from shopflow.data.privacy import pseudonym_key
 from shopflow.engine.bundle import load_engine, load_pair_scorer
 from shopflow.engine.search import Candidates, Filters, Hit, SearchEngine
 from shopflow.online.events import event_batch_model
@@ -146,7 +147,7 @@ class Shopflow:
         self.about = describe(model, self.engine, CFG.adaptive_batching, bool(API_KEY))
         self.online = OnlineRuntime.start(
             PARAMS,
-            Mode(self.about["mode"]),
+            lambda: pseudonym_key(Mode(self.about["mode"])),
             lambda kind, outcome, n: LOG_RECORDS.labels(kind=kind, outcome=outcome).inc(n),
         )
         spec = self.online.spec

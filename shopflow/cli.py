@@ -267,28 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
         if name == "bench":
-            cmd.add_argument(
-                "what",
-                choices=["ingest", "simulate", "train", "serve", "hostile", "drift", "gpu"],
-                help="which one",
-            )
-            cmd.add_argument(
-                "--seconds",
-                type=float,
-                default=None,
-                help="serve: per cell (20); hostile: load (60)",
-            )
-            cmd.add_argument(
-                "--concurrency",
-                type=int,
-                nargs="*",
-                default=[1, 8, 32],
-                help="serve: concurrent clients; hostile: the first is the load's (64)",
-            )
-            cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
-            cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
-            cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
-            cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+            from shopflow.bench.commands import add_arguments
+
+            add_arguments(cmd)
         if name == "airflow-cluster":
             cmd.add_argument(
                 "what", choices=["start", "stop", "status"], nargs="?", default="status"

@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from shopflow.core.config import Params
+
+BENCHES = ("ingest", "simulate", "train", "serve", "hostile", "online", "drift", "gpu")
+
+
+def add_arguments(cmd: argparse.ArgumentParser) -> None:
+    """`shopflow bench`'s arguments."""
+    cmd.add_argument("what", choices=BENCHES, help="which one")
+    cmd.add_argument(
+        "--seconds", type=float, default=None, help="serve: per cell (20); hostile: load (60)"
+    )
+    cmd.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[1, 8, 32],
+        help="serve: concurrent clients; hostile: the first is the load's (64)",
+    )
+    cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
+    cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
+    cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
+    cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
 
 
 def run(params: Params, what: str, options: argparse.Namespace) -> None:
@@ -18,6 +40,10 @@ def run(params: Params, what: str, options: argparse.Namespace) -> None:
 
         clients = options.concurrency[0] if options.concurrency != [1, 8, 32] else 64
         hostile_bench(params, clients=clients, seconds=options.seconds or 60.0)
+    elif what == "online":
+        from shopflow.bench.online import online_bench
+
+        online_bench(params)
     elif what == "drift":
         from shopflow.bench.drift import drift_sensitivity
 

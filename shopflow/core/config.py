@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shopflow.core.errors import ConfigError
 from shopflow.core.paths import LOCAL_PARAMS, PARAMS
 
-SourceName = Literal["synthetic", "judgments", "events", "esci", "wands", "online_retail"]
+SourceName = Literal[
+    "synthetic", "judgments", "events", "esci", "wands", "online_retail", "service_logs"
+]
 
 
 class Section(BaseModel):

@@ -53,6 +53,12 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         Column("product_id", "str"),
         Column("position", "int", required=False, nullable=True),
         Column("event_type", "str"),
+        # from the service's own logs (`ingest.source: service_logs`): the impression an event
+        # belongs to, the examination propensity of its position measured from the service's
+        # randomised swaps, and the experiment arm that showed it
+        Column("impression_id", "str", required=False, nullable=True),
+        Column("propensity", "float", required=False, nullable=True),
+        Column("arm", "str", required=False, nullable=True),
     ),
     "judgments": (
         Column("query", "str"),
@@ -74,6 +80,9 @@ class Tables:
     judgments: pd.DataFrame | None = None
     relevance_scale: tuple[float, float] | None = None
     notes: dict[str, object] = field(default_factory=dict)
+    # ids are keyed pseudonyms already (the service's logs): ingest must not hash them again,
+    # or they would no longer match the customers' keys in the models
+    pseudonymous: bool = False
 
     def present(self) -> dict[str, pd.DataFrame]:
         return {name: frame for name in TABLES if (frame := getattr(self, name)) is not None}

@@ -61,6 +61,8 @@ def click_pairs(events: pd.DataFrame) -> pd.DataFrame:
     pairs["label"] = pairs["label"].astype("int8")
     pairs["clicked"] = pairs["label"] > 0
     columns = ["split", "ts", "session_id", "user_key", "query", "product_id", "position"]
+    if "propensity" in pairs and pairs["propensity"].notna().any():
+        columns.append("propensity")  # measured by the service's randomised swaps
     return pairs[[*columns, "clicked", "label"]].reset_index(drop=True)
 
 

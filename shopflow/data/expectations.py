@@ -15,12 +15,14 @@ from typing import Literal
 
 import great_expectations.expectations as gxe
 import pandas as pd
+from scipy import stats
 
 from shopflow.core.config import Params
 from shopflow.data.contract import EVENT_TYPES, SCHEMAS
 from shopflow.data.privacy import PSEUDONYM_PATTERN
 
 Severity = Literal["critical", "warning"]
+SERVICE_LOGS = "service_logs"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,36 @@ def event_rules(params: Params) -> list[Rule]:
             ),
         ),
         _query_length_rule(params),
+        *(service_log_rules(params) if params.ingest.source == SERVICE_LOGS else []),
+    ]
+
+
+def service_log_rules(params: Params) -> list[Rule]:
+    """What the service's own logs must hold after the join (ingest quarantined what did not
+    join; these catch a join that let something through, or a log edited since)."""
+    window = params.online.attribution_minutes
+    return [
+        _r("impression_id is present", gxe.ExpectColumnValuesToNotBeNull(column="impression_id")),
+        _r(
+            "every event after its impression",
+            gxe.ExpectColumnValuesToBeInSet(column="after_impression", value_set=[True]),
+        ),
+        _r(
+            f"every event within {window:g} minutes of its impression",
+            gxe.ExpectColumnValuesToBeInSet(column="within_attribution", value_set=[True]),
+        ),
+        _r(
+            "propensity in (0, 1]",
+            gxe.ExpectColumnValuesToBeBetween(column="propensity", min_value=1e-6, max_value=1.0),
+        ),
+        _r(
+            "A/B arms split 50/50 (no sample-ratio mismatch)",
+            gxe.ExpectColumnValuesToBeInSet(column="arms_balanced", value_set=[True]),
+            severity="warning",
+            rows=False,
+            hint="the split or the logging is broken: the online decision stops such an "
+            "experiment; its data still trains",
+        ),
     ]
 
 
@@ -211,10 +243,32 @@ def with_event_checks(
 ) -> pd.DataFrame:
     start, end = params.ingest.window.bounds()
     tolerance = dt.timedelta(minutes=params.validate_.future_tolerance_minutes)
-    return events.assign(
+    checked = events.assign(
         ts_in_window=(events["ts"] >= start) & (events["ts"] < end),
         ts_not_future=events["ts"] <= now + tolerance,
         product_known=events["product_id"].isin(products["product_id"]),
+    )
+    if params.ingest.source == SERVICE_LOGS:
+        checked = with_service_log_checks(checked, params)
+    return checked
+
+
+def with_service_log_checks(events: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Each event against its impression's time, and the A/B arms' balance."""
+    shown = events[events["event_type"] == "impression"].groupby("impression_id")["ts"].min()
+    at = events["impression_id"].map(shown)
+    window = pd.Timedelta(minutes=params.online.attribution_minutes)
+    units = events[events["arm"].isin(["champion", "challenger"])].drop_duplicates("user_key")
+    observed = [int((units["arm"] == arm).sum()) for arm in ("champion", "challenger")]
+    total = sum(observed)
+    balanced = True
+    if total:
+        p_value = stats.chisquare(observed, [total / 2, total / 2]).pvalue
+        balanced = bool(p_value >= params.online.decision.srm_p)
+    return events.assign(
+        after_impression=at.notna() & (events["ts"] >= at),
+        within_attribution=at.notna() & (events["ts"] <= at + window),
+        arms_balanced=balanced,
     )
 
 
@@ -229,7 +283,8 @@ def daily_volume(events: pd.DataFrame, params: Params) -> pd.DataFrame:
     cfg = params.validate_
     closed = set(cfg.closed_dates)
     open_days = [
-        d for d in params.ingest.window.dates()
+        d
+        for d in params.ingest.window.dates()
         if d.weekday() not in cfg.closed_weekdays and d not in closed
     ]
     days = pd.DatetimeIndex(pd.to_datetime(open_days))

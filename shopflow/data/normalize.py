@@ -106,10 +106,11 @@ def normalize(raw: Tables, params: Params, key: bytes, now: dt.datetime) -> Inge
     repeated: dict | None = None
     if "events" in tables:
         events = select_window(tables["events"], params, now)
-        events = events.assign(
-            user_key=pseudonymize(events["user_key"], key, USER_PREFIX),
-            session_id=pseudonymize(events["session_id"], key, SESSION_PREFIX),
-        )
+        if not raw.pseudonymous:  # the service's logs hold the keyed pseudonyms already
+            events = events.assign(
+                user_key=pseudonymize(events["user_key"], key, USER_PREFIX),
+                session_id=pseudonymize(events["session_id"], key, SESSION_PREFIX),
+            )
         scrubbed = scrub_series(events["query"])
         stats["queries_scrubbed"] = int((scrubbed.fillna("") != events["query"].fillna("")).sum())
         events["query"] = scrubbed

@@ -81,7 +81,9 @@ def excluded(purchased: Iterable[str], interacted: Iterable[str], rule: str) -> 
     raise ConfigError(f"recommend.exclude: {rule!r} is not one of {', '.join(EXCLUDE_RULES)}")
 
 
-def purchase_targets(acts: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp | None) -> pd.DataFrame:
+def purchase_targets(
+    acts: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp | None
+) -> pd.DataFrame:
     """Distinct (customer, product) bought in [start, end) by customers known before `start`,
     each flagged `rebuy` when the customer had bought the product before `start`."""
     earlier = acts[acts["ts"] < start]
@@ -93,7 +95,10 @@ def purchase_targets(acts: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp 
             index=False, name=None
         )
     )
-    rebuy = [pair in before_pairs for pair in known[["user_key", "product_id"]].itertuples(index=False, name=None)]
+    rebuy = [
+        pair in before_pairs
+        for pair in known[["user_key", "product_id"]].itertuples(index=False, name=None)
+    ]
     return (
         known[["user_key", "product_id"]]
         .assign(rebuy=rebuy)
@@ -107,7 +112,9 @@ def rebuy_share(targets: pd.DataFrame) -> float:
     return float(targets["rebuy"].mean()) if len(targets) else 0.0
 
 
-def exclusion_policy(acts: pd.DataFrame, starts: Mapping[str, pd.Timestamp], cfg: RecommendConfig) -> dict:
+def exclusion_policy(
+    acts: pd.DataFrame, starts: Mapping[str, pd.Timestamp], cfg: RecommendConfig
+) -> dict:
     """The rule recommendations follow (`recommend.exclude`, auto resolved on the valid
     split's re-buy share) and the shares it was decided on."""
     shares = {}

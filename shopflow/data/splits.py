@@ -2,8 +2,9 @@
 
 - Events split by time: the last `prepare.test_days` are test, the `valid_days` before are
   valid, the rest train; with `prepare.train_days`, only that many days before valid are
-  train and earlier ones `history` (what the shop knows of its customers, not trained on). Every example takes its split from its own timestamp, so no later
-  timestamp crosses into an earlier split.
+  train and earlier ones `history` (what the shop knows of its customers, not trained on).
+  Every example takes its split from its own timestamp, so no later timestamp crosses into an
+  earlier split.
 - Judgments split by query: a hash of the normalized query picks the split, so a query (and
   every product judged for it) sits in exactly one split, stable across runs and data growth.
 """

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from shopflow.online.experiment import CHALLENGER, CHAMPION, Assignment, ExperimentSpec
-from shopflow.online.team_draft import team_draft
+from shopflow.online.team_draft import common_prefix, team_draft
 
 SESSION_PREFIX = "s_"
+BOTH = "both"  # an interleaved item in the rankings' common prefix: its clicks prefer no one
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ShownItem:
     product_id: str
     position: int  # 1-based, as shown
     score: float
-    team: str | None  # the model that placed it (interleaving, A/B); None outside
+    team: str | None  # the model that placed it (interleaving, A/B), "both"; None outside
     ranked_position: int  # where the list before exploration had it
     propensity: float  # P(this item at this position | the list before exploration)
 
@@ -151,12 +152,16 @@ def choose(
     if assignment.arm == CHALLENGER:
         return own(challenger, CHALLENGER), []
     shown, teams = team_draft(challenger.product_ids, champion.product_ids, rng, depth=k)
+    shared = common_prefix(challenger.product_ids[:k], champion.product_ids[:k])
     score = {
         CHALLENGER: dict(zip(challenger.product_ids, challenger.scores, strict=False)),
         CHAMPION: dict(zip(champion.product_ids, champion.scores, strict=False)),
     }
     named = [CHALLENGER if t == 0 else CHAMPION for t in teams]
-    return [(p, float(score[t][p]), t) for p, t in zip(shown, named, strict=True)], []
+    return [
+        (p, float(score[t][p]), BOTH if i < shared else t)
+        for i, (p, t) in enumerate(zip(shown, named, strict=True))
+    ], []
 
 
 def impression(

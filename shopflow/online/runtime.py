@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from shopflow.core.config import Params
-from shopflow.core.secrets import Mode
-from shopflow.data.privacy import pseudonym_key
 from shopflow.online.events import Event, Recent, event_records, problems_with
 from shopflow.online.experiment import (
     EXPERIMENT_ENV,
@@ -47,15 +45,19 @@ class OnlineRuntime:
         self.event_ids = Recent(REMEMBERED)
 
     @classmethod
-    def start(cls, params: Params, mode: Mode, on_outcome: Outcome | None = None) -> OnlineRuntime:
-        """From params and the environment: the sink, the experiment, the pseudonym key (a
-        missing key in production is an error when anything is logged)."""
+    def start(
+        cls, params: Params, session_key: Callable[[], bytes], on_outcome: Outcome | None = None
+    ) -> OnlineRuntime:
+        """From params and the environment: the sink, the experiment, and the pseudonym key
+        for session ids (`session_key`, asked for only when something is logged, so a missing
+        key in production stops a logging service at start-up)."""
         cfg = params.online.log
         path = os.environ.get(EXPERIMENT_ENV)
         spec = read_experiment(path) if path else None
         sink = open_sink(cfg.sink, cfg.folder, cfg.rotate_mb, cfg.dsn_env)
         if sink is None:
             return cls(params, spec, None, None)
+        key = session_key()  # before the writer's thread starts: a missing key stops here
         writer = LogWriter(
             sink,
             queue_size=cfg.queue_size,
@@ -64,7 +66,7 @@ class OnlineRuntime:
             retries=cfg.retries,
             on_outcome=on_outcome,
         )
-        runtime = cls(params, spec, pseudonym_key(mode), writer)
+        runtime = cls(params, spec, key, writer)
         log.info(
             "online: logging to the %s sink; experiment %s",
             cfg.sink,

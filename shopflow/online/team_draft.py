@@ -4,14 +4,18 @@ service (live interleaving) and the offline A/B evaluation (simulated interleavi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 DEPTH = 10
+Item = TypeVar("Item", bound=Hashable)  # a product id (or index)
 
 
-def team_draft(a: Sequence[str], b: Sequence[str], rng: np.random.Generator, depth: int = DEPTH):
+def team_draft(
+    a: Sequence[Item], b: Sequence[Item], rng: np.random.Generator, depth: int = DEPTH
+) -> tuple[list[Item], list[int]]:
     """Team-draft interleaving of rankings a and b: (shown list, team per slot: 0 = a, 1 = b).
 
     The team with fewer picks picks next; equal counts toss a coin. A team out of products
@@ -19,11 +23,11 @@ def team_draft(a: Sequence[str], b: Sequence[str], rng: np.random.Generator, dep
     """
     rankings = (list(a), list(b))
     pointers, picks = [0, 0], [0, 0]
-    shown: list[str] = []
+    shown: list[Item] = []
     teams: list[int] = []
-    seen: set[str] = set()
+    seen: set[Item] = set()
 
-    def next_unseen(team: int) -> str | None:
+    def next_unseen(team: int) -> Item | None:
         ranking = rankings[team]
         while pointers[team] < len(ranking) and ranking[pointers[team]] in seen:
             pointers[team] += 1
@@ -45,3 +49,15 @@ def team_draft(a: Sequence[str], b: Sequence[str], rng: np.random.Generator, dep
         seen.add(pid)
         picks[team] += 1
     return shown, teams
+
+
+def common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:
+    """How many leading positions the two rankings share. Team draft shows that prefix as
+    it is whoever picks, so a click there says nothing about which ranking is better: its credit
+    is only a coin toss. Leaving those clicks out removes noise, not signal."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from shopflow.core.config import Params
+from shopflow.core.errors import StageInputError
 from shopflow.data.tables import Tables, lowest_grade
 from shopflow.models.propensity import click_weights, estimate_propensities
 
@@ -153,7 +154,27 @@ def validation_groups(
 
 
 def propensities_of(pairs: pd.DataFrame, max_position: int) -> pd.Series | None:
-    """Examination propensity per position from the training clicks (None without clicks)."""
+    """Examination propensity per position (None without clicks): measured where the service
+    logged it (its randomised swaps, `ingest.source: service_logs`), the EM estimate from the
+    training clicks at the other positions."""
     if not pairs["clicked"].any():
         return None
-    return estimate_propensities(pairs[pairs["split"] == "train"], max_position)
+    train = pairs[pairs["split"] == "train"]
+    measured = logged_propensities(train, max_position)
+    if measured is not None and measured.notna().all():
+        return measured
+    if measured is None:
+        return estimate_propensities(train, max_position)
+    try:
+        return measured.fillna(estimate_propensities(train, max_position))
+    except StageInputError:  # the logs cannot identify EM: carry the measured curve down
+        return measured.interpolate().ffill()
+
+
+def logged_propensities(pairs: pd.DataFrame, max_position: int) -> pd.Series | None:
+    """θ_k / θ_1 per position 1..max_position as logged (NaN where none was), or None."""
+    if "propensity" not in pairs or pairs["propensity"].isna().all():
+        return None
+    positions = pairs["position"].clip(upper=max_position)
+    logged = pairs["propensity"].groupby(positions).median()
+    return logged.reindex(range(1, max_position + 1)).rename_axis("position")

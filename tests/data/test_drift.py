@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopflow.monitoring import features as behaviour
-from shopflow.models.bi_encoder import base_bi_encoder
-from shopflow.monitoring import drift
-from shopflow.monitoring.history import History
-from shopflow.monitoring.probes import baseline_probe
-from shopflow.monitoring.reference import Window, observe
 from shopflow.bench.drift import synthetic_run
 from shopflow.core.errors import StageInputError
 from shopflow.data.synthetic.generate import catalogue
 from shopflow.data.synthetic.sessions import simulate_day
 from shopflow.data.synthetic.world import ShopWorld
+from shopflow.models.bi_encoder import base_bi_encoder
+from shopflow.monitoring import drift
+from shopflow.monitoring import features as behaviour
+from shopflow.monitoring.history import History
+from shopflow.monitoring.probes import baseline_probe
+from shopflow.monitoring.reference import Window, observe
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.data
@@ -31,8 +31,9 @@ DAY = dt.date(2026, 10, 5)
 def busy_params():
     """The tiny shop with the default `min_rows` and `text_sample`, and enough sessions: the tiny
     profile's own min_rows (50) makes every feature measurable in CI, and noisy."""
-    return tiny_params("synthetic.sessions_per_day=1500", "drift.min_rows=300",
-                       "drift.text_sample=1000")
+    return tiny_params(
+        "synthetic.sessions_per_day=1500", "drift.min_rows=300", "drift.text_sample=1000"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,7 @@ def encoder(shop):
 
 def _windows(shop, ref_days, cur_days, encoder=None):
     params, events, products, _ = shop
-    found = behaviour.searches(
-        behaviour.with_day(events[events["ts"].dt.date.isin(set(ref_days))])
-    )
+    found = behaviour.searches(behaviour.with_day(events[events["ts"].dt.date.isin(set(ref_days))]))
     norms = behaviour.Norms.of(products, found)
     ref = observe("reference", events, products, ref_days, norms, params.drift)
     cur = observe("current", events, products, cur_days, norms, params.drift)
@@ -89,21 +88,21 @@ def test_identical_windows_decide_none(shop, encoder):
 def test_each_injected_drift_retrains_naming_its_features(knob, expected, encoder):
     params = busy_params()
     magnitude = {"price_change": 0.5}.get(knob, 0.3)
-    rows = synthetic_run(params, params.seed, knob, magnitude, days=1, encoder=encoder,
-                         reference_days=5)
+    rows = synthetic_run(
+        params, params.seed, knob, magnitude, days=1, encoder=encoder, reference_days=5
+    )
     assert rows[0]["decision"] == "retrain", rows
     assert expected & set(rows[0]["drifted"]), rows
 
 
 def test_no_drift_day_after_the_reference_is_quiet(encoder):
     params = busy_params()
-    rows = synthetic_run(params, params.seed, None, 0.0, days=1, encoder=encoder,
-                         reference_days=5)
+    rows = synthetic_run(params, params.seed, None, 0.0, days=1, encoder=encoder, reference_days=5)
     assert rows[0]["decision"] == "none", rows
 
 
 def test_too_little_data_is_insufficient_not_a_guess(shop):
-    params, events, products, days = shop
+    params, _events, _products, days = shop
     ref, cur = _windows(shop, days[:3], days[3:4])
     cur.rows = cur.rows.groupby("kind").head(100)
     cur.ctr = cur.ctr.clip(upper=100)
@@ -131,8 +130,15 @@ def test_vanished_searches_and_collapsed_ctr_alert(shop):
 
 
 def _feature(name: str, score: float, threshold: float = 0.1) -> drift.FeatureDrift:
-    return drift.FeatureDrift(name, "behaviour", "wasserstein", threshold, "measured",
-                              score=score, drifted=score >= threshold)
+    return drift.FeatureDrift(
+        name,
+        "behaviour",
+        "wasserstein",
+        threshold,
+        "measured",
+        score=score,
+        drifted=score >= threshold,
+    )
 
 
 QUIET = [_feature(f"f{i}", 0.01) for i in range(8)]
@@ -150,11 +156,13 @@ def test_cooldown_silences_the_same_drift_until_it_grows():
     assert same.decision == "none" and same.cooldown["date"] == "2026-10-08"
     assert any("cool-down" in r for r in same.reasons)
 
-    grown = drift.decide([_feature("click_price", 0.2 * cfg.cooldown_growth + 0.01), *QUIET],
-                         cfg, past, today)
+    grown = drift.decide(
+        [_feature("click_price", 0.2 * cfg.cooldown_growth + 0.01), *QUIET], cfg, past, today
+    )
     assert grown.decision == "retrain"
-    other = drift.decide([_feature("click_price", 0.2), _feature("query_oov", 0.3), *QUIET[1:]],
-                         cfg, past, today)
+    other = drift.decide(
+        [_feature("click_price", 0.2), _feature("query_oov", 0.3), *QUIET[1:]], cfg, past, today
+    )
     assert other.decision == "retrain"
     later = today + dt.timedelta(days=cfg.cooldown_days + 1)
     assert drift.decide(features, cfg, past, later).decision == "retrain"

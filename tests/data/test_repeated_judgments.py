@@ -22,8 +22,14 @@ RATINGS = pd.DataFrame(
     {
         "q": ["drill", "drill", "saw", "drill", "drill", "drill"],
         "pid": ["d1", "d2", "s1", "d1", "d2", "d1"],
-        "name": ["Cordless Drill", "Drill Bits", "Hand Saw", "Cordless Drill", "Drill Bits",
-                 "Cordless Drill"],
+        "name": [
+            "Cordless Drill",
+            "Drill Bits",
+            "Hand Saw",
+            "Cordless Drill",
+            "Drill Bits",
+            "Cordless Drill",
+        ],
         "grade": [3.0, 1.0, 2.0, 1.0, 2.0, 3.0],
     }
 )
@@ -85,14 +91,18 @@ def test_fail_leaves_the_ratings_for_validate_and_counts_them():
 
 
 def test_an_unknown_policy_is_an_error_naming_the_option_and_the_choices():
-    with pytest.raises(SourceError, match=r"repeated_judgments: 'average' is not one of fail, mean"):
+    with pytest.raises(
+        SourceError, match=r"repeated_judgments: 'average' is not one of fail, mean"
+    ):
         apply_policy(judgments(), {"repeated_judgments": "average"})
 
 
 def test_ingest_merges_by_policy_and_records_it_in_the_manifest(tmp_path):
     path = write_ratings(tmp_path / "ratings.csv")
     params = tiny_params(
-        "ingest.source=judgments", f"ingest.path={path}", f"ingest.mapping={MAPPING}",
+        "ingest.source=judgments",
+        f"ingest.path={path}",
+        f"ingest.mapping={MAPPING}",
         "ingest.options={repeated_judgments: median}",
     )
     result = contract.normalize(read_source(params), params, b"k", NOW)
@@ -105,7 +115,8 @@ def test_a_rater_variance_column_maps_like_any_other(tmp_path):
     path = tmp_path / "ratings.csv"
     RATINGS.assign(var=[0.5, 0.1, 0.2, 0.3, 0.1, 0.1]).to_csv(path, index=False)
     params = tiny_params(
-        "ingest.source=judgments", f"ingest.path={path}",
+        "ingest.source=judgments",
+        f"ingest.path={path}",
         "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, "
         "relevance_variance: var}",
         "ingest.options={repeated_judgments: first}",

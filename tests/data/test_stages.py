@@ -69,23 +69,55 @@ def set_value(column: str, value, n: int = 1):
 
 FUTURE = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=3)
 BROKEN = {
-    "duplicate product ids": ("products", lambda f: pd.concat([f, f.head(2)], ignore_index=True), "product_id is unique"),
+    "duplicate product ids": (
+        "products",
+        lambda f: pd.concat([f, f.head(2)], ignore_index=True),
+        "product_id is unique",
+    ),
     "negative price": ("products", set_value("price", -5.0), "price >= 0"),
     "empty title": ("products", set_value("title", ""), "title has 1..1000 characters"),
-    "50 MB title": ("products", set_value("title", "x" * 50_000_000), "title has 1..1000 characters"),
-    "missing column": ("products", lambda f: f.drop(columns=["brand"]), "schema: every contract column present"),
+    "50 MB title": (
+        "products",
+        set_value("title", "x" * 50_000_000),
+        "title has 1..1000 characters",
+    ),
+    "missing column": (
+        "products",
+        lambda f: f.drop(columns=["brand"]),
+        "schema: every contract column present",
+    ),
     "future timestamps": ("events", set_value("ts", FUTURE, 5), "ts not in the future"),
-    "timestamps before the window": ("events", set_value("ts", pd.Timestamp("2020-01-01", tz="UTC"), 5), "ts inside the window"),
+    "timestamps before the window": (
+        "events",
+        set_value("ts", pd.Timestamp("2020-01-01", tz="UTC"), 5),
+        "ts inside the window",
+    ),
     "unknown event type": ("events", set_value("event_type", "hover"), "event_type is known"),
     "position 0": ("events", set_value("position", 0), "position >= 1"),
     "raw user id": ("events", set_value("user_key", "user-000001"), "user_key is a pseudonym"),
-    "unknown products": ("events", lambda f: f.assign(product_id=f["product_id"].where(f.index % 10 != 0, "ghost")), "product_id in the catalogue"),
-    "empty day": ("events", lambda f: f[f["ts"].dt.day != 24].reset_index(drop=True), "every day has events"),
-    "relevance off scale": ("judgments", set_value("relevance", 7.0), "relevance on the declared scale 0..3"),
+    "unknown products": (
+        "events",
+        lambda f: f.assign(product_id=f["product_id"].where(f.index % 10 != 0, "ghost")),
+        "product_id in the catalogue",
+    ),
+    "empty day": (
+        "events",
+        lambda f: f[f["ts"].dt.day != 24].reset_index(drop=True),
+        "every day has events",
+    ),
+    "relevance off scale": (
+        "judgments",
+        set_value("relevance", 7.0),
+        "relevance on the declared scale 0..3",
+    ),
     "missing product id": ("products", set_value("product_id", None), "product_id is present"),
     "blank title": ("products", set_value("title", "   "), "title is not blank"),
     "blank query": ("judgments", set_value("query", " "), "query is not blank"),
-    "duplicate judgments": ("judgments", lambda f: pd.concat([f, f.head(1)], ignore_index=True), "one judgment per (query, product)"),
+    "duplicate judgments": (
+        "judgments",
+        lambda f: pd.concat([f, f.head(1)], ignore_index=True),
+        "one judgment per (query, product)",
+    ),
 }
 
 
@@ -126,7 +158,9 @@ def test_a_judged_query_longer_than_the_service_accepts_is_flagged_like_an_event
 
 def test_quarantine_policy_sets_rows_aside_with_reasons(ingested, tmp_path):
     broken = copy_with(ingested, tmp_path / paths.INGESTED, products=set_value("price", -1.0, 2))
-    run_validate(broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05")
+    run_validate(
+        broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05"
+    )
     aside = pd.read_parquet(tmp_path / paths.VALIDATED / "quarantine.parquet")
     assert len(aside) == 2 and (aside["reasons"] == "price >= 0").all()
     kept = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
@@ -135,8 +169,12 @@ def test_quarantine_policy_sets_rows_aside_with_reasons(ingested, tmp_path):
 
 
 def test_quarantine_keeps_the_first_of_duplicates(ingested, tmp_path):
-    broken = copy_with(ingested, tmp_path / paths.INGESTED, products=BROKEN["duplicate product ids"][1])
-    run_validate(broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05")
+    broken = copy_with(
+        ingested, tmp_path / paths.INGESTED, products=BROKEN["duplicate product ids"][1]
+    )
+    run_validate(
+        broken, tmp_path, "validate.on_invalid=quarantine", "validate.max_quarantine_share=0.05"
+    )
     kept = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
     assert kept["product_id"].is_unique
     assert len(pd.read_parquet(tmp_path / paths.VALIDATED / "quarantine.parquet")) == 2
@@ -144,24 +182,30 @@ def test_quarantine_keeps_the_first_of_duplicates(ingested, tmp_path):
 
 def test_quarantine_refuses_above_its_share(ingested, tmp_path):
     broken = copy_with(ingested, tmp_path / paths.INGESTED, products=set_value("price", -1.0, 100))
-    with pytest.raises(DataValidationError, match="exceed validate.max_quarantine_share"):
+    with pytest.raises(DataValidationError, match=r"exceed validate\.max_quarantine_share"):
         run_validate(broken, tmp_path, "validate.on_invalid=quarantine")
 
 
 def test_quarantine_never_hides_table_level_failures(ingested, tmp_path):
     broken = copy_with(ingested, tmp_path / paths.INGESTED, events=BROKEN["empty day"][1])
-    with pytest.raises(DataValidationError, match="table-level|every day has events"):
+    with pytest.raises(DataValidationError, match=r"table-level|every day has events"):
         run_validate(broken, tmp_path, "validate.on_invalid=quarantine")
 
 
 def test_prepare_refuses_unvalidated_or_tampered_input(ingested, tmp_path):
     params = tiny_params()
-    with pytest.raises(StageInputError, match="validation has not passed"), contextlib.chdir(tmp_path):
+    with (
+        pytest.raises(StageInputError, match="validation has not passed"),
+        contextlib.chdir(tmp_path),
+    ):
         prepare.run(params)
     run_validate(ingested, tmp_path)
     products = pd.read_parquet(tmp_path / paths.VALIDATED / "products.parquet")
     write_parquet(products.assign(price=-1.0), tmp_path / paths.VALIDATED / "products.parquet")
-    with pytest.raises(StageInputError, match="changed after validation"), contextlib.chdir(tmp_path):
+    with (
+        pytest.raises(StageInputError, match="changed after validation"),
+        contextlib.chdir(tmp_path),
+    ):
         prepare.run(params)
 
 
@@ -175,8 +219,18 @@ def prepared(ingested, tmp_path_factory) -> Path:
 
 
 def test_no_raw_id_or_planted_pii_survives_anywhere(ingested, prepared):
-    planted = ["user-0", "sess-2026", "@example.com", "@mail.test", "0161 496", "7700 900", "4111 1111"]
-    files = [p for root in (ingested.parent.parent, prepared) for p in root.rglob("*") if p.is_file()]
+    planted = [
+        "user-0",
+        "sess-2026",
+        "@example.com",
+        "@mail.test",
+        "0161 496",
+        "7700 900",
+        "4111 1111",
+    ]
+    files = [
+        p for root in (ingested.parent.parent, prepared) for p in root.rglob("*") if p.is_file()
+    ]
     assert len(files) > 8
     for path in files:
         if path.suffix == ".parquet":
@@ -195,14 +249,20 @@ def test_splits_do_not_leak(prepared):
     bounds = read_json(out / "splits.json")["time_boundaries"]
     valid_start, test_start = pd.Timestamp(bounds["valid"]), pd.Timestamp(bounds["test"])
     assert pairs.loc[pairs["split"] == "train", "ts"].max() < valid_start
-    assert pairs.loc[pairs["split"] == "valid", "ts"].between(valid_start, test_start, inclusive="left").all()
+    assert (
+        pairs.loc[pairs["split"] == "valid", "ts"]
+        .between(valid_start, test_start, inclusive="left")
+        .all()
+    )
     assert pairs.loc[pairs["split"] == "test", "ts"].min() >= test_start
     assert set(pairs["split"]) == {"train", "valid", "test"}
     assert pairs["position"].notna().all() and pairs["label"].between(0, 3).all()
     assert 0.05 < pairs["clicked"].mean() < 0.5
 
     judged = pd.read_parquet(out / "judgments.parquet")
-    queries = {s: set(judged.loc[judged["split"] == s, "query"]) for s in ("train", "valid", "test")}
+    queries = {
+        s: set(judged.loc[judged["split"] == s, "query"]) for s in ("train", "valid", "test")
+    }
     assert not queries["train"] & queries["test"] and not queries["train"] & queries["valid"]
     assert not queries["valid"] & queries["test"] and all(queries.values())
 
@@ -214,8 +274,17 @@ def test_splits_do_not_leak(prepared):
 def test_sequences_only_look_back_to_earlier_sessions():
     events = pd.DataFrame(
         {
-            "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-02 09:00", "2026-10-02 09:01",
-                                  "2026-10-02 09:02", "2026-10-03 09:00"], utc=True),
+            "ts": pd.to_datetime(
+                [
+                    "2026-10-01 10:00",
+                    "2026-10-01 11:00",
+                    "2026-10-02 09:00",
+                    "2026-10-02 09:01",
+                    "2026-10-02 09:02",
+                    "2026-10-03 09:00",
+                ],
+                utc=True,
+            ),
             "session_id": ["s1", "s2", "s3", "s3", "s3", "s4"],
             "user_key": ["u_a"] * 6,
             "product_id": ["p1", "p2", "p3", "p3", "p3", "p4"],
@@ -235,9 +304,16 @@ def test_sequences_only_look_back_to_earlier_sessions():
 def test_click_labels_come_from_the_same_split():
     ts = pd.to_datetime(["2026-10-01 23:59:59", "2026-10-02 00:00:05"], utc=True)
     events = pd.DataFrame(
-        {"ts": ts, "session_id": ["s", "s"], "user_key": ["u", "u"], "query": ["sofa", "sofa"],
-         "product_id": ["p", "p"], "position": [1, 1], "event_type": ["impression", "click"],
-         "split": ["valid", "test"]}
+        {
+            "ts": ts,
+            "session_id": ["s", "s"],
+            "user_key": ["u", "u"],
+            "query": ["sofa", "sofa"],
+            "product_id": ["p", "p"],
+            "position": [1, 1],
+            "event_type": ["impression", "click"],
+            "split": ["valid", "test"],
+        }
     )
     pairs = click_pairs(events)
     assert len(pairs) == 1 and pairs.loc[0, "label"] == 0
@@ -271,8 +347,11 @@ def test_closed_days_are_not_outages():
     events = pd.DataFrame({"ts": open_days.repeat(10) + pd.Timedelta(hours=12)})
     flagged = daily_volume(events, params)
     assert (flagged["events"] == 0).sum() == 2  # two Saturdays look like outages
-    shut = tiny_params("ingest.window={end: '2026-10-28', days: 14}", "validate.closed_weekdays=[5]",
-                       "validate.closed_dates=['2026-10-20']")
+    shut = tiny_params(
+        "ingest.window={end: '2026-10-28', days: 14}",
+        "validate.closed_weekdays=[5]",
+        "validate.closed_dates=['2026-10-20']",
+    )
     volume = daily_volume(events, shut)
     assert len(volume) == 11 and (volume["events"] == 10).all()
     assert (volume["volume_ratio"] == 1.0).all()

@@ -39,7 +39,9 @@ def test_generation_is_deterministic():
     first = generate(params.synthetic, params.seed, days)
     second = generate(params.synthetic, params.seed, days)
     for name in ("products", "events", "judgments"):
-        assert table_hash(getattr(first, name).astype(str)) == table_hash(getattr(second, name).astype(str))
+        assert table_hash(getattr(first, name).astype(str)) == table_hash(
+            getattr(second, name).astype(str)
+        )
     other = generate(params.synthetic, params.seed + 1, days)
     assert table_hash(other.events.astype(str)) != table_hash(first.events.astype(str))
 
@@ -54,7 +56,9 @@ def test_a_day_does_not_depend_on_the_window(world):
 
 def test_clicks_decay_with_position_and_rise_with_relevance(world, week):
     shown = week[(week["event_type"] == "impression") & week["query"].notna()]
-    clicked = week[week["event_type"] == "click"][["session_id", "query", "product_id"]].drop_duplicates()
+    clicked = week[week["event_type"] == "click"][
+        ["session_id", "query", "product_id"]
+    ].drop_duplicates()
     shown = shown.merge(clicked.assign(c=1), how="left", on=["session_id", "query", "product_id"])
     ctr = shown.fillna({"c": 0}).groupby("position")["c"].mean()
     assert ctr[1] > ctr[3] > ctr[10] > 0
@@ -88,7 +92,12 @@ def test_misspellings_and_pii_are_planted():
     world = ShopWorld(params.synthetic, params.seed)
     queries = simulate_day(world, DAY).events["query"].dropna().unique()
     assert any("@" in q for q in queries)
-    vocabulary = {w for info in world.leaves for n in info.leaf.nouns + info.leaf.query_synonyms for w in n.split()}
+    vocabulary = {
+        w
+        for info in world.leaves
+        for n in info.leaf.nouns + info.leaf.query_synonyms
+        for w in n.split()
+    }
     assert any(all(w not in vocabulary for w in q.split()[-1:]) for q in queries)
 
 
@@ -115,9 +124,15 @@ def test_catalogue_has_variety():
 def test_drift_changes_only_after_its_start(knob):
     start = DAY + dt.timedelta(days=1)
     base = tiny_params("synthetic.sessions_per_day=800")
-    drifted = tiny_params("synthetic.sessions_per_day=800", f"synthetic.drift.start={start}",
-                          f"synthetic.drift.{knob}=0.5")
-    clean, shifted = ShopWorld(base.synthetic, base.seed), ShopWorld(drifted.synthetic, drifted.seed)
+    drifted = tiny_params(
+        "synthetic.sessions_per_day=800",
+        f"synthetic.drift.start={start}",
+        f"synthetic.drift.{knob}=0.5",
+    )
+    clean, shifted = (
+        ShopWorld(base.synthetic, base.seed),
+        ShopWorld(drifted.synthetic, drifted.seed),
+    )
     before = simulate_day(shifted, DAY).events
     pd.testing.assert_frame_equal(before, simulate_day(clean, DAY).events)
     after_clean = simulate_day(clean, start).events
@@ -128,7 +143,9 @@ def test_drift_changes_only_after_its_start(knob):
     else:
         assert not after.equals(after_clean)
     if knob == "new_category":
-        pets = {shifted.product_ids[i] for i in np.flatnonzero(shifted.p["top"] == shifted.n_base_tops)}
+        pets = {
+            shifted.product_ids[i] for i in np.flatnonzero(shifted.p["top"] == shifted.n_base_tops)
+        }
         assert after["product_id"].isin(pets).mean() > 0.1
         assert not before["product_id"].isin(pets).any()
     if knob == "new_vocab":

@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 from shopflow.core.config import Params
 from shopflow.data.contract import Tables
-from shopflow.data.sources import esci, events, judgments, online_retail, synthetic, wands
+from shopflow.data.sources import (
+    esci,
+    events,
+    judgments,
+    online_retail,
+    service_logs,
+    synthetic,
+    wands,
+)
 
 Adapter = Callable[[Params], Tables]
 
@@ -22,6 +30,7 @@ ADAPTERS: dict[str, Adapter] = {
     "esci": esci.read,
     "wands": wands.read,
     "online_retail": online_retail.read,
+    "service_logs": service_logs.read,
 }
 
 

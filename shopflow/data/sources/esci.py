@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.contract import Tables
 from shopflow.core.errors import SourceError
+from shopflow.data.contract import Tables
 from shopflow.data.sources.files import read_table, require_rows
 
 EXAMPLES = "shopping_queries_dataset_examples.parquet"

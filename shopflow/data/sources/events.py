@@ -15,8 +15,8 @@ from __future__ import annotations
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.contract import EVENT_TYPES, Tables
 from shopflow.core.errors import SourceError
+from shopflow.data.contract import EVENT_TYPES, Tables
 from shopflow.data.sources.files import apply_mapping, read_table, require_rows
 from shopflow.data.sources.judgments import PRODUCT_COLUMNS, with_product_ids
 
@@ -46,6 +46,17 @@ def map_event_types(values: pd.Series, mapping: dict[str, str], origin: str) -> 
     return values.map(lambda v: mapping.get(v, v) if isinstance(v, str) else v)
 
 
+def read_catalogue(options: dict, encoding: str) -> pd.DataFrame:
+    """The catalogue file `ingest.options.products_path`, mapped by `products_mapping`."""
+    products = read_table(options["products_path"], encoding)
+    return apply_mapping(
+        products,
+        options.get("products_mapping", {}),
+        options["products_path"],
+        (*PRODUCT_COLUMNS, "attributes", "first_seen"),
+    )
+
+
 def read(params: Params) -> Tables:
     cfg = params.ingest
     options = cfg.options
@@ -66,11 +77,7 @@ def read(params: Params) -> Tables:
         log["session_id"] = sessionize(log, float(options.get("session_gap_minutes", 30)))
 
     if "products_path" in options:
-        products = read_table(options["products_path"], cfg.encoding)
-        products = apply_mapping(
-            products, options.get("products_mapping", {}), options["products_path"],
-            (*PRODUCT_COLUMNS, "attributes", "first_seen"),
-        )
+        products = read_catalogue(options, cfg.encoding)
     elif "title" in log.columns:
         log = with_product_ids(log, origin)
         products = log[[c for c in PRODUCT_COLUMNS if c in log.columns]]

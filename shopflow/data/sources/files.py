@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shopflow.core.errors import preview, EmptyDataError, SourceError
+from shopflow.core.errors import EmptyDataError, SourceError, preview
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": None}
 MAX_FIELD_BYTES = 64 * 1024 * 1024

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.contract import Tables, stable_product_id
 from shopflow.core.errors import SourceError
+from shopflow.data.contract import Tables, stable_product_id
 from shopflow.data.sources.files import apply_mapping, read_table, require_rows
 
 PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "category", "price")

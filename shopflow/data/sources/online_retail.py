@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.contract import Tables
 from shopflow.core.errors import SourceError
+from shopflow.data.contract import Tables
 from shopflow.data.sources.files import read_table, require_rows
 
 ALIASES = {

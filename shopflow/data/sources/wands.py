@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from shopflow.core.config import Params
-from shopflow.data.contract import Tables
 from shopflow.core.errors import SourceError
+from shopflow.data.contract import Tables
 from shopflow.data.sources.files import read_table, require_rows
 
 GRADES = {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 0.0}

@@ -83,8 +83,11 @@ def judge(world: ShopWorld, day: dt.date, log_of_day, n_queries: int) -> pd.Data
         others = rng.choice(launched, min(RANDOM_JUDGED_PER_QUERY, len(launched)), replace=False)
         products = np.unique(np.concatenate([pools[requests.leaf[i]], others]))
         grades = world.relevance(
-            requests.leaf[[i]], requests.colour[[i]], requests.material[[i]],
-            requests.brand[[i]], products[None, :],
+            requests.leaf[[i]],
+            requests.colour[[i]],
+            requests.material[[i]],
+            requests.brand[[i]],
+            products[None, :],
         )[0]
         frames.append(
             pd.DataFrame(
@@ -104,7 +107,10 @@ def generate(cfg: SyntheticConfig, seed: int, days: list[dt.date]) -> Tables:
     world = ShopWorld(cfg, seed)
     log.info(
         "synthetic shop: %d products in %d leaves, %d users (built in %.1fs)",
-        world.n, len(world.leaves), cfg.n_users, time.perf_counter() - started,
+        world.n,
+        len(world.leaves),
+        cfg.n_users,
+        time.perf_counter() - started,
     )
     events, judgments = [], []
     for k, day in enumerate(days, 1):
@@ -116,7 +122,12 @@ def generate(cfg: SyntheticConfig, seed: int, days: list[dt.date]) -> Tables:
             eta = elapsed / k * (len(days) - k)
             log.info(
                 "simulated %d/%d days (%s): %d events so far, %.1f days/s, ETA %.0fs",
-                k, len(days), day, sum(map(len, events)), k / elapsed, eta,
+                k,
+                len(days),
+                day,
+                sum(map(len, events)),
+                k / elapsed,
+                eta,
             )
     products = catalogue(world, days[-1])
     judged = pd.concat(judgments, ignore_index=True).drop_duplicates(["query", "product_id"])

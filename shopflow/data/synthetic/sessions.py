@@ -27,8 +27,33 @@ SLATE = 10
 CAROUSEL = 8
 WEEKDAY_FACTOR = np.array([1.0, 0.95, 0.95, 1.0, 1.1, 1.25, 1.2])
 HOUR_WEIGHTS = np.array(
-    [1, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.2, 2.6, 2.8, 3.0,
-     3.2, 3.1, 2.9, 2.8, 2.9, 3.2, 3.8, 4.4, 4.8, 4.4, 3.2, 1.8], dtype=float,
+    [
+        1,
+        0.6,
+        0.4,
+        0.3,
+        0.3,
+        0.4,
+        0.8,
+        1.5,
+        2.2,
+        2.6,
+        2.8,
+        3.0,
+        3.2,
+        3.1,
+        2.9,
+        2.8,
+        2.9,
+        3.2,
+        3.8,
+        4.4,
+        4.8,
+        4.4,
+        3.2,
+        1.8,
+    ],
+    dtype=float,
 )
 SPECIFICITY = np.array([0.4, 0.35, 0.25])  # broad, one attribute, brand + attribute
 SYNONYM_SHARE = 0.3
@@ -195,8 +220,11 @@ def rank_by_logging_policy(
             continue
         cand = np.broadcast_to(pool, (len(rows), len(pool)))
         grade = world.relevance(
-            requests.leaf[rows], requests.colour[rows], requests.material[rows],
-            requests.brand[rows], cand,
+            requests.leaf[rows],
+            requests.colour[rows],
+            requests.material[rows],
+            requests.brand[rows],
+            cand,
         )
         sigma = np.where(requests.lexical[rows], 0.7, 1.6)[:, None]
         score = grade + sigma * rng.standard_normal(cand.shape) + 0.35 * log_pop[pool]
@@ -314,8 +342,16 @@ def simulate_day(world: ShopWorld, day: dt.date) -> DayLog:
     clicks = simulate_clicks(world, requests.user, slates, grades, day, rng)
     cart, purchase = _funnel(world, grades, clicks, slates, day, rng)
     search_events = _events(
-        world, session[q_session], requests.user, requests.text, q_ts,
-        slates, clicks, cart, purchase, rng,
+        world,
+        session[q_session],
+        requests.user,
+        requests.text,
+        q_ts,
+        slates,
+        clicks,
+        cart,
+        purchase,
+        rng,
     )
 
     # Browsing sessions: a carousel from an anchor leaf (70%) or one of its complements.
@@ -340,8 +376,16 @@ def simulate_day(world: ShopWorld, day: dt.date) -> DayLog:
     b_clicks = simulate_clicks(world, b_users, carousel, b_grades.astype(np.int8), day, rng)
     b_cart, b_purchase = _funnel(world, b_grades, b_clicks, carousel, day, rng)
     browse_events = _events(
-        world, session[b_idx], b_users, None, start[b_idx],
-        carousel, b_clicks, b_cart, b_purchase, rng,
+        world,
+        session[b_idx],
+        b_users,
+        None,
+        start[b_idx],
+        carousel,
+        b_clicks,
+        b_cart,
+        b_purchase,
+        rng,
     )
 
     events = pd.concat([search_events, browse_events], ignore_index=True)

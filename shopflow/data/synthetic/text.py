@@ -26,6 +26,7 @@ class Catalogue(Protocol):
     tops: list[Any]
     brand_names: np.ndarray
 
+
 # A [bracketed] segment disappears with the optional field inside it.
 TITLE_TEMPLATES = (
     "{brand}[ {adj}][ {colour}][ {material}] {noun}",

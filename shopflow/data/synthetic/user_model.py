@@ -38,7 +38,10 @@ class UserModel:
         """True grade (0..3) of every ranked product; unknown ids and padding grade 0."""
         idx = self._indices(rankings)
         grades = self.world.relevance(
-            requests.leaf, requests.colour, requests.material, requests.brand,
+            requests.leaf,
+            requests.colour,
+            requests.material,
+            requests.brand,
             np.maximum(idx, 0),
         )
         return np.where(idx >= 0, grades, 0).astype(np.int8)
