@@ -54,6 +54,7 @@ from shopflow.serving.answers import (
 )
 from shopflow.serving.hardening import limit_headers, quiet_client_errors
 from shopflow.serving.http import API_KEY_ENV, RequestGuard, UnknownProductsError, request_models
+from shopflow.serving.measures import LOG_RECORDS, STAGE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = load_params(os.environ.get("SHOPFLOW_PARAMS", ROOT / paths.PARAMS))
@@ -70,18 +71,6 @@ if API_KEY is not None and len(API_KEY) < MIN_KEY_CHARS:
     raise ConfigError(f"{API_KEY_ENV} is {len(API_KEY)} characters: use at least {MIN_KEY_CHARS}")
 limit_headers(CFG.read_timeout_s, CFG.max_header_bytes)
 quiet_client_errors()
-
-STAGE_SECONDS = bentoml.metrics.Histogram(
-    name="shopflow_stage_seconds",
-    documentation="Seconds spent in each step of a request (embed, retrieve, rerank)",
-    labelnames=["endpoint", "stage"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-LOG_RECORDS = bentoml.metrics.Counter(
-    name="shopflow_log_records_total",
-    documentation="Impressions and events by outcome: written, dropped (queue full), lost (sink)",
-    labelnames=["kind", "outcome"],
-)
 
 
 Ranker = Callable[[SearchEngine], Awaitable[list[Hit]]]

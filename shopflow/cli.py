@@ -184,6 +184,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "A/B evaluation of the challenger against the champion; writes the gate's decision",
         StageCommand("evaluate"),
     ),
+    "online": (
+        "read the running online experiment's logs: advance, promote or stop it (docs/online.md)",
+        StageCommand("online"),
+    ),
     "promote": (
         "on a promote verdict (or --force): save, build and smoke-test the Bento, then move "
         "the champion",

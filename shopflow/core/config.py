@@ -494,6 +494,10 @@ class OnlineDecisionConfig(Section):
 class OnlineConfig(Section):
     """Online experiments: impression logging, traffic split and the nightly decision."""
 
+    after_gate: Literal["direct", "shadow", "interleave"] = Field(
+        description="direct: a gate pass promotes at once; else an online experiment starts"
+    )
+    share: float = Field(gt=0, le=1, description="share of units in an experiment")
     log: OnlineLogConfig
     exploration_rate: float = Field(
         ge=0, le=0.5, description="impressions whose top result is swapped with a lower one"

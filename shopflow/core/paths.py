@@ -44,6 +44,7 @@ DATA_DOCS = VALIDATION_REPORT / "data_docs"
 DRIFT_REPORT = REPORTS / "drift.json"
 DRIFT_PAGES = REPORTS / "drift"  # index.html + Evidently's pages
 DECISION = REPORTS / "decision.json"  # evaluate writes it; promote and Airflow read it
+ONLINE_DECISION = REPORTS / "online.json"  # the online stage's reading of the experiment
 METRICS = Path("metrics")
 LIVE = Path("dvclive")
 

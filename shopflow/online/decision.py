@@ -136,6 +136,21 @@ def decide(
     joined: Joined, spec: ExperimentSpec, cfg: OnlineDecisionConfig, now: dt.datetime
 ) -> dict:
     """The night's decision and everything it rests on."""
+    if joined.impressions.empty:  # nothing logged yet (or the sink is not where we read)
+        days = (now - dt.datetime.fromisoformat(spec.started_at)).total_seconds() / 86400
+        return {
+            "experiment": spec.id,
+            "mode": spec.mode,
+            "champion": spec.champion,
+            "challenger": spec.challenger,
+            "days": round(days, 2),
+            "guardrails": {},
+            "alpha": cfg.alpha,
+            "tau": cfg.tau,
+            "units": 0,
+            "decision": STOP if days >= cfg.max_days else CONTINUE,
+            "reasons": ["no impression of this experiment was logged"],
+        }
     checks = guardrails(joined, spec, cfg)
     failed = [name for name, g in checks.items() if not g["ok"]]
     started = dt.datetime.fromisoformat(spec.started_at)

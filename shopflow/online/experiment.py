@@ -89,7 +89,14 @@ def assign(spec: ExperimentSpec | None, unit: str | None) -> Assignment:
 
 
 def read_experiment(path: str | Path) -> ExperimentSpec:
-    """The experiment in `path`, or an error naming the file and the field that is wrong."""
+    """The experiment in the file `path` (or, for containers without the file, the JSON text
+    itself), or an error naming the file and the field that is wrong."""
+    if isinstance(path, str) and path.lstrip().startswith("{"):
+        try:
+            raw = json.loads(path)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{EXPERIMENT_ENV} holds JSON that does not parse: {exc}") from None
+        return _validated(raw, f"{EXPERIMENT_ENV}")
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -97,17 +104,19 @@ def read_experiment(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"{EXPERIMENT_ENV}: no experiment file at {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{EXPERIMENT_ENV}: {path} is not a JSON experiment: {exc}") from None
+    return _validated(raw, f"experiment file {path}")
+
+
+def _validated(raw: object, origin: str) -> ExperimentSpec:
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"experiment file {path}: {problems}") from None
+        raise ConfigError(f"{origin}: {problems}") from None
     if spec.champion == spec.challenger:
-        raise ConfigError(
-            f"experiment file {path}: champion and challenger are both {spec.champion}"
-        )
+        raise ConfigError(f"{origin}: champion and challenger are both {spec.champion}")
     return spec
 
 

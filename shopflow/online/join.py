@@ -49,7 +49,9 @@ def join_logs(
 
     imps = impressions.drop_duplicates("impression_id", keep="first").copy()
     counts["impression_duplicates"] = len(impressions) - len(imps)
-    imps["timestamp"] = _utc(imps["timestamp"])
+    imps["timestamp"] = (
+        _utc(imps["timestamp"]) if len(imps) else pd.Series(dtype="datetime64[ns, UTC]")
+    )
     if spec is not None and len(imps):
         in_spec = imps["experiment"] == spec.id
         expected = [
@@ -76,13 +78,15 @@ def join_logs(
     evs = events.sort_values("received_at" if "received_at" in events else "timestamp")
     evs = evs.drop_duplicates("event_id", keep="first").copy()
     counts["event_duplicates"] = len(events) - len(evs)
-    evs["timestamp"] = _utc(evs["timestamp"])
+    evs["timestamp"] = (
+        _utc(evs["timestamp"]) if len(evs) else pd.Series(dtype="datetime64[ns, UTC]")
+    )
 
     shown = imps.set_index("impression_id")
     at = (
         evs["impression_id"].map(shown["timestamp"])
         if len(shown)
-        else pd.Series(pd.NaT, index=evs.index)
+        else pd.Series(pd.NaT, index=evs.index, dtype="datetime64[ns, UTC]")
     )
     items = (
         evs["impression_id"].map(shown["items"])

@@ -45,6 +45,7 @@ CHAMPION_ASSET = "shopflow://champion"  # promote emits it; shopflow_deploy is s
 DRIFT_STAGE = "drift"
 EVALUATE_STAGE = "evaluate"
 PROMOTE_STAGE = "promote"
+ONLINE_STAGE = "online"  # reads the live experiment every night, retrain or not
 ALWAYS_CHANGED = "always changed"  # how `dvc status` reports an `always_changed: true` stage
 # Exit codes of `python -m shopflow` (shopflow/core/errors.py) that no retry can fix: bad input
 # or params (2) and failed data validation (3). Anything else (a crash, a kill, a timeout, a
@@ -107,8 +108,10 @@ class StageGraph:
         return found
 
     def checks(self) -> set[str]:
-        """The stages every night runs: the drift check and what it needs (ingest, validate)."""
-        return {DRIFT_STAGE, *self.ancestors(DRIFT_STAGE)}
+        """The stages every night runs: the drift check and what it needs (ingest, validate),
+        and the online experiment's reading."""
+        nightly = {DRIFT_STAGE, ONLINE_STAGE} & set(self.stages)
+        return nightly.union(*(self.ancestors(s) for s in nightly))
 
     def training_roots(self) -> list[str]:
         """Where the training part starts: stages outside the checks that only need checks.

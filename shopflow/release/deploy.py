@@ -14,8 +14,17 @@ from pathlib import Path
 
 from shopflow.core.config import Params
 from shopflow.core.errors import DeployError, StageInputError
+from shopflow.online.experiment import EXPERIMENT_ENV
+from shopflow.release import experiments
 from shopflow.release.registry import Entry, Registry
-from shopflow.serving.bento_build import MODEL_ENV, ROOT, build_bento, find_bento, packed_model
+from shopflow.serving.bento_build import (
+    CHALLENGER_ENV,
+    MODEL_ENV,
+    ROOT,
+    build_bento,
+    find_bento,
+    packed_model,
+)
 from shopflow.serving.bentocloud import deploy_to_bentocloud
 from shopflow.serving.local import SERVICE, serve_foreground, serve_locally
 from shopflow.serving.model_store import current_model
@@ -52,18 +61,33 @@ def ensure_bento(entry: Entry) -> str:
 def deploy_champion(params: Params) -> dict:
     """Deploy the registry's champion: `bentoml serve` on 127.0.0.1 (target `local`) or
     `bentoml deploy` to BentoCloud (target `bentocloud`). Repeating it changes nothing."""
-    champion = Registry.of(params).champion()
+    registry = Registry.of(params)
+    champion = registry.champion()
     if champion is None or champion.kind != "model":
         raise DeployError(
             "the champion is the baselines (BM25F, best recommender): there is no model to "
             "deploy yet (a night must promote one first)"
         )
     bento = ensure_bento(champion)
+    about: dict[str, object] = {"entry": champion.id, "promoted_at": champion.at}
+    env: dict[str, str] = {}
+    found = experiments.running(params, registry)
+    if found is not None:  # champion + challenger in one Bento, split by the experiment file
+        entry, spec = found
+        bento = str(entry.bento_tag)
+        about["experiment"] = spec.id + ":" + spec.mode
+        env = {CHALLENGER_ENV: spec.challenger, EXPERIMENT_ENV: spec.model_dump_json()}
+        log.info(
+            "serving experiment %s (%s): %s vs %s",
+            spec.id,
+            spec.mode,
+            spec.champion,
+            spec.challenger,
+        )
     if params.deploy.target == "bentocloud":
-        return deploy_to_bentocloud(bento, params.deploy.name)
-    about = {"entry": champion.id, "promoted_at": champion.at}
+        return deploy_to_bentocloud(bento, params.deploy.name, env)
     return serve_locally(
-        bento, champion.version, params.serving.port, Path(params.deploy.state), about
+        bento, champion.version, params.serving.port, Path(params.deploy.state), about, env
     )
 
 

@@ -38,6 +38,7 @@ from shopflow.core import paths
 from shopflow.core.artifacts import write_json
 from shopflow.core.config import Params
 from shopflow.core.errors import ShopflowError, StageInputError
+from shopflow.release import experiments
 from shopflow.release.registry import Entry, Registry, now
 from shopflow.serving.bento_build import build_bento, find_bento
 from shopflow.serving.local import RunningService, free_port
@@ -100,6 +101,12 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
         )
         return _finish(metrics, outcome, champion, reasons=decision["reasons"])
 
+    experimenting = params.online.after_gate != "direct" and override is None
+    running = experiments.running(params, registry) if experimenting else None
+    if running is not None:
+        why = f"experiment {running[1].id} still runs: tonight's challenger waits for it"
+        log.info(why)
+        return _finish(metrics, outcome, champion, reasons=[why])
     tag = save_model(params, metadata={"decision": _decision_summary(decision)})
     version = tag.split(":", 1)[1]
     if champion.version == version:
@@ -124,26 +131,30 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
     summary = _decision_summary(decision)
     if override is not None:
         summary |= {"forced_by": override.by, "gate_verdict": decision["verdict"]}
-    entry = registry.replace_champion(
-        champion,
-        Entry(
-            id=0,
-            action="promote" if override is None else "force",
-            at=now(),
-            kind="model",
-            version=version,
-            model_tag=tag,
-            bento_tag=bento,
-            reason="; ".join(decision["reasons"])
-            if override is None
-            else f"forced by {override.by}: {override.reason}",
-            metrics=decision["metrics"].get("challenger", {}),
-            data_hash=decision.get("data_hash"),
-            params_hash=decision.get("params_hash"),
-            git_revision=decision.get("git_revision"),
-            decision=summary,
-        ),
+    challenger = Entry(
+        id=0,
+        action="promote" if override is None else "force",
+        at=now(),
+        kind="model",
+        version=version,
+        model_tag=tag,
+        bento_tag=bento,
+        reason="; ".join(decision["reasons"])
+        if override is None
+        else f"forced by {override.by}: {override.reason}",
+        metrics=decision["metrics"].get("challenger", {}),
+        data_hash=decision.get("data_hash"),
+        params_hash=decision.get("params_hash"),
+        git_revision=decision.get("git_revision"),
+        decision=summary,
     )
+    if experimenting and champion.kind == "model":
+        mode = params.online.after_gate
+        started = experiments.start(params, registry, champion, challenger, mode)
+        return _finish(metrics, outcome | {"experiment": started.decision["spec"]}, champion)
+    if experimenting:
+        log.info("the champion is the baselines: no served model to experiment against")
+    entry = registry.replace_champion(champion, challenger)
     log.info(
         "promoted %s (Bento %s) as champion #%d, replacing #%d %s",
         tag,

@@ -81,6 +81,9 @@ def champion_bundle(entry: Entry | None) -> Path | None:
         ) from None
 
 
+SERVED = ("register", "promote", "force", "rollback")  # actions whose model became the champion
+
+
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -122,6 +125,16 @@ class Registry(SealedFile):
         if champion is None:
             raise RegistryError(f"{self.path}: no champion yet (nothing was registered)")
         return champion
+
+    def experiment(self) -> Entry | None:
+        """The running online experiment: the newest `experiment` entry, unless an entry of
+        another action (its promotion, a stop, a rollback, a forced promotion) came after."""
+        for entry in reversed(self.history()):
+            if entry.action == "experiment":
+                return entry
+            if entry.action != "register":
+                return None
+        return None
 
     def entry(self, ref: str | int) -> Entry:
         """An entry by id (`3`, `#3`) or by model version (the newest with it)."""
@@ -235,6 +248,11 @@ class Registry(SealedFile):
             )
         if target.version == current.version:
             raise RegistryError(f"{target.version} is already the champion (#{current.id})")
+        if target.action not in SERVED:
+            raise RegistryError(
+                f"entry #{target.id} ({target.action}) was never the champion: roll back to an "
+                "entry that served (promote, force or rollback)"
+            )
         return target
 
     def rollback(
@@ -271,7 +289,7 @@ class Registry(SealedFile):
         entries = self.history()
         order: list[str] = []
         for entry in entries:
-            if entry.kind == "model" and entry.version not in order:
+            if entry.kind == "model" and entry.action in SERVED and entry.version not in order:
                 order.append(entry.version)
         at = order.index(current.version) if current.version in order else 0
         if at == 0:
@@ -279,4 +297,6 @@ class Registry(SealedFile):
                 f"the champion #{current.id} ({current.version}) is the first model ever "
                 "promoted: there is no earlier model to roll back to"
             )
-        return next(e for e in reversed(entries) if e.version == order[at - 1])
+        return next(
+            e for e in reversed(entries) if e.version == order[at - 1] and e.action in SERVED
+        )

@@ -27,7 +27,9 @@ MAX_BYTES = 64 * 1024 * 1024
 KEY_ENV = "SHOPFLOW_REGISTRY_KEY"
 DEV_KEY = "shopflow-development-registry-key-do-not-use-in-production"
 
-Action = Literal["register", "promote", "force", "rollback"]  # force: a person overrode the gate
+# force: a person overrode the gate; experiment: a challenger went to an online experiment (or
+# moved on to its next mode); stop: the experiment ended and the champion stayed
+Action = Literal["register", "promote", "force", "rollback", "experiment", "stop"]
 Kind = Literal["baseline", "model"]
 ACTIONS = get_args(Action)
 KINDS = get_args(Kind)

@@ -202,6 +202,8 @@ def collect(
         "decision": decision,
         "decision_fresh": "evaluate" in ran,
         "promotion": promotion or NO_PROMOTION,
+        "online": read_fact(project / paths.ONLINE_DECISION),
+        "online_fresh": "online" in ran,
         "alerts": alerts_of(project, run_id),
         "problems": problems,
         "runner": runner,

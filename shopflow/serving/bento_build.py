@@ -28,24 +28,32 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the project: bento/ and its bentofile live here
 BENTOFILE = ROOT / "bento" / "bentofile.yaml"  # lists exactly what the service imports
 MODEL_ENV = "SHOPFLOW_MODEL"  # the model the service declares (bento/service.py)
+CHALLENGER_ENV = "SHOPFLOW_CHALLENGER"  # an online experiment's challenger, packed as well
 
 
 @contextlib.contextmanager
-def model_env(model_tag: str) -> Iterator[None]:
-    """`SHOPFLOW_MODEL` set to `model_tag` while the service module is imported by a build."""
-    before = os.environ.get(MODEL_ENV)
-    os.environ[MODEL_ENV] = model_tag
+def model_env(model_tag: str, challenger: str | None = None) -> Iterator[None]:
+    """`SHOPFLOW_MODEL` (and `SHOPFLOW_CHALLENGER`) set while a build imports the service."""
+    wanted = {MODEL_ENV: model_tag, CHALLENGER_ENV: challenger}
+    before = {name: os.environ.get(name) for name in wanted}
+    for name, value in wanted.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(MODEL_ENV, None)
-        else:
-            os.environ[MODEL_ENV] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def build_bento(model_tag: str) -> str:
-    """Build bento/bentofile.yaml with `model_tag` packed; returns the Bento's tag.
+def build_bento(model_tag: str, challenger: str | None = None) -> str:
+    """Build bento/bentofile.yaml with `model_tag` packed (and an online experiment's
+    `challenger`); returns the Bento's tag.
 
     BentoML imports the service to find the model it declares, so the service module is
     re-imported (`reload`) with `SHOPFLOW_MODEL` pointing at this model: a process that builds
@@ -53,13 +61,13 @@ def build_bento(model_tag: str) -> str:
     import bentoml
 
     version = model_tag.split(":", 1)[1]
+    labels = {"model_version": version, "sources": sources_hash()}
+    if challenger:
+        labels["challenger_version"] = challenger.split(":", 1)[1]
     try:
-        with model_env(model_tag):
+        with model_env(model_tag, challenger):
             bento = bentoml.bentos.build_bentofile(
-                str(BENTOFILE),
-                build_ctx=str(ROOT),
-                labels={"model_version": version, "sources": sources_hash()},
-                reload=True,
+                str(BENTOFILE), build_ctx=str(ROOT), labels=labels, reload=True
             )
     except bentoml.exceptions.BentoMLException as exc:
         raise StageInputError(f"bentoml build of {model_tag} failed: {exc}") from exc
@@ -95,7 +103,9 @@ def find_bento(model_tag: str) -> str | None:
     packing = [
         b
         for b in bentoml.list()
-        if b.info.labels.get("model_version") == version and b.info.labels.get("sources") == sources
+        if b.info.labels.get("model_version") == version
+        and b.info.labels.get("sources") == sources
+        and "challenger_version" not in b.info.labels  # an experiment's Bento packs two
     ]
     packing.sort(key=lambda b: b.info.creation_time, reverse=True)
     return str(packing[0].tag) if packing else None

@@ -176,7 +176,12 @@ class RunningService:
 
 
 def serve_locally(
-    bento: str, version: str, port: int, state_dir: Path, about: dict[str, object]
+    bento: str,
+    version: str,
+    port: int,
+    state_dir: Path,
+    about: dict[str, object],
+    env: dict[str, str] | None = None,
 ) -> dict:
     """Serve `bento` (model `version`) on 127.0.0.1:`port` in the background, replacing the
     service started last time (stopped by the pid recorded in `state_dir/service.json`). If
@@ -188,7 +193,8 @@ def serve_locally(
     previous: dict | None = read_json(state_file) if state_file.exists() else None
     running = previous is not None and is_running(previous["pid"], previous.get("process_started"))
     base = f"http://{HOST}:{port}"
-    if previous is not None and running and previous["bento"] == bento and is_ready(base):
+    same = previous is not None and previous.get("experiment") == about.get("experiment")
+    if previous is not None and running and previous["bento"] == bento and same and is_ready(base):
         log.info("%s already serves on port %d (pid %d)", bento, port, previous["pid"])
         return {"target": "local", "action": "unchanged", **previous}
     if previous is not None and running:
@@ -196,15 +202,18 @@ def serve_locally(
         stop_process_tree(previous["pid"])
     state_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(tag: str, at: str | None) -> RunningService:
+    def start(tag: str, at: str | None, extra: dict[str, str] | None = None) -> RunningService:
         service = RunningService(
-            tag, port, env={"SHOPFLOW_PROMOTED_AT": at or ""}, log_path=state_dir / "service.log"
+            tag,
+            port,
+            env={"SHOPFLOW_PROMOTED_AT": at or "", **(extra or {})},
+            log_path=state_dir / "service.log",
         )
         service.start()
         return service
 
     try:
-        service = start(bento, str(about.get("promoted_at") or ""))
+        service = start(bento, str(about.get("promoted_at") or ""), env)
         served = httpx.get(f"{service.base}/version", timeout=10).json()
         if served.get("model_version") != version:
             service.stop()
@@ -213,7 +222,7 @@ def serve_locally(
         if previous:
             log.error("the new Bento failed (%s): starting %s again", exc, previous["bento"])
             with contextlib.suppress(StageInputError):
-                back = start(previous["bento"], previous.get("promoted_at"))
+                back = start(previous["bento"], previous.get("promoted_at"), previous.get("env"))
                 restored = {**previous, "pid": back.pid, "process_started": started_at(back.pid)}
                 write_json(state_file, restored)
         raise DeployError(f"{bento} did not come up on {HOST}:{port}: {exc}") from None
@@ -226,6 +235,7 @@ def serve_locally(
         "version": version,
         **about,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "env": env or {},  # an experiment's file and challenger: a restart serves it again
         "log": str(state_dir / "service.log"),
     }
     write_json(state_file, state)

@@ -44,6 +44,7 @@ STAGES = (
     "recommender",
     "drift",
     "evaluate",
+    "online",
     "promote",
 )
 TRAINING = (
@@ -55,7 +56,7 @@ TRAINING = (
     "recommender",
     "evaluate",
 )
-CHECKS = ("resolve", "ingest", "validate", "drift")
+CHECKS = ("resolve", "ingest", "validate", "drift", "online")  # every night
 RUNNER = Path(__file__).with_name("airflow_run.py")
 DESCRIBE = """
 import json, os

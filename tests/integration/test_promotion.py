@@ -33,6 +33,19 @@ promotion.smoke_test = die
 sys.exit(main(sys.argv[1:]))
 """
 
+APPLY = """
+import sys
+from shopflow.core.config import load_params
+from shopflow.release import experiments
+from shopflow.release.registry import Registry
+from tests.conftest import ROOT
+from tests.integration.conftest import MODEL_OVERRIDES
+params = load_params(ROOT / "params.yaml", ["profile=tiny", *MODEL_OVERRIDES,
+                     f"promote.registry={sys.argv[1]}"])
+verdict = {"decision": sys.argv[2], "reasons": [], "units": 500, "days": 3.0}
+print(experiments.apply(params, Registry.of(params), verdict))
+"""
+
 
 def cli(shop: dict, registry: Path, *args: str, script: str | None = None):
     overrides = ["profile=tiny", *MODEL_OVERRIDES, f"promote.registry={registry}"]
@@ -189,3 +202,58 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
     outcome = read_json(shop["work"] / "metrics/promote.json")
     assert outcome["forced"] == {"by": "alice", "reason": "holiday hotfix"}
     assert outcome["smoke_test"]["passed"] and outcome["verdict"] == "reject"
+
+    # 9. with online experiments on, a passing challenger goes to a shadow experiment first:
+    # one Bento packs both models, the champion stays, the registry logs the experiment
+    set_verdict(shop, "promote", 5)
+    shadow = ("-S", "online.after_gate=shadow", "-S", "serving.batch_size=16")
+    done = cli(shop, registry_dir, *shadow, "promote")
+    assert done.returncode == 0, done.stderr
+    started = registry.history()[-1]
+    assert (started.id, started.action, registry.champion().id) == (6, "experiment", 5)
+    spec = started.decision["spec"]
+    assert spec["mode"] == "shadow" and spec["champion"] == entry.model_tag
+    assert json.loads((registry_dir / "experiment.json").read_text()) == spec
+    labels = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "bentoml", "get", started.bento_tag, "-o", "json"],
+            env=shop["env"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["labels"]
+    assert labels["challenger_version"] == started.version
+    # a second challenger waits while one runs; the night's reading with nothing logged yet
+    waits = cli(shop, registry_dir, *shadow[:2], "-S", "serving.batch_size=8", "promote")
+    assert waits.returncode == 0 and len(registry.history()) == 6
+    read = cli(shop, registry_dir, "-S", f"online.log.folder={tmp_path / 'no-logs'}", "online")
+    assert read.returncode == 0, read.stderr
+    reading = read_json(shop["work"] / "reports/online.json")
+    assert reading["decision"] == "continue" and reading["experiment"] == spec["id"]
+    # an edited experiment file is refused
+    (registry_dir / "experiment.json").write_text(json.dumps({**spec, "share": 1.0}))
+    edited = cli(shop, registry_dir, "online")
+    assert edited.returncode == 2 and "was edited" in edited.stderr
+    (registry_dir / "experiment.json").write_text(json.dumps(spec))
+
+    # 10. the online verdict `promote` goes through the registry's compare-and-swap, and the
+    # challenger serves from its own Bento (not the experiment's)
+    applied = subprocess.run(
+        [sys.executable, "-c", APPLY, str(registry_dir), "promote"],
+        cwd=shop["work"],
+        env=shop["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert applied.returncode == 0, applied.stderr
+    online_champion = registry.champion()
+    assert (online_champion.id, online_champion.action) == (7, "promote")
+    assert online_champion.version == started.version
+    assert online_champion.bento_tag != started.bento_tag
+    assert not (registry_dir / "experiment.json").exists() and registry.experiment() is None
+    # a rollback after it walks back to the model before, never to an experiment-only entry
+    done = cli(shop, registry_dir, "rollback")
+    assert done.returncode == 0, done.stderr
+    assert registry.champion().version == entry.version

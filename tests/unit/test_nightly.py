@@ -141,6 +141,11 @@ def test_graph_checks_and_training_roots():
     )
     assert graph.checks() == {"ingest", "validate", "drift"}
     assert graph.training_roots() == ["prepare"]
+    online = nightly.StageGraph(
+        (*graph.stages, "online"), frozenset({*edges, ("ingest", "online")})
+    )
+    assert online.checks() == {"ingest", "validate", "drift", "online"}  # read every night
+    assert online.training_roots() == ["prepare"]
     assert graph.ancestors("retriever") == {"ingest", "validate", "prepare", "pretrain"}
     assert nightly.StageGraph.task_id("train@fr") == "train-fr"
 

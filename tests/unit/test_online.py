@@ -336,3 +336,32 @@ def test_the_decision_promotes_a_preferred_challenger_stops_a_worse_one_and_wait
     late = now + dt.timedelta(days=cfg.max_days)
     stopped = decide(same, s, cfg, late)
     assert stopped["decision"] == "stop" and "undecided" in stopped["reasons"][0]
+
+
+def test_empty_logs_join_and_decide_without_error():
+    from shopflow.core.config import load_params
+    from shopflow.online.decision import decide
+
+    s = spec()
+    imps, _, t0 = logged(s)
+    lone_event = {
+        "event_id": "e",
+        "impression_id": "a" * 32,
+        "type": "click",
+        "product_id": "p",
+        "position": 1,
+        "timestamp": t0.isoformat(),
+        "received_at": t0.isoformat(),
+    }
+    cfg = load_params().online.decision
+    for impressions, events in (
+        (pd.DataFrame(), pd.DataFrame()),
+        (pd.DataFrame(imps), pd.DataFrame()),
+        (pd.DataFrame(), pd.DataFrame([lone_event])),
+    ):
+        joined = join_logs(impressions, events, 30, s)
+        assert joined.counts["events_attributed"] == 0
+        assert (
+            decide(joined, s, cfg, dt.datetime(2026, 12, 2, tzinfo=dt.UTC))["decision"]
+            == "continue"
+        )
