@@ -7,7 +7,7 @@ from pathlib import Path
 
 from shopflow.core.config import Params
 
-BENCHES = ("ingest", "simulate", "train", "serve", "hostile", "online", "drift", "gpu")
+BENCHES = ("ingest", "simulate", "train", "serve", "hostile", "online", "logging", "drift", "gpu")
 
 
 def add_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -44,6 +44,10 @@ def run(params: Params, what: str, options: argparse.Namespace) -> None:
         from shopflow.bench.online import online_bench
 
         online_bench(params)
+    elif what == "logging":
+        from shopflow.bench.logging_cost import logging_cost
+
+        logging_cost(params, seconds=options.seconds or 20.0)
     elif what == "drift":
         from shopflow.bench.drift import drift_sensitivity
 
