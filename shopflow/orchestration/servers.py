@@ -82,7 +82,7 @@ class ProcessTable:
                 start_new_session=True,
             )
         about = {"pid": process.pid, "started": started_at(process.pid), "command": list(command)}
-        state = read_json(self.path)
+        state = read_json(self.path) if self.path.exists() else {}
         state.setdefault("processes", {})[name] = about
         write_json(self.path, state)
         log.info("started %s (pid %d), log: %s", name, process.pid, self.logs / f"{name}.log")
