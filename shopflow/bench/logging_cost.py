@@ -193,6 +193,10 @@ def postgres_killed(tag: str, folder: Path, queries: list[str], seconds: float) 
             counted = logged_counts(httpx.get(f"{base}/metrics", timeout=10).text)
     finally:
         stop_postgres(table, data)
+    served_log = (folder / "serve-postgres.log").read_text(errors="replace")
+    alerts = [
+        line for line in served_log.splitlines() if "ERROR" in line and "service log:" in line
+    ]
     served = len(ran["impressions"])
     written = counted.get("impression.written", 0.0)
     lost = counted.get("impression.lost", 0.0) + counted.get("impression.dropped", 0.0)
@@ -204,6 +208,8 @@ def postgres_killed(tag: str, folder: Path, queries: list[str], seconds: float) 
         "impressions_counted_lost": lost,
         "unaccounted": served - written - lost,
         "metrics": counted,
+        "alert_lines": len(alerts),  # the writer's ERROR line, at most one a minute
+        "first_alert": alerts[0][-300:] if alerts else None,
     }
     log.info("PostgreSQL stopped mid-run: %s", result)
     return result
