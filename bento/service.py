@@ -36,7 +36,7 @@ from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.core.errors import ConfigError
 from shopflow.core.secrets import MIN_KEY_CHARS, Mode, read_secret
-from shopflow.data.privacy import pseudonym_key
+from shopflow.data.privacy import pseudonym_key, scrub_text
 from shopflow.engine.bundle import load_engine, load_pair_scorer
 from shopflow.engine.search import Candidates, Filters, Hit, SearchEngine
 from shopflow.online.events import event_batch_model
@@ -229,7 +229,7 @@ class Shopflow:
         def build(challenger_hits: tuple[list[Hit], float]) -> Impression:
             return impression(
                 surface=surface,
-                query=query,
+                query=None if query is None else scrub_text(query),  # PII typed into search
                 k=k,
                 unit=unit,
                 assignment=assignment,

@@ -281,3 +281,69 @@ def test_deploy_serves_the_registrys_experiment_and_the_online_stage_reads_its_l
     finally:
         stopped = cli("deploy", "--stop")
         assert stopped.returncode == 0, stopped.stderr
+
+
+def test_the_log_holds_no_raw_session_id_and_no_pii_typed_into_search(experiment):
+    base = experiment["base"]
+    query = "oak desk for jane.doe@example.com call +44 20 7946 0958"
+    answer = httpx.post(
+        f"{base}/search", json={"query": query, "session_id": "raw-session-4242"}, timeout=30
+    )
+    assert answer.status_code == 200
+    impression_id = answer.json()["impression_id"]
+    deadline = time.monotonic() + 30
+    while True:
+        logged_now, _ = read_files(experiment["logs"], "impression")
+        if impression_id in set(logged_now["impression_id"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    row = logged_now.set_index("impression_id").loc[impression_id]
+    assert "jane.doe" not in row["query"] and "7946" not in row["query"]
+    assert row["query"].startswith("oak desk")
+    text = "".join(p.read_text() for p in experiment["logs"].rglob("*.jsonl"))
+    assert "raw-session-4242" not in text and "jane.doe@example.com" not in text
+    assert "sim-" not in text  # the simulator's raw session ids
+
+
+def test_the_postgres_sink_is_idempotent_and_a_stopped_database_is_counted_not_raised(tmp_path):
+    from shopflow.online.sinks import PostgresSink, read_postgres
+    from shopflow.online.writer import LogWriter
+    from shopflow.orchestration.servers import (
+        DATABASE_USER,
+        ProcessTable,
+        postgres_data,
+        start_postgres,
+        stop_postgres,
+    )
+
+    table = ProcessTable(tmp_path / "processes.json", tmp_path)
+    data, port = postgres_data(tmp_path), free_port()
+    start_postgres(table, data, port, "logs")
+    dsn = f"host=127.0.0.1 port={port} user={DATABASE_USER} dbname=logs"
+    try:
+        stamp = "2026-12-01T10:00:00+00:00"
+        records = [
+            {"kind": "impression", "impression_id": f"{i:032x}", "timestamp": stamp, "items": []}
+            for i in range(5)
+        ] + [
+            {
+                "kind": "event",
+                "event_id": f"e{i}",
+                "impression_id": f"{i:032x}",
+                "timestamp": stamp,
+                "received_at": stamp,
+            }
+            for i in range(3)
+        ]
+        sink = PostgresSink(dsn)
+        sink.write(records)
+        sink.write(records)  # a retried batch
+        assert len(read_postgres(dsn, "impression")) == 5 and len(read_postgres(dsn, "event")) == 3
+        writer = LogWriter(sink, batch_size=10, flush_interval_s=0.05, retries=1)
+        stop_postgres(table, data)
+        writer.submit([{**records[0], "impression_id": "f" * 32}])
+        assert writer.flush(30)
+        assert writer.snapshot() == {"impression.lost": 1}
+        writer.close()
+    finally:
+        stop_postgres(table, data)
