@@ -18,6 +18,7 @@ this folder). `/readyz` answers 200 only once the models and the product index a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,7 @@ REQUESTS = request_models(CFG)
 EVENTS = event_batch_model(PARAMS.online.max_events)
 API_PATHS = ("/search", "/recommend", "/rank", "/events")
 IMPRESSION_HEADER = "X-Impression-Id"
+LOG = logging.getLogger("shopflow.service")
 API_KEY = read_secret(API_KEY_ENV)
 if API_KEY is not None and len(API_KEY) < MIN_KEY_CHARS:
     raise ConfigError(f"{API_KEY_ENV} is {len(API_KEY)} characters: use at least {MIN_KEY_CHARS}")
@@ -198,6 +200,18 @@ class Shopflow:
         hits = await rank(engine)
         return hits, (time.perf_counter() - started) * 1000
 
+    async def _try(
+        self, rank: Ranker, challenger: SearchEngine
+    ) -> tuple[tuple[list[Hit], float], str | None]:
+        """The challenger's answer, or why it failed: a failing challenger never fails the
+        shopper's request (the champion answers); the failure is logged with the impression
+        and counted by the error-rate guardrail, which stops the experiment."""
+        try:
+            return await self._timed(rank, challenger), None
+        except Exception as exc:  # whatever the challenger raised: the champion answers
+            LOG.exception("the challenger failed; the champion answers")
+            return ([], 0.0), f"{type(exc).__name__}: {exc}"[:300]
+
     async def _served(
         self,
         ctx: bentoml.Context,
@@ -221,12 +235,15 @@ class Shopflow:
         arm = assignment.arm
         shown, shown_ms = ([], 0.0) if arm == CHALLENGER else await self._timed(rank, self.engine)
         other: tuple[list[Hit], float] = ([], 0.0)
+        failed: str | None = None
         if challenger is not None and arm in ("interleaved", CHALLENGER):
-            other = await self._timed(rank, challenger)
+            other, failed = await self._try(rank, challenger)
+            if failed and arm == CHALLENGER:  # the shopper gets the champion's answer
+                shown, shown_ms = await self._timed(rank, self.engine)
         impression_id = new_impression_id()
         rate = PARAMS.online.exploration_rate if unit[0] is not None else 0.0
 
-        def build(challenger_hits: tuple[list[Hit], float]) -> Impression:
+        def build(challenger_hits: tuple[list[Hit], float], error: str | None) -> Impression:
             return impression(
                 surface=surface,
                 query=None if query is None else scrub_text(query),  # PII typed into search
@@ -236,24 +253,25 @@ class Shopflow:
                 spec=online.spec,
                 champion=ranked(shown, self.about["model_version"], shown_ms),
                 challenger=None
-                if challenger is None
+                if challenger is None or error
                 else ranked(challenger_hits[0], self.challenger_version, challenger_hits[1]),
                 exploration_rate=rate,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 impression_id=impression_id,
+                challenger_error=error,
             )
 
         if arm == "shadowed" and challenger is not None:
             # The order shown is the record's (exploration replays from the impression id);
             # the record itself is written once the challenger has ranked, after the answer.
-            items = build(([], 0.0)).items
+            items = build(([], 0.0), None).items
 
             async def shadow() -> None:
-                online.record(build(await self._timed(rank, challenger)))
+                online.record(build(*await self._try(rank, challenger)))
 
             ctx.response.background.add_task(shadow)
         else:
-            record = build(other)
+            record = build(other, failed)
             online.record(record)
             items = record.items
         hits = shown_hits(items, (*other[0], *shown))

@@ -483,7 +483,9 @@ class OnlineDecisionConfig(Section):
     min_units: int = Field(ge=1, description="no decision before this many units")
     max_days: int = Field(ge=1, description="an experiment still undecided after this stops")
     max_p95_ratio: float = Field(gt=1, description="challenger p95 latency / champion's")
-    max_error_rate: float = Field(ge=0, le=1, description="5xx share of the challenger's requests")
+    max_error_rate: float = Field(
+        ge=0, le=1, description="share of the challenger's answers that failed"
+    )
     max_zero_result_increase: float = Field(ge=0, le=1)
     min_cart_ratio: float = Field(
         gt=0, le=1, description="challenger add-to-cart per impression / champion's (A/B only)"

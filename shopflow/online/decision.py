@@ -94,6 +94,20 @@ def guardrails(joined: Joined, spec: ExperimentSpec, cfg: OnlineDecisionConfig) 
         challenger=zero[1],
     )
     out["sample_ratio"] = guardrail(srm, cfg.srm_p, srm >= cfg.srm_p, units=observed)
+    asked = (
+        inside[inside["arm"].isin(["shadowed", "interleaved", CHALLENGER])]
+        if len(inside)
+        else inside
+    )
+    failed = (
+        int(asked["challenger_error"].notna().sum())
+        if len(asked) and "challenger_error" in asked
+        else 0
+    )
+    rate = failed / len(asked) if len(asked) else None
+    out["challenger_error_rate"] = guardrail(
+        rate, cfg.max_error_rate, rate is None or rate <= cfg.max_error_rate, failed=failed
+    )
     return out
 
 

@@ -75,6 +75,7 @@ class Impression:
     shadow_product_ids: list[str] = field(default_factory=list)
     champion_results: int | None = None  # products each model found (zero-result guardrail)
     challenger_results: int | None = None
+    challenger_error: str | None = None  # the challenger failed: the champion answered
     kind: str = "impression"
 
     def as_record(self) -> dict:
@@ -177,8 +178,10 @@ def impression(
     exploration_rate: float,
     latency_ms: float,
     impression_id: str | None = None,
+    challenger_error: str | None = None,
 ) -> Impression:
-    """The impression one request shows and logs."""
+    """The impression one request shows and logs (`challenger_error`: the challenger was asked
+    and failed, so `challenger` is None and the champion's list is shown)."""
     impression_id = impression_id or new_impression_id()
     rng = rng_for(impression_id)
     listed, shadow = choose(champion, challenger, assignment, spec, k, rng)
@@ -218,4 +221,5 @@ def impression(
         shadow_product_ids=shadow,
         champion_results=len(champion.product_ids) if champion.version else None,
         challenger_results=len(challenger.product_ids) if in_exp and challenger else None,
+        challenger_error=challenger_error,
     )

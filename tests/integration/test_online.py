@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -20,6 +21,7 @@ import pytest
 
 from shopflow.bench.traffic import simulate_traffic
 from shopflow.core.secrets import new_key
+from shopflow.data.privacy import KEY_ENV
 from shopflow.data.synthetic.user_model import UserModel
 from shopflow.data.synthetic.world import ShopWorld
 from shopflow.online.decision import decide
@@ -241,7 +243,7 @@ def test_deploy_serves_the_registrys_experiment_and_the_online_stage_reads_its_l
         for arg in ("-S", o)
     ]
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
+    def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
                 sys.executable,
@@ -252,7 +254,7 @@ def test_deploy_serves_the_registrys_experiment_and_the_online_stage_reads_its_l
                 *overrides,
                 *args,
             ],
-            cwd=shop["work"],
+            cwd=cwd or shop["work"],
             env=env,
             capture_output=True,
             text=True,
@@ -278,6 +280,26 @@ def test_deploy_serves_the_registrys_experiment_and_the_online_stage_reads_its_l
         assert reading["logs"]["impressions_kept"] == 40
         assert reading["logs"]["events_attributed"] == sent.events_sent
         assert reading["registry_entry"] is None and len(registry.history()) == 2
+        # the same logs as tonight's data: ingest joins them, Great Expectations passes them
+        today = dt.datetime.now(dt.UTC).date()
+        window = ("-S", f"ingest.window.end={today}", "-S", "ingest.window.days=1")
+        source = (
+            "-S",
+            "ingest.source=service_logs",
+            "-S",
+            f"ingest.path={logs}",
+            "-S",
+            f"ingest.options={{products_path: {shop['work'] / 'data/prepared/products.parquet'}}}",
+        )
+        env[KEY_ENV] = new_key()  # a production source: a real pseudonym key
+        for stage in ("ingest", "validate"):
+            ran = cli(*window, *source, stage, cwd=tmp_path)  # not the shop's own data/
+            assert ran.returncode == 0, ran.stderr[-3000:]
+        manifest = json.loads((tmp_path / "data/ingested/manifest.json").read_text())
+        counts = manifest["notes"]["service_logs"]
+        assert counts["impressions_kept"] >= 40 and counts["events_quarantined"] == 0
+        events = pd.read_parquet(tmp_path / "data/validated/events.parquet")
+        assert (events["event_type"] != "impression").sum() == counts["events_attributed"]
     finally:
         stopped = cli("deploy", "--stop")
         assert stopped.returncode == 0, stopped.stderr

@@ -365,3 +365,40 @@ def test_empty_logs_join_and_decide_without_error():
             decide(joined, s, cfg, dt.datetime(2026, 12, 2, tzinfo=dt.UTC))["decision"]
             == "continue"
         )
+
+
+def test_a_failing_challenger_shows_the_champion_and_its_error_rate_stops_the_experiment():
+    from shopflow.core.config import load_params
+    from shopflow.online.decision import decide
+
+    s, joined = interleaved_logs(0.65, 300)
+    unit = "u_00000000000000ff"
+    failed = impression(
+        surface="search",
+        query="q",
+        k=10,
+        unit=(unit, "user"),
+        assignment=assign(s, unit),
+        spec=s,
+        champion=ranked("c", "a"),
+        challenger=None,
+        exploration_rate=0.0,
+        latency_ms=5.0,
+        challenger_error="RuntimeError: out of memory",
+    )
+    assert [i.product_id for i in failed.items] == [f"c{i}" for i in range(10)]
+    assert {i.team for i in failed.items} == {None} and failed.challenger_version is None
+    broken = pd.concat(
+        [joined.impressions, pd.DataFrame([failed.as_record()] * 10)], ignore_index=True
+    )
+    cfg = load_params().online.decision
+    now = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    verdict = decide(
+        type(joined)(broken.assign(timestamp=pd.Timestamp(now)), joined.events, joined.quarantine),
+        s,
+        cfg,
+        now,
+    )
+    rate = verdict["guardrails"]["challenger_error_rate"]
+    assert rate["failed"] == 10 and not rate["ok"]
+    assert verdict["decision"] == "stop" and "challenger_error_rate" in verdict["reasons"][0]
