@@ -1,7 +1,7 @@
 """shopflow_nightly: every night, check the new day's data and retrain when it is worth it.
 
     ingest → validate → drift ─→ should_retrain → prepare → … → evaluate → should_promote → promote
-    online (the running experiment: advance, promote or stop)          (asset shopflow://champion)
+    online (every night: the running experiment's verdict)            (asset shopflow://champion)
     every task → report (after every night, failed ones too)
 
 One task per stage of `dvc.yaml`, wired by DVC's own stage graph; each runs its stage through
@@ -122,8 +122,6 @@ def stage_task(stage: str):
         options["pool"], options["queue"] = settings.gpu_pool, settings.gpu_queue
     if stage == nightly.PROMOTE_STAGE:
         return promote_task.override(**options)(stage)
-    if stage == nightly.ONLINE_STAGE:
-        return online_task.override(**options)(stage)
 
     @task(**options)
     def dvc_stage(
@@ -153,25 +151,9 @@ def promote_task(
     return announce(registry, before, outcome, outlet_events)
 
 
-@task(outlets=[CHAMPION])
-def online_task(
-    stage: str,
-    logical_date: dt.datetime | None = None,
-    run_id: str | None = None,
-    outlet_events=None,
-) -> dict:
-    """The online stage: the running experiment's reading; the champion asset is updated when
-    it promoted, stopped or advanced the experiment (the service must change)."""
-    from shopflow.release.registry import Registry  # imports torch: in the task, not at parse
-
-    registry = Registry.of(config, PROJECT)
-    before = registry.history()
-    return announce(registry, before, run_stage(stage, logical_date, run_id), outlet_events)
-
-
 def announce(registry, before: list, outcome: dict, outlet_events) -> dict:
     """Update the champion asset (which schedules `shopflow_deploy`) when the registry moved:
-    a new champion, or an experiment started, advanced or stopped; else skip."""
+    a new champion, or an online experiment started; else skip."""
     after = registry.history()
     if len(after) == len(before) or after[-1].action == "register":
         raise AirflowSkipException(f"what serves did not change ({outcome})")

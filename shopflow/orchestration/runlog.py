@@ -27,6 +27,7 @@ from shopflow.core.errors import ShopflowError
 
 RUN_ID_ENV = "SHOPFLOW_RUN_ID"
 RESOLVE_STAGE = "resolve"  # runs on every `dvc repro`; see `substantive`
+ALWAYS_RUN = (RESOLVE_STAGE, "online")  # `always_changed` stages: every `dvc repro` runs them
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
@@ -103,12 +104,13 @@ def read(log_path: Path = paths.RUN_LOG) -> list[dict]:
 
 
 def substantive(records: list[dict]) -> list[dict]:
-    """The records of runs that did more than re-read the params: `resolve` runs on every
-    `dvc repro` (it is `always_changed`), so a run in which it alone ran, and succeeded,
-    changed nothing worth a row in the index of runs."""
+    """The records of runs that did more than re-read the params and the service's logs:
+    `resolve` and `online` run on every `dvc repro` (they are `always_changed`), so a run in
+    which only they ran, and succeeded, is no row of its own in the index of runs (an online
+    verdict shows in the registry's timeline and in `reports/online.json`)."""
     trivial: dict[str, bool] = {}
     for record in records:
-        alone = record["stage"] == RESOLVE_STAGE and record.get("status") == "success"
+        alone = record["stage"] in ALWAYS_RUN and record.get("status") == "success"
         trivial[record["run_id"]] = trivial.get(record["run_id"], True) and alone
     return [r for r in records if not trivial[r["run_id"]]]
 

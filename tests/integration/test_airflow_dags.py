@@ -254,6 +254,7 @@ def test_the_same_night_again_reruns_nothing(airflow):
     # resolve always runs (params.local.yaml, the night's window, is not in Git); it writes
     # the same values, so nothing after it runs again
     assert stage_runs.pop("resolve") == ["resolve"]
+    assert stage_runs.pop("online") == ["online"]  # reads the live logs: every night
     assert all(r == [] for r in stage_runs.values()), stage_runs
 
 
@@ -377,7 +378,9 @@ def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_p
     tasks = bad["tasks"]
     assert tasks["resolve"] == tasks["ingest"] == "success" and tasks["validate"] == "failed"
     assert bad["tries"]["validate"] == 1  # bad data is not retried
-    before_or_watching = ("resolve", "ingest", "validate", "report", "night_failed")
+    # online reads the service's logs, not tonight's data: it runs whatever validate says
+    assert tasks["online"] == "success"
+    before_or_watching = ("resolve", "ingest", "validate", "online", "report", "night_failed")
     after_validate = [t for t in tasks if t not in before_or_watching]
     assert all(tasks[t] == "upstream_failed" for t in after_validate), tasks
     assert tasks["night_failed"] == "failed"  # keeps the run failed although the report ran

@@ -29,8 +29,11 @@ STAGES = (
     "reranker",
     "recommender",
     "evaluate",
+    "online",
     "promote",
 )
+
+ALWAYS = {"resolve", "online"}  # always_changed: the params' resolution, the live service's logs
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,12 +87,12 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         ).exists()
     assert (project / "reports/validation/data_docs/index.html").exists()
 
-    again = dvc(project, "repro")  # only resolve, which always runs, and writes the same
-    assert ran(again.stdout) == {"resolve"}
-    assert again.stdout.count("didn't change, skipping") == len(STAGES) - 1
+    again = dvc(project, "repro")  # only resolve and online, which always run
+    assert ran(again.stdout) == ALWAYS
+    assert again.stdout.count("didn't change, skipping") == len(STAGES) - len(ALWAYS)
 
     set_param(project, "profiles.gpu.retriever.steps", 7)  # a profile that is not active
-    assert ran(dvc(project, "repro").stdout) == {"resolve"}  # nothing downstream
+    assert ran(dvc(project, "repro").stdout) == ALWAYS  # nothing downstream
     assert (
         yaml.safe_load((project / "params.resolved.yaml").read_text())["retriever"]["steps"] == 40
     )
@@ -101,7 +104,7 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     # the corpus is unchanged: pretrain is skipped
     experiment = dvc(project, "exp", "run", "-n", "short-history", "-S", "prepare.history_length=5")
     assert ran(experiment.stdout) == {
-        "resolve",
+        *ALWAYS,
         "prepare",
         "baselines",
         "retriever",
@@ -127,7 +130,7 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     assert any("contrastive_loss" in name for name in curves), list(curves)
 
     set_param(project, "validate.max_title_chars", 900)  # validate re-runs; its output is unchanged
-    assert ran(dvc(project, "repro").stdout) == {"resolve", "validate"}
+    assert ran(dvc(project, "repro").stdout) == {*ALWAYS, "validate"}
 
     metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     (workspace,) = metrics.values()
@@ -230,7 +233,7 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
 
     index = page.parent.parent / "index.html"
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>.*?</tr>", index.read_text(), re.S)
-    # the runs above that ran more than `resolve` (which every repro runs): the first, the
+    # the runs above that ran more than `resolve` and `online` (every repro runs them): the first, the
     # experiment, validate's, the new window; only the latest has a page
     assert len(rows) == 4
     assert rows == sorted(rows, reverse=True)  # newest first
