@@ -141,21 +141,16 @@ def promote_task(
     outlet_events=None,
 ) -> dict:
     """The promote stage (forced by the run's conf: `shopflow promote --force`); the champion
-    asset is updated only when the champion changed."""
+    asset (which schedules `shopflow_deploy`) is updated only when what serves changes: a new
+    champion, or an online experiment started."""
     from shopflow.release.registry import Registry  # imports torch: in the task, not at parse
 
     registry = Registry.of(config, PROJECT)
-    before = registry.history()
+    before = len(registry.history())
     forced = decisions.ForcedPromotion.from_conf(params or {})
     outcome = run_stage(stage, logical_date, run_id, forced.command() if forced else None)
-    return announce(registry, before, outcome, outlet_events)
-
-
-def announce(registry, before: list, outcome: dict, outlet_events) -> dict:
-    """Update the champion asset (which schedules `shopflow_deploy`) when the registry moved:
-    a new champion, or an online experiment started; else skip."""
     after = registry.history()
-    if len(after) == len(before) or after[-1].action == "register":
+    if len(after) == before or after[-1].action == "register":
         raise AirflowSkipException(f"what serves did not change ({outcome})")
     last = after[-1]
     outlet_events[CHAMPION].extra = {
