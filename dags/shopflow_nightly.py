@@ -1,7 +1,7 @@
 """shopflow_nightly: every night, check the new day's data and retrain when it is worth it.
 
     ingest → validate → drift ─→ should_retrain → prepare → … → evaluate → should_promote → promote
-    online (every night: the running experiment's verdict)            (asset shopflow://champion)
+    online → online_verdict (every night: the running experiment)    (asset shopflow://champion)
     every task → report (after every night, failed ones too)
 
 One task per stage of `dvc.yaml`, wired by DVC's own stage graph; each runs its stage through
@@ -17,6 +17,10 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   the champion really changed, which schedules `shopflow_deploy`. A run triggered with
   `force_promote_reason` (and `force_promote_by`) promotes whatever the gate says, through
   `shopflow promote --force` (still smoke-tested; the registry logs who and why);
+- online reads the running online experiment's logs and applies its verdict through the
+  registry (promote the challenger, stop it, or move from shadow to interleaving);
+  online_verdict emits `shopflow://champion` when that changed what serves, so
+  `shopflow_deploy` re-serves (skipped when nothing changed);
 - report writes the night's HTML run report (`report.folder`), whatever happened.
 
 With `airflow.dvc_remote` set, workers need no shared project folder: each task pulls its
@@ -33,7 +37,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -44,6 +48,9 @@ from shopflow.core import paths
 from shopflow.core.config import load_params
 from shopflow.evaluation import gate
 from shopflow.orchestration import alerts, decisions, nightly
+
+if TYPE_CHECKING:
+    from shopflow.release.registry import Entry
 
 PROJECT = nightly.project_dir(__file__)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)
@@ -152,14 +159,33 @@ def promote_task(
     after = registry.history()
     if len(after) == before or after[-1].action == "register":
         raise AirflowSkipException(f"what serves did not change ({outcome})")
-    last = after[-1]
+    announce(after[-1], outlet_events)
+    return outcome | {"registry_entry": after[-1].id}
+
+
+@task(task_id="online_verdict", outlets=[CHAMPION])
+def online_verdict(outlet_events=None) -> dict:
+    """After the online stage: when its verdict wrote a registry entry (promote, stop, advance),
+    what serves changed, so the champion asset schedules `shopflow_deploy`; else skipped."""
+    from shopflow.release.registry import Registry
+
+    receive([nightly.ONLINE_STAGE], [paths.ONLINE_DECISION])
+    reading = nightly.read_report(PROJECT, paths.ONLINE_DECISION)
+    if reading.get("registry_entry") is None:
+        raise AirflowSkipException(f"the online stage changed nothing ({reading['decision']})")
+    entry = Registry.of(config, PROJECT).entry(reading["registry_entry"])
+    announce(entry, outlet_events)
+    return {"decision": reading["decision"], "registry_entry": entry.id}
+
+
+def announce(entry: Entry, outlet_events: Any) -> None:
+    """The champion asset's event: which registry entry changed what serves."""
     outlet_events[CHAMPION].extra = {
-        "entry": last.id,
-        "action": last.action,
-        "version": last.version,
-        "bento": last.bento_tag,
+        "entry": entry.id,
+        "action": entry.action,
+        "version": entry.version,
+        "bento": entry.bento_tag,
     }
-    return outcome | {"registry_entry": last.id}
 
 
 # A short circuit skips only the tasks right after it; the rest follow their trigger rules
@@ -258,5 +284,6 @@ with DAG(
             stages[upstream] >> stages[downstream]
     # after every stage (so after the decisions too), not right after a decision: a short
     # circuit skips the tasks right after it
+    stages[nightly.ONLINE_STAGE] >> (verdict := online_verdict())
     list(stages.values()) >> write_report()
-    list(stages.values()) >> night_failed()
+    [*stages.values(), verdict] >> night_failed()

@@ -189,6 +189,22 @@ def read_files(folder: str | Path, kind: str) -> tuple[pd.DataFrame, int]:
     return pd.DataFrame(rows), torn
 
 
+def read_sink(
+    sink: str, folder: str | Path, dsn_env: str, setting: str
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(impressions, events, torn lines) of a sink: the files under `folder`, or the Postgres
+    tables of the DSN in `$dsn_env` when `sink` is postgres (`setting` names the param that
+    said so, for the error)."""
+    if sink == "postgres":
+        dsn = os.environ.get(dsn_env)
+        if not dsn:
+            raise ConfigError(f"{setting} is postgres but {dsn_env} (the DSN) is not set")
+        return read_postgres(dsn, "impression"), read_postgres(dsn, "event"), 0
+    impressions, torn_impressions = read_files(folder, "impression")
+    events, torn_events = read_files(folder, "event")
+    return impressions, events, torn_impressions + torn_events
+
+
 def read_postgres(dsn: str, kind: str, since: dt.datetime | None = None) -> pd.DataFrame:
     """Every record of `kind` in the Postgres sink (from `since` on)."""
     import psycopg2

@@ -78,16 +78,25 @@ class StageGraph:
 
     @classmethod
     def read(cls, project: Path) -> StageGraph:
-        """DVC's stage graph of the project (its `dvc.yaml`)."""
-        from dvc.repo import Repo
-
-        with Repo(str(project)) as repo:
-            index = repo.index
-            stages = tuple(stage.name for stage in index.stages)
-            edges = frozenset(
-                (upstream.name, downstream.name)
-                for downstream, upstream in index.graph.edges()  # DVC's edges point upstream
-            )
+        """The stage graph of the project's `dvc.yaml`, drawn as DVC draws it: a stage is
+        downstream of another when one of its deps (a file, a folder or a params file) is,
+        holds or lies inside one of the other's outs (metrics and plots included). Read with
+        YAML alone because Airflow parses the DAG file every 30 s and a DVC `Repo` index costs
+        seconds; the DAG tests check the result against `dvc dag`."""
+        tree = yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8")) or {}
+        declared: dict = tree.get("stages") or {}
+        stages = tuple(declared)
+        outs = {
+            name: _paths(stage, ("outs", "metrics", "plots")) for name, stage in declared.items()
+        }
+        deps = {name: _paths(stage, ("deps", "params")) for name, stage in declared.items()}
+        edges = frozenset(
+            (upstream, downstream)
+            for downstream in stages
+            for upstream in stages
+            if upstream != downstream
+            and any(_overlap(d, o) for d in deps[downstream] for o in outs[upstream])
+        )
         return cls(stages, edges)
 
     @staticmethod
@@ -122,6 +131,24 @@ class StageGraph:
             for s in self.stages
             if s not in checks and self.upstream(s) and self.upstream(s) <= checks
         ]
+
+
+def _paths(stage: dict, sections: Sequence[str]) -> list[str]:
+    """The file paths a dvc.yaml stage lists under `sections`: plain entries, `{path: opts}`
+    entries, and params entries' files (`{file: [keys]}`; plain keys are in params.yaml,
+    which no stage writes). Templated (`${...}`) paths point outside the pipeline's outs."""
+    found: list[str] = []
+    for section in sections:
+        for entry in stage.get(section) or []:
+            if isinstance(entry, dict):
+                found.extend(str(key) for key in entry)
+            elif section != "params":
+                found.append(str(entry))
+    return [p.strip("/") for p in found if "${" not in p]
+
+
+def _overlap(dep: str, out: str) -> bool:
+    return dep == out or dep.startswith(f"{out}/") or out.startswith(f"{dep}/")
 
 
 # -- one stage ------------------------------------------------------------------------------

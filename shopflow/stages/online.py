@@ -17,32 +17,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 
 from shopflow.core import paths
 from shopflow.core.artifacts import write_json
 from shopflow.core.config import Params
-from shopflow.core.errors import ConfigError
 from shopflow.online.decision import decide
 from shopflow.online.join import join_logs
-from shopflow.online.sinks import log_folder, read_files, read_postgres
+from shopflow.online.sinks import log_folder, read_sink
 from shopflow.release import experiments
 from shopflow.release.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-def read_logs(params: Params):
-    cfg = params.online.log
-    if cfg.sink == "postgres":
-        dsn = os.environ.get(cfg.dsn_env)
-        if not dsn:
-            raise ConfigError(f"online.log.sink is postgres but {cfg.dsn_env} is not set")
-        return read_postgres(dsn, "impression"), read_postgres(dsn, "event"), 0
-    folder = log_folder(cfg.folder)
-    impressions, torn_i = read_files(folder, "impression")
-    events, torn_e = read_files(folder, "event")
-    return impressions, events, torn_i + torn_e
 
 
 def run(params: Params, now: dt.datetime | None = None) -> dict:
@@ -53,7 +38,10 @@ def run(params: Params, now: dt.datetime | None = None) -> dict:
         log.info("online: no experiment runs")
     else:
         _, spec = found
-        impressions, events, torn = read_logs(params)
+        cfg = params.online.log
+        impressions, events, torn = read_sink(
+            cfg.sink, log_folder(cfg.folder), cfg.dsn_env, "online.log.sink"
+        )
         joined = join_logs(impressions, events, params.online.attribution_minutes, spec)
         result = decide(joined, spec, params.online.decision, now or dt.datetime.now(dt.UTC))
         result["logs"] = {**joined.counts, "torn_lines": torn}

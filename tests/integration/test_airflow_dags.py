@@ -10,14 +10,8 @@ night of bad data (stops at validate, alerts, champion untouched).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
-from typing import ClassVar
 
 import httpx
 import pandas as pd
@@ -27,8 +21,9 @@ import yaml
 
 from shopflow.core.artifacts import read_json, write_json
 from shopflow.core.processes import is_running
-from shopflow.release.registry import Registry
-from tests.conftest import BIN, ROOT, copy_project, open_registry
+from shopflow.serving.local import free_port
+from tests.conftest import BIN
+from tests.integration.airflow_project import Airflow, Hook, webhook
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -57,7 +52,6 @@ TRAINING = (
     "evaluate",
 )
 CHECKS = ("resolve", "ingest", "validate", "drift", "online")  # every night
-RUNNER = Path(__file__).with_name("airflow_run.py")
 DESCRIBE = """
 import json, os
 from airflow.models import DagBag
@@ -80,88 +74,10 @@ print(json.dumps(out))
 """
 
 
-class Hook(BaseHTTPRequestHandler):
-    """The alert webhook: keeps what it is sent."""
-
-    received: ClassVar[list[dict]] = []
-
-    def do_POST(self):
-        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-class Airflow:
-    """Airflow pointed at the repository's dags/ and at a copy of the project."""
-
-    def __init__(self, root: Path, hook_port: int, service_port: int) -> None:
-        self.project = copy_project(root / "project")
-        self.env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": str(ROOT),
-            "AIRFLOW_HOME": str(root / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW_CONN_SHOPFLOW_ALERTS": f"http://127.0.0.1:{hook_port}/hook",
-            "SHOPFLOW_PROJECT": str(self.project),
-            "BENTOML_HOME": str(root / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "HF_HUB_OFFLINE": "1",
-        }
-        self.set_param("serving.port", service_port)
-        self.call([str(BIN / "airflow"), "db", "migrate"])
-
-    def call(self, command: list[str], timeout: float = 1800) -> str:
-        done = subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.project
-        )
-        assert done.returncode == 0, f"{command}:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
-        return done.stdout
-
-    def run(self, date: str, dag_id: str = "shopflow_nightly", conf: dict | None = None) -> dict:
-        """One `dag.test()` run; the run's state, its tasks' states and return values."""
-        out = self.call([sys.executable, str(RUNNER), dag_id, date, json.dumps(conf or {})])
-        result = json.loads(out.strip().splitlines()[-1])
-        assert "import_errors" not in result, result
-        result["log"] = out
-        return result
-
-    def set_param(self, dotted: str, value) -> None:
-        path = self.project / "params.yaml"
-        tree = yaml.safe_load(path.read_text())
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-        path.write_text(yaml.safe_dump(tree, sort_keys=False))
-
-    def registry(self) -> Registry:
-        return open_registry(self.project / ".shopflow/registry")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Airflow(tmp_path_factory.mktemp("airflow"), server.server_port, free_port())
-    finally:
-        server.shutdown()
-        server.server_close()
+    with webhook() as hook_port:
+        yield Airflow(tmp_path_factory.mktemp("airflow"), hook_port, free_port())
 
 
 def night_report(airflow: Airflow, result: dict) -> dict:
@@ -181,7 +97,14 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
     assert described["errors"] == {}
     nightly, deploy = described["dags"]["shopflow_nightly"], described["dags"]["shopflow_deploy"]
     tasks = nightly["tasks"]
-    assert set(tasks) == {*STAGES, "should_retrain", "should_promote", "report", "night_failed"}
+    assert set(tasks) == {
+        *STAGES,
+        "should_retrain",
+        "should_promote",
+        "online_verdict",
+        "report",
+        "night_failed",
+    }
     assert nightly["catchup"] is False and nightly["max_active_runs"] == 1
     assert "0 2 * * *" in nightly["schedule"]
 
@@ -189,7 +112,8 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
     dvc_edges = set(re.findall(r'"([\w-]+)" -> "([\w-]+)"', dot))
     assert len(dvc_edges) >= 15
     watchers = {"report", "night_failed"}  # after every stage of the night
-    assert all(set(tasks[w]["upstream"]) == set(STAGES) for w in watchers)
+    assert set(tasks["report"]["upstream"]) == set(STAGES)
+    assert set(tasks["night_failed"]["upstream"]) == {*STAGES, "online_verdict"}
     dag_edges = {
         (up, task)
         for task, about in tasks.items()
@@ -201,6 +125,7 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
         ("should_promote", "promote"),
         ("drift", "should_retrain"),
         ("should_retrain", "prepare"),
+        ("online", "online_verdict"),
     }
     # every DVC edge is an Airflow edge, except evaluate → promote, which goes through the gate
     assert dag_edges == (dvc_edges - {("evaluate", "promote")}) | gates
@@ -215,7 +140,9 @@ def test_dags_import_and_the_nightly_dag_is_dvc_yaml(airflow):
             "gpu" if stage in ("pretrain", "retriever", "reranker") else "default"
         )
     assert tasks["reranker"]["timeout_s"] == 4 * 3600 and tasks["ingest"]["timeout_s"] == 3600
-    assert tasks["promote"]["outlets"] == ["shopflow://champion"]
+    assert (
+        tasks["promote"]["outlets"] == tasks["online_verdict"]["outlets"] == ["shopflow://champion"]
+    )
     assert set(deploy["tasks"]) == {"deploy", "check"}
     assert deploy["assets"] == ["shopflow://champion"]
 
@@ -233,6 +160,7 @@ def test_a_night_runs_end_to_end(airflow):
     verdict = read_json(airflow.project / "reports/decision.json")["verdict"]
     assert tasks["promote"] == ("success" if verdict == "promote" else "skipped")
     assert tasks["report"] == "success" and tasks["night_failed"] == "skipped"
+    assert tasks["online_verdict"] == "skipped"  # no experiment runs: nothing to re-serve
     run = night_report(airflow, night)
     assert run["outcome"]["verdict"] in ("promoted", "rejected")
     statuses = dict.fromkeys(STAGES, "success") | (
@@ -380,7 +308,15 @@ def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_p
     assert bad["tries"]["validate"] == 1  # bad data is not retried
     # online reads the service's logs, not tonight's data: it runs whatever validate says
     assert tasks["online"] == "success"
-    before_or_watching = ("resolve", "ingest", "validate", "online", "report", "night_failed")
+    before_or_watching = (
+        "resolve",
+        "ingest",
+        "validate",
+        "online",
+        "online_verdict",
+        "report",
+        "night_failed",
+    )
     after_validate = [t for t in tasks if t not in before_or_watching]
     assert all(tasks[t] == "upstream_failed" for t in after_validate), tasks
     assert tasks["night_failed"] == "failed"  # keeps the run failed although the report ran

@@ -4,16 +4,13 @@ events through its background writer, and the join finds exactly what was sent.
 
 The challenger is the module's tiny model saved with another serving setting
 (`reranker.candidates`), so the two rank differently; which is better does not matter here
-(the decision's power is `make bench-online`'s job)."""
+(the decision's power is `make bench-online`'s job). The release path end to end (registry,
+the Airflow tasks, deploy, two models of known quality) is test_online_night.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -21,17 +18,15 @@ import pytest
 
 from shopflow.bench.traffic import simulate_traffic
 from shopflow.core.secrets import new_key
-from shopflow.data.privacy import KEY_ENV
 from shopflow.data.synthetic.user_model import UserModel
 from shopflow.data.synthetic.world import ShopWorld
 from shopflow.online.decision import decide
 from shopflow.online.experiment import EXPERIMENT_ENV, ExperimentSpec, read_experiment
 from shopflow.online.join import join_logs
 from shopflow.online.sinks import LOG_DIR_ENV, read_files
-from shopflow.release.registry import Entry, now
 from shopflow.serving.http import API_KEY_ENV
 from shopflow.serving.local import SERVICE, RunningService, free_port
-from tests.conftest import ROOT, open_registry
+from tests.conftest import ROOT
 from tests.integration.conftest import MODEL_OVERRIDES, shopflow
 
 pytestmark = pytest.mark.integration
@@ -173,136 +168,6 @@ def test_the_service_reports_its_experiment(experiment):
     about = httpx.get(f"{experiment['base']}/version", timeout=10).json()
     assert about["experiment"]["id"] == "exp-test" and about["experiment"]["mode"] == "interleave"
     assert about["challenger_version"] == experiment["spec"].challenger.split(":")[1]
-
-
-BUILD_EXPERIMENT = """
-import sys
-from shopflow.serving.bento_build import build_bento
-print(build_bento(sys.argv[1], challenger=sys.argv[2]))
-"""
-
-
-def test_deploy_serves_the_registrys_experiment_and_the_online_stage_reads_its_logs(
-    experiment, shop, tmp_path
-):
-    """The release path: an `experiment` entry in the registry → `shopflow deploy` serves the
-    experiment's Bento (both models, the split) → shoppers → `shopflow online` reads the logs
-    and records its verdict; a verdict of `continue` leaves the registry as it was."""
-    spec = experiment["spec"]
-    built = subprocess.run(
-        [sys.executable, "-c", BUILD_EXPERIMENT, spec.champion, spec.challenger],
-        env=shop["env"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr
-    both = built.stdout.strip().splitlines()[-1]
-    folder = tmp_path / "registry"
-    registry = open_registry(folder)
-    registry.init()
-    with registry.locked():
-        champion = registry.append(
-            Entry(
-                id=0,
-                action="promote",
-                at=now(),
-                kind="model",
-                version=spec.champion.split(":")[1],
-                model_tag=spec.champion,
-                bento_tag=shop["bento"],
-            ),
-            make_champion=True,
-        )
-        registry.append(
-            Entry(
-                id=0,
-                action="experiment",
-                at=now(),
-                kind="model",
-                version=spec.challenger.split(":")[1],
-                model_tag=spec.challenger,
-                bento_tag=both,
-                decision={"spec": spec.model_dump()},
-            ),
-            make_champion=False,
-        )
-    (folder / "experiment.json").write_text(spec.model_dump_json())
-    logs = tmp_path / "logs"
-    env = {**shop["env"], LOG_DIR_ENV: str(logs), API_KEY_ENV: API_KEY}
-    overrides = [
-        arg
-        for o in (
-            "profile=tiny",
-            *MODEL_OVERRIDES,
-            f"promote.registry={folder}",
-            f"serving.port={free_port()}",
-            f"deploy.state={tmp_path / 'service'}",
-            "online.decision.min_units=1000",
-        )
-        for arg in ("-S", o)
-    ]
-
-    def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shopflow",
-                "--params",
-                str(ROOT / "params.yaml"),
-                *overrides,
-                *args,
-            ],
-            cwd=cwd or shop["work"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    deployed = cli("deploy")
-    assert deployed.returncode == 0, deployed.stderr
-    url = json.loads(deployed.stdout.strip().splitlines()[-1])["url"]
-    try:
-        about = httpx.get(f"{url}/version", timeout=10).json()
-        assert about["experiment"]["id"] == spec.id and about["model_version"] == champion.version
-        params = shop["params"]
-        users = UserModel(ShopWorld(params.synthetic, params.seed))
-        sent = simulate_traffic(url, users, params.ingest.window.end, 40, seed=5, headers=KEYED)
-        assert sent.errors == {}
-        logged(logs, "impression", 40)
-        logged(logs, "event", sent.events_sent)
-        read = cli("online")
-        assert read.returncode == 0, read.stderr
-        reading = json.loads((shop["work"] / "reports/online.json").read_text())
-        assert reading["experiment"] == spec.id and reading["decision"] == "continue"
-        assert reading["logs"]["impressions_kept"] == 40
-        assert reading["logs"]["events_attributed"] == sent.events_sent
-        assert reading["registry_entry"] is None and len(registry.history()) == 2
-        # the same logs as tonight's data: ingest joins them, Great Expectations passes them
-        today = dt.datetime.now(dt.UTC).date()
-        window = ("-S", f"ingest.window.end={today}", "-S", "ingest.window.days=1")
-        source = (
-            "-S",
-            "ingest.source=service_logs",
-            "-S",
-            f"ingest.path={logs}",
-            "-S",
-            f"ingest.options={{products_path: {shop['work'] / 'data/prepared/products.parquet'}}}",
-        )
-        env[KEY_ENV] = new_key()  # a production source: a real pseudonym key
-        for stage in ("ingest", "validate"):
-            ran = cli(*window, *source, stage, cwd=tmp_path)  # not the shop's own data/
-            assert ran.returncode == 0, ran.stderr[-3000:]
-        manifest = json.loads((tmp_path / "data/ingested/manifest.json").read_text())
-        counts = manifest["notes"]["service_logs"]
-        assert counts["impressions_kept"] >= 40 and counts["events_quarantined"] == 0
-        events = pd.read_parquet(tmp_path / "data/validated/events.parquet")
-        assert (events["event_type"] != "impression").sum() == counts["events_attributed"]
-    finally:
-        stopped = cli("deploy", "--stop")
-        assert stopped.returncode == 0, stopped.stderr
 
 
 def test_the_log_holds_no_raw_session_id_and_no_pii_typed_into_search(experiment):

@@ -213,3 +213,16 @@ def test_a_run_conf_with_a_reason_forces_the_promotion_through_the_cli():
     command = forced.command()
     assert command[1:5] == ["-m", "shopflow", "promote", "--force"]
     assert command[command.index("--reason") + 1] == "holiday hotfix"
+
+
+def test_the_stage_graph_read_from_dvc_yaml_is_dvcs_own():
+    """Read with YAML alone (cheap DAG parsing), it must be the graph DVC builds."""
+    from dvc.repo import Repo
+
+    graph = nightly.StageGraph.read(ROOT)
+    with Repo(str(ROOT)) as repo:
+        index = repo.index
+        stages = tuple(stage.name for stage in index.stages)
+        edges = {(up.name, down.name) for down, up in index.graph.edges()}
+    assert graph.stages == stages and graph.edges == edges
+    assert ("resolve", "online") in graph.edges and ("evaluate", "promote") in graph.edges

@@ -23,7 +23,6 @@ impressions get no value, and training falls back to its EM estimate there.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from shopflow.data.sources.events import read_catalogue
 from shopflow.online.experiment import read_experiment
 from shopflow.online.join import Joined, join_logs
 from shopflow.online.sequential import srm_p_value
-from shopflow.online.sinks import read_files, read_postgres
+from shopflow.online.sinks import read_sink
 
 log = logging.getLogger(__name__)
 MIN_SWAPS = 30
@@ -45,20 +44,18 @@ MIN_SWAPS = 30
 def read_logs(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(impressions, events, torn lines) from the configured sink."""
     options = params.ingest.options
-    if options.get("sink", "files") == "postgres":
-        variable = options.get("dsn_env", params.online.log.dsn_env)
-        dsn = os.environ.get(variable)
-        if not dsn:
-            raise SourceError(f"ingest.options.sink is postgres but {variable} is not set")
-        return read_postgres(dsn, "impression"), read_postgres(dsn, "event"), 0
-    folder = params.ingest.path
-    if not Path(folder).is_dir():
+    sink, folder = options.get("sink", "files"), params.ingest.path
+    if sink != "postgres" and not Path(folder).is_dir():
         raise SourceError(f"{folder}: no service log folder (ingest.path of service_logs)")
-    impressions, torn_i = read_files(folder, "impression")
-    events, torn_e = read_files(folder, "event")
+    impressions, events, torn = read_sink(
+        sink,
+        folder,
+        options.get("dsn_env", params.online.log.dsn_env),
+        "ingest.options.sink",
+    )
     if impressions.empty:
         raise SourceError(f"{folder}: the service logged no impressions")
-    return impressions, events, torn_i + torn_e
+    return impressions, events, torn
 
 
 def examination(
