@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-online bench-logging bench-hostile bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-online bench-logging bench-dag-parse bench-hostile bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ bench-online: setup ## online decision: sessions interleaving vs a 50/50 A/B tes
 
 bench-logging: setup ## logging cost: /search p50/p95 with logging on vs off (1 and 8 clients), 32 clients 60 s, Postgres stopped mid-run
 	$(BIN)/python -m shopflow bench logging
+
+bench-dag-parse: setup ## Airflow's parse time per DAG file (fresh processes, as its DAG processor), heavy imports, warnings
+	$(BIN)/python -m shopflow bench dag-parse
 
 bench-hostile: setup ## the service against 110 hostile requests, slow bodies/headers, then 64 clients for 60 s
 	$(BIN)/python -m shopflow bench hostile

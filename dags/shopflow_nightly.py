@@ -39,14 +39,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    CronDataIntervalTimetable,
+    Param,
+    TriggerRule,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from airflow.timetables.interval import CronDataIntervalTimetable
-from airflow.utils.trigger_rule import TriggerRule
 
 from shopflow.core import paths
 from shopflow.core.config import load_params
-from shopflow.evaluation import gate
 from shopflow.orchestration import alerts, decisions, nightly
 
 if TYPE_CHECKING:
@@ -220,6 +225,8 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
 @task.short_circuit(task_id="should_promote", ignore_downstream_trigger_rules=False)
 def should_promote(params: dict | None = None) -> bool:
     """Promote on the A/B gate's `promote` verdict, or when the run's conf forces it."""
+    from shopflow.evaluation import gate
+
     receive([nightly.EVALUATE_STAGE], [paths.DECISION])
     decision = decisions.decide_promote(
         gate.read_decision(PROJECT / paths.DECISION),

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from shopflow.core.config import Params
 
-BENCHES = ("ingest", "simulate", "train", "serve", "hostile", "online", "logging", "drift", "gpu")
+BENCHES = (
+    "ingest",
+    "simulate",
+    "train",
+    "serve",
+    "hostile",
+    "online",
+    "logging",
+    "drift",
+    "dag-parse",
+    "gpu",
+)
 
 
 def add_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -48,6 +59,10 @@ def run(params: Params, what: str, options: argparse.Namespace) -> None:
         from shopflow.bench.logging_cost import logging_cost
 
         logging_cost(params, seconds=options.seconds or 20.0)
+    elif what == "dag-parse":
+        from shopflow.bench.dag_parse import dag_parse
+
+        dag_parse()
     elif what == "drift":
         from shopflow.bench.drift import drift_sensitivity
 

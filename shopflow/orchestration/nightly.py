@@ -3,8 +3,9 @@
 Airflow-free on purpose, so that the DAG file (`dags/shopflow_nightly.py`) only says what
 runs after what, and everything that decides something is testable without a scheduler.
 
-- `StageGraph.read` takes the stages and their edges from DVC's own graph (`dvc.yaml`): the
-  pipeline is defined once, and Airflow never restates it.
+- `StageGraph.read` takes the stages and their edges from `dvc.yaml`, drawn as DVC draws
+  them (a test compares it with DVC's own graph): the pipeline is defined once, Airflow never
+  restates it, and parsing the DAG file needs no DVC `Repo`.
 - `run_stage` runs one stage through `dvc repro --single-item <stage>`, after writing the
   night's date as `ingest.window.end` into `params.local.yaml` (this checkout's overrides,
   not in Git; the `resolve` stage applies it). Every stage depends on that param
