@@ -91,7 +91,7 @@ lint: setup ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: setup ## mypy (pydantic plugin) over shopflow/, bento/ and dags/
+typecheck: setup ## mypy (pydantic plugin) over shopflow/, pipelines/, bento/ and dags/
 	$(BIN)/mypy
 
 format: setup ## apply ruff's fixes and formatting

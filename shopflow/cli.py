@@ -30,7 +30,7 @@ log = logging.getLogger("shopflow")
 
 
 class StageCommand:
-    """A stage command: import `shopflow.stages.<stage>` only when run, then call its `run`.
+    """A stage command: import `pipelines.<stage>` only when run, then call its `run`.
     Its runs are recorded in the run log (`shopflow.orchestration.runlog`)."""
 
     def __init__(self, stage: str, options: tuple[str, ...] = ()) -> None:
@@ -42,7 +42,7 @@ class StageCommand:
         # workspace while a retry starts: it gets SIGTERM when its parent dies.
         die_with_parent()
         given = {name: getattr(args, name) for name in self.options}
-        importlib.import_module(f"shopflow.stages.{self.stage}").run(params, **given)
+        importlib.import_module(f"pipelines.{self.stage}").run(params, **given)
 
 
 def _show_params(params: Params, args: argparse.Namespace) -> None:

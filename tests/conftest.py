@@ -58,7 +58,7 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
-    for folder in ("shopflow", "bento", "dags"):
+    for folder in ("shopflow", "pipelines", "bento", "dags"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
     (dest / "params.yaml").write_text(text)

@@ -27,7 +27,6 @@ from shopflow.data.sources import read_source
 from shopflow.data.synthetic.sessions import WEEKDAY_FACTOR
 from shopflow.data.tables import read_ingested
 from shopflow.data.validation import validate_tables
-from shopflow.stages.ingest import write as write_ingested
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def ingest_throughput(params: Params, events: int, workdir: Path | None = None) 
         result = normalize(
             raw, bench, pseudonym_key(mode_for(bench.ingest.source)), dt.datetime.now(dt.UTC)
         )
-        write_ingested(result, root / "ingested")
+        result.write(root / "ingested")
         t2 = time.perf_counter()
         tables, _ = read_ingested(root / "ingested")
         now = dt.datetime.now(dt.UTC)

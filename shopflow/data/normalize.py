@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from shopflow.core.artifacts import table_hash
+from shopflow.core.artifacts import staged_dir, table_hash, write_json, write_parquet
 from shopflow.core.config import Params
 from shopflow.core.errors import EmptyDataError, SourceError
 from shopflow.data.contract import SCHEMA_VERSION, Tables, conform, describe_rejects
@@ -38,6 +39,15 @@ class Ingested:
     rejects: pd.DataFrame
     manifest: dict[str, Any]
     stats: dict[str, int] = field(default_factory=dict)
+
+    def write(self, out_dir: Path) -> None:
+        """The contract tables, the rejects and the manifest, replacing `out_dir` at once (a
+        killed write leaves the previous folder as it was)."""
+        with staged_dir(out_dir) as staging:
+            for name, frame in self.tables.items():
+                write_parquet(frame, staging / f"{name}.parquet")
+            write_parquet(self.rejects.astype(str), staging / "rejects.parquet")
+            write_json(staging / "manifest.json", self.manifest)
 
 
 def apply_reject_policy(rejects: pd.DataFrame, rows: int, params: Params, origin: str) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines import ingest, prepare, validate
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json, table_hash, write_json, write_parquet
 from shopflow.core.errors import DataValidationError, StageInputError
 from shopflow.data.derived import click_pairs, purchase_sequences, session_histories
 from shopflow.data.splits import time_boundaries
-from shopflow.stages import ingest, prepare, validate
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.data

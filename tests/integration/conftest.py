@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shopflow.stages import (
+from pipelines import (
     baselines,
     drift,
     ingest,

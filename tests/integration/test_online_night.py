@@ -27,6 +27,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from pipelines import reranker, retriever
 from shopflow.bench.traffic import TrafficCounts, simulate_traffic
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json
@@ -37,7 +38,6 @@ from shopflow.data.synthetic.world import ShopWorld
 from shopflow.online.sinks import LOG_DIR_ENV, read_files
 from shopflow.serving.http import API_KEY_ENV
 from shopflow.serving.local import free_port
-from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.integration.airflow_project import Airflow, webhook
 from tests.integration.conftest import MODEL_OVERRIDES, run_in, shopflow

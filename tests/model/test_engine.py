@@ -9,12 +9,12 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from pipelines import reranker, retriever
 from shopflow.data.profiles import WEIGHTS
 from shopflow.engine.bundle import bundle_settings, load_engine, save_bundle
 from shopflow.engine.recommend import Recommender, RecommendSettings
 from shopflow.engine.search import Filters
 from shopflow.models.recommenders import ItemIndex
-from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_finetune import write_planted_shop
 

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import reranker, retriever
 from shopflow.core.artifacts import read_json, write_json
 from shopflow.core.config import BoostingConfig
 from shopflow.models.feature_ranker import FEATURES, FeatureRanker, RankingData, labels_of
-from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_engine import bundle
 from tests.model.test_finetune import write_planted_shop

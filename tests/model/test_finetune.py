@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
+from pipelines import reranker, retriever
 from shopflow.core import paths
 from shopflow.core.errors import StageInputError
 from shopflow.models.base import resolve_base_model
 from shopflow.models.lexical import Bm25Settings
-from shopflow.stages import reranker, retriever
 from tests.conftest import tiny_params
 from tests.model.test_pretrain import cli, encoder_weights
 

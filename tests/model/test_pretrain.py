@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pipelines import pretrain
 from shopflow.core.errors import ConfigError, TrainingError
 from shopflow.models.base import resolve_base_model
-from shopflow.stages import pretrain
 from shopflow.training import masked_lm
 from tests.conftest import ROOT, tiny_params
 

@@ -7,7 +7,8 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the project
-PACKAGE = "shopflow"
+PACKAGE = "shopflow"  # the library
+STAGES = "pipelines"  # the DVC stages, one module each, on top of the library
 
 
 def module_file(module: str) -> Path | None:
@@ -21,13 +22,15 @@ def module_file(module: str) -> Path | None:
 def all_modules() -> list[str]:
     return sorted(
         ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for p in (ROOT / PACKAGE).rglob("*.py")
+        for top in (PACKAGE, STAGES)
+        for p in (ROOT / top).rglob("*.py")
     )
 
 
 @cache
 def imports_of(module: str, top_level_only: bool = False) -> frozenset[str]:
-    """The shopflow modules `module` imports (also inside functions unless `top_level_only`)."""
+    """The project's modules (library and stages) `module` imports (also inside functions
+    unless `top_level_only`)."""
     path = module_file(module)
     assert path is not None, module
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -35,13 +38,13 @@ def imports_of(module: str, top_level_only: bool = False) -> frozenset[str]:
     found = set()
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] != PACKAGE:
+            if node.module.split(".")[0] not in (PACKAGE, STAGES):
                 continue
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
                 found.add(sub if module_file(sub) else node.module)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+            found |= {a.name for a in node.names if a.name.split(".")[0] in (PACKAGE, STAGES)}
     return frozenset(found - {module})
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from pathlib import Path
 
 from shopflow.core import paths
-from shopflow.core.artifacts import staged_dir, write_json, write_parquet
+from shopflow.core.artifacts import write_json
 from shopflow.core.config import Params
 from shopflow.core.secrets import mode_for
 from shopflow.data.normalize import Ingested, normalize
@@ -23,15 +22,6 @@ from shopflow.data.privacy import pseudonym_key
 from shopflow.data.sources import read_source
 
 log = logging.getLogger(__name__)
-
-
-def write(result: Ingested, out_dir: Path = paths.INGESTED) -> None:
-    """The contract tables, the rejects and the manifest, replacing `out_dir` at once."""
-    with staged_dir(out_dir) as staging:
-        for name, frame in result.tables.items():
-            write_parquet(frame, staging / f"{name}.parquet")
-        write_parquet(result.rejects.astype(str), staging / "rejects.parquet")
-        write_json(staging / "manifest.json", result.manifest)
 
 
 def run(params: Params) -> Ingested:
@@ -49,7 +39,7 @@ def run(params: Params) -> Ingested:
     raw = read_source(params)
     result = normalize(raw, params, key, dt.datetime.now(dt.UTC))
     result.manifest["mode"] = str(mode)
-    write(result)
+    result.write(paths.INGESTED)
     seconds = time.perf_counter() - started
     rows = {name: len(frame) for name, frame in result.tables.items()}
     total = sum(rows.values())
