@@ -18,7 +18,7 @@ import time
 import pandas as pd
 
 from shopflow.core import paths
-from shopflow.core.artifacts import staged_dir, write_json, write_parquet
+from shopflow.core.artifacts import staged_dir, write_json, write_metrics, write_parquet
 from shopflow.core.config import Params
 from shopflow.data.features import product_text
 from shopflow.data.tables import read_prepared
@@ -86,6 +86,6 @@ def run(params: Params) -> dict:
             )
             for name, frame in recommenders.test.items():
                 write_parquet(frame, paths.evaluation_of(staging) / f"{name}_recommend.parquet")
-    write_json(paths.metrics("baselines"), result)
+    write_metrics("baselines", result)
     log.info("baselines on the test split: %s (%.1fs)", result, time.perf_counter() - started)
     return result

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from shopflow.core import paths
-from shopflow.core.artifacts import read_json, staged_dir, write_json, write_parquet
+from shopflow.core.artifacts import read_json, staged_dir, write_json, write_metrics, write_parquet
 from shopflow.core.config import Params
 from shopflow.data.features import product_text, titles_of
 from shopflow.data.tables import read_prepared
@@ -73,7 +73,7 @@ def run(params: Params) -> dict:
         for name, frame in fitted.test.items():
             write_parquet(frame, paths.evaluation_of(staging) / f"{name}.parquet")
     result["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(paths.metrics("recommender"), result)
+    write_metrics("recommender", result)
     log.info("recommender: %s", result)
     return result
 

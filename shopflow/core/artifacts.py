@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from shopflow.core import paths
+
 
 def table_hash(frame: pd.DataFrame) -> str:
     """sha256 of a table's content (values, column names and order), independent of file format."""
@@ -32,6 +34,51 @@ def table_hash(frame: pd.DataFrame) -> str:
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically, sorted and indented for diffs."""
     write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+TIMING_KEYS = frozenset({"seconds", "samples_per_s", "tokens_per_s", "p50_ms"})
+
+
+def without_timings(payload: Any, prefix: str = "") -> tuple[Any, dict[str, Any]]:
+    """`payload` without its timing figures (keys in `TIMING_KEYS`, at any depth) and those
+    figures by dotted key. Timings change from run to run on the same data and code, so what
+    DVC hashes (metrics, model folders) must not hold them."""
+    if not isinstance(payload, dict):
+        return payload, {}
+    kept: dict[str, Any] = {}
+    timed: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in TIMING_KEYS:
+            timed[f"{prefix}{key}"] = value
+            continue
+        kept[key], inner = without_timings(value, f"{prefix}{key}.")
+        timed |= inner
+    return kept, timed
+
+
+def with_timings(payload: dict, timed: dict[str, Any]) -> dict:
+    """`payload` with the timings `without_timings` took out put back (for reports)."""
+    merged = json.loads(json.dumps(payload))
+    for dotted, value in timed.items():
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[leaf] = value
+    return merged
+
+
+def write_metrics(stage: str, result: dict) -> dict:
+    """The stage's metrics file (`metrics/<stage>.json`) without timings, which go to
+    `paths.timings(stage)`; what was written."""
+    kept, timed = without_timings(result)
+    write_json(paths.metrics(stage), kept)
+    if timed:
+        write_json(paths.timings(stage), timed)
+    return kept
 
 
 def write_text(path: Path, text: str) -> None:

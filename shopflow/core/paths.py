@@ -52,6 +52,7 @@ LIVE = Path("dvclive")
 TINY_BERT = MODELS / "tiny-random-bert"  # built on first use by the `tiny` profile
 CHECKPOINTS = Path(".checkpoints")  # removed once a training stage's output is written
 STATE = Path(".shopflow")
+TIMINGS = STATE / "timings"  # run-to-run timings of each stage: not hashed by DVC
 RUN_LOG = STATE / "runs" / "stages.jsonl"
 ALERTS = STATE / "alerts.jsonl"
 CLUSTER = Path(".airflow-cluster")  # `make airflow-cluster`: its servers, clones, shared state
@@ -73,3 +74,9 @@ def live(stage: str) -> Path:
 def evaluation_of(model_dir: Path) -> Path:
     """Where a model stage keeps its per-query test scores (paired tests read them)."""
     return model_dir / "eval"
+
+
+def timings(stage: str) -> Path:
+    """A stage's timings of its last run (seconds, throughput, latencies); beside the metrics,
+    never in them, so the same data and code give the same dvc.lock."""
+    return TIMINGS / f"{stage}.json"

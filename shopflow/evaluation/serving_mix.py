@@ -142,9 +142,9 @@ def choose_mix(
         verdict = (
             f"valid NDCG@10 {gain:+.4f} over {chosen.name} (p={p:.3g}, n={len(common)}) "
             + judged
-            + f"; p50 {candidate.p50_ms:.0f} ms is "
+            + "; its p50 latency is "
             + ("over" if over_budget else "within")
-            + f" the budget serving.max_p50_ms={max_p50_ms:g}"
+            + f" the budget serving.max_p50_ms={max_p50_ms:g} (timed on this machine)"
         )
         reasons.append(f"{candidate.name}: {verdict}")
         if not (over_budget or no_gain):

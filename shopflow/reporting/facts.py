@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from shopflow.core import paths
-from shopflow.core.artifacts import read_json
+from shopflow.core.artifacts import read_json, with_timings
 from shopflow.core.config import Params
 from shopflow.core.provenance import params_hash
 from shopflow.orchestration import runlog
@@ -111,6 +111,9 @@ def training_section(project: Path) -> dict:
     out = {}
     for stage in ("pretrain", "retriever", "reranker", "recommender"):
         metrics = read_fact(project / paths.metrics(stage))
+        timed = read_fact(project / paths.timings(stage))
+        if isinstance(metrics, dict) and isinstance(timed, dict):
+            metrics = with_timings(metrics, timed)  # this run's seconds, samples/s, p50s
         curves = sorted(
             str(p.relative_to(project / paths.live(stage)))
             for p in (project / paths.live(stage)).glob("plots/metrics/**/*.tsv")

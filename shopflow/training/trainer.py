@@ -24,7 +24,7 @@ from typing import ClassVar, Generic, TypeVar, cast
 import torch
 
 from shopflow.core import paths
-from shopflow.core.artifacts import staged_dir, write_json
+from shopflow.core.artifacts import staged_dir, write_json, write_metrics
 from shopflow.core.config import Params
 from shopflow.training.loop import (
     Fitted,
@@ -131,9 +131,9 @@ def train(task: TrainingTask[Model]) -> dict:
             return {}
         trained = cast(Model, unwrap(model))
         result = task.evaluate(trained, fitted, runtime)
+        stored = write_metrics(task.stage, result)  # timings apart: see write_metrics
         with staged_dir(task.output) as staging:
-            task.save(trained, staging, result)
-        write_json(paths.metrics(task.stage), result)
+            task.save(trained, staging, stored)
         curves = {
             f"train/{task.curve}": fitted.history,
             f"valid/{task.curve}": fitted.valid_history,

@@ -360,3 +360,37 @@ def test_the_serving_mix_shows_every_candidate_and_why_one_was_served():
     table = page[page.index('id="serving-mix-table"') :]
     assert "dense+reranker" in table and "650.0" in table and "0.004<" in table
     assert "is a gain" in page
+
+
+def test_timings_stay_out_of_what_dvc_hashes_and_come_back_in_the_report(tmp_path, monkeypatch):
+    from shopflow.core import paths
+    from shopflow.core.artifacts import read_json, with_timings, without_timings, write_metrics
+
+    result = {
+        "ndcg@10": 0.8,
+        "train": {"steps": 3, "seconds": 1.5, "samples_per_s": 90.0, "device": "cpu"},
+        "serving_mix": {"candidates": {"dense": {"p50_ms": 4.2, "n": 9}}},
+    }
+    kept, timed = without_timings(result)
+    assert kept == {
+        "ndcg@10": 0.8,
+        "train": {"steps": 3, "device": "cpu"},
+        "serving_mix": {"candidates": {"dense": {"n": 9}}},
+    }
+    assert timed == {
+        "train.seconds": 1.5,
+        "train.samples_per_s": 90.0,
+        "serving_mix.candidates.dense.p50_ms": 4.2,
+    }
+    assert with_timings(kept, timed) == result
+    monkeypatch.chdir(tmp_path)
+    first = write_metrics("retriever", result)
+    metrics_bytes = paths.metrics("retriever").read_bytes()
+    write_metrics("retriever", with_timings(kept, {k: v * 2 for k, v in timed.items()}))
+    assert (
+        paths.metrics("retriever").read_bytes()
+        == metrics_bytes
+        == (json.dumps(first, indent=2, sort_keys=True) + "\n").encode()
+    )  # a slower run writes the same metrics file
+    assert read_json(paths.timings("retriever"))["train.seconds"] == 3.0
+    assert facts.training_section(tmp_path)["retriever"]["metrics"]["train"]["seconds"] == 3.0

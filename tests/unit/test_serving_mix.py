@@ -51,7 +51,8 @@ def test_a_clear_gain_over_the_latency_budget_is_left_out():
     decision = mix(BASE, BASE + 0.1, reranker_ms=600.0)
     assert decision["chosen"] == RETRIEVER
     assert "is a significant gain" in decision["reasons"][0]
-    assert "p50 600 ms is over the budget serving.max_p50_ms=100" in decision["reasons"][0]
+    assert "p50 latency is over the budget serving.max_p50_ms=100" in decision["reasons"][0]
+    assert decision["candidates"][RERANKER]["p50_ms"] == 600.0  # in the record, apart from the text
 
 
 def test_a_clear_gain_within_the_budget_is_served():
