@@ -87,9 +87,10 @@ test: setup browser cluster-deps lint typecheck ## lint, type-check and run the 
 test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
 	$(BIN)/pytest -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)
 
-lint: setup ## ruff
+lint: setup ## ruff, and import-linter's layer contracts (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup ## mypy (pydantic plugin) over shopflow/, pipelines/, bento/ and dags/
 	$(BIN)/mypy
