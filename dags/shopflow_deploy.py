@@ -29,7 +29,6 @@ CHAMPION = Asset(nightly.CHAMPION_ASSET)
 log = logging.getLogger(__name__)
 
 settings = load_params(PROJECT / paths.PARAMS).airflow
-alert = alerts.Alerter(PROJECT, settings.alert_connection)
 
 
 def shopflow(*args: str) -> dict:
@@ -75,7 +74,9 @@ with DAG(
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    default_args=nightly.task_defaults(settings, alert.on_failure),
+    default_args=nightly.task_defaults(
+        settings, alerts.FailureNotifier(PROJECT, settings.alert_connection)
+    ),
     tags=["shopflow", "bentoml"],
 ) as dag:
     check(deploy())  # type: ignore[arg-type]  # TaskFlow hands `check` the XCom's value

@@ -278,7 +278,9 @@ with DAG(
         ),
         "force_promote_by": Param("", type="string", description="who forces the promotion"),
     },
-    default_args=nightly.task_defaults(settings, alert.on_failure),
+    default_args=nightly.task_defaults(
+        settings, alerts.FailureNotifier(PROJECT, settings.alert_connection)
+    ),
     tags=["shopflow", "dvc"],
 ) as dag:
     stages = {stage: stage_task(stage) for stage in graph.stages}

@@ -7,7 +7,9 @@ the on-call read it); when a webhook is configured it is also POSTed there as JS
 In Airflow the webhook is a connection (`airflow.alert_connection`, default
 `shopflow_alerts`), e.g. `AIRFLOW_CONN_SHOPFLOW_ALERTS='https://hooks.slack.com/services/...'`
 or one made in the UI; without it, alerts are logged only. A webhook that is down never
-fails the task that alerts: the alert is still in the log and the file.
+fails the task that alerts: the alert is still in the log and the file. A failed task alerts
+through `FailureNotifier`, an Airflow notifier, so other notifiers (Slack, SMTP, a provider's
+or your own) can sit beside it in the DAGs' `on_failure_callback`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from airflow.sdk import BaseNotifier
 
 from shopflow.core import paths
 
@@ -121,7 +125,15 @@ class Alerter:
     def __call__(self, alert: Alert) -> bool:
         return send(alert, airflow_webhook(self.conn_id), self.record)
 
-    def on_failure(self, context: dict) -> None:
-        """Airflow's `on_failure_callback`: a task failed for good (retries spent, or input
-        that no retry can fix)."""
-        self(from_airflow_context(context, "task failed", str(context.get("exception") or "")))
+
+class FailureNotifier(BaseNotifier):
+    """The notifier of a task that failed for good (retries spent, or input that no retry can
+    fix): its alert, recorded under `project` and POSTed to connection `conn_id`'s webhook."""
+
+    def __init__(self, project: Path, conn_id: str) -> None:
+        super().__init__()
+        self.alerter = Alerter(project, conn_id)
+
+    def notify(self, context: Any) -> None:
+        why = str(context.get("exception") or "")
+        self.alerter(from_airflow_context(context, "task failed", why))

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -59,8 +60,8 @@ def project_dir(dag_file: str) -> Path:
     return Path(os.environ.get("SHOPFLOW_PROJECT") or Path(dag_file).resolve().parents[1])
 
 
-def task_defaults(settings: AirflowConfig, on_failure: Callable[[dict], None]) -> dict:
-    """Every task's retries (exponential back-off) and failure alert, from params.yaml."""
+def task_defaults(settings: AirflowConfig, on_failure: Callable[[Any], None]) -> dict:
+    """Every task's retries (exponential back-off) and failure notifier, from params.yaml."""
     return {
         "retries": settings.retries,
         "retry_delay": dt.timedelta(minutes=settings.retry_delay_minutes),

@@ -184,6 +184,29 @@ def test_alerts_are_recorded_and_posted_and_a_dead_webhook_does_not_raise(tmp_pa
     assert len(lines) == 2 and json.loads(lines[0])["details"] == "exit code 3"
 
 
+def test_a_failed_task_alerts_through_an_airflow_notifier(tmp_path, monkeypatch):
+    """What the DAGs' `on_failure_callback` runs: Airflow's notifier protocol, the webhook
+    of an Airflow connection, the alert recorded under the project."""
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    monkeypatch.setenv("AIRFLOW_CONN_SHOPFLOW_TEST_ALERTS", url)
+    ti = SimpleNamespace(
+        dag_id="shopflow_nightly", task_id="ingest", run_id="r9", try_number=3, log_url=None
+    )
+    try:
+        notifier = alerts.FailureNotifier(tmp_path, "shopflow_test_alerts")
+        notifier({"ti": ti, "exception": RuntimeError("exit code 1: killed")})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert Hook.received[-1]["task_id"] == "ingest" and Hook.received[-1]["try_number"] == 3
+    assert "exit code 1: killed" in Hook.received[-1]["text"]
+    recorded = json.loads((tmp_path / ".shopflow/alerts.jsonl").read_text().splitlines()[-1])
+    assert recorded["title"] == "task failed" and recorded["run_id"] == "r9"
+
+
 def test_webhook_url_from_connection_parts():
     def conn(**parts: object) -> SimpleNamespace:
         empty = {"extra_dejson": {}, "host": None, "port": None, "schema": None}
