@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from shopflow.core import paths
+from shopflow.core.artifacts import write_json
 
 log = logging.getLogger(__name__)
 RESULT = paths.metrics("bench_dag_parse")
@@ -92,7 +93,6 @@ def dag_parse(dags: Path = Path("dags"), runs: int = 7) -> dict:
                 about["heavy"] or "none",
                 len(about["warnings"]),
             )
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULT, result)
     log.info("wrote %s", RESULT)
     return result

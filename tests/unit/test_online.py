@@ -280,6 +280,24 @@ def test_logs_are_written_in_the_background_within_the_flush_interval(tmp_path):
     assert len(read_files(tmp_path, "event")[0]) == 1
 
 
+def search_impression(s, unit: str, challenger, **extra):
+    """A search impression of `unit` under experiment `s`: the champion ranks c0.., the
+    challenger `challenger` (None: it was not asked, or failed), no exploration."""
+    return impression(
+        surface="search",
+        query="q",
+        k=10,
+        unit=(unit, "user"),
+        assignment=assign(s, unit),
+        spec=s,
+        champion=ranked("c", "a"),
+        challenger=challenger,
+        exploration_rate=0.0,
+        latency_ms=5.0,
+        **extra,
+    )
+
+
 def interleaved_logs(p_challenger: float, units: int, seed: int = 0):
     """Interleaved impressions of `units` units, each with one click on the team a biased coin
     picks: the challenger with probability `p_challenger`."""
@@ -289,18 +307,7 @@ def interleaved_logs(p_challenger: float, units: int, seed: int = 0):
     imps, events = [], []
     for u in range(units):
         unit = f"u_{u:016x}"
-        imp = impression(
-            surface="search",
-            query="q",
-            k=10,
-            unit=(unit, "user"),
-            assignment=assign(s, unit),
-            spec=s,
-            champion=ranked("c", "a"),
-            challenger=ranked("x", "b"),
-            exploration_rate=0.0,
-            latency_ms=5.0,
-        ).as_record()
+        imp = search_impression(s, unit, ranked("x", "b")).as_record()
         stamp = t0 + dt.timedelta(seconds=u)
         imp["timestamp"] = stamp.isoformat()
         imps.append(imp)
@@ -373,19 +380,7 @@ def test_a_failing_challenger_shows_the_champion_and_its_error_rate_stops_the_ex
 
     s, joined = interleaved_logs(0.65, 300)
     unit = "u_00000000000000ff"
-    failed = impression(
-        surface="search",
-        query="q",
-        k=10,
-        unit=(unit, "user"),
-        assignment=assign(s, unit),
-        spec=s,
-        champion=ranked("c", "a"),
-        challenger=None,
-        exploration_rate=0.0,
-        latency_ms=5.0,
-        challenger_error="RuntimeError: out of memory",
-    )
+    failed = search_impression(s, unit, None, challenger_error="RuntimeError: out of memory")
     assert [i.product_id for i in failed.items] == [f"c{i}" for i in range(10)]
     assert {i.team for i in failed.items} == {None} and failed.challenger_version is None
     broken = pd.concat(
