@@ -73,7 +73,7 @@ def run(params: Params) -> dict:
     probe = model_probe(bundle, device_of(params)) if bundle else baseline_probe(params, products)
     for window in (reference.window, current):
         probe.apply(window, cfg.text_sample, params.seed)
-    features, snapshot = measure(reference.window, current, cfg)
+    features, snapshots = measure(reference.window, current, cfg)
 
     history = History(cfg.history)
     today = current_days[-1]
@@ -97,7 +97,7 @@ def run(params: Params) -> dict:
         "thresholds": cfg.thresholds.model_dump(),
         "report": str(paths.DRIFT_PAGES / "index.html"),
     }
-    write_reports(result, snapshot, reference.window, current, paths.DRIFT_PAGES)
+    write_reports(result, snapshots, paths.DRIFT_PAGES)
     with staged_dir(paths.DRIFT) as staging:
         save_reference(tonight, staging / paths.DRIFT_REFERENCE.name)
         write_parquet(current.rows, staging / "current.parquet")

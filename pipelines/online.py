@@ -25,6 +25,7 @@ from shopflow.online.decision import decide
 from shopflow.online.join import join_logs
 from shopflow.online.sinks import log_folder, read_sink
 from shopflow.release import experiments
+from shopflow.release.pointer import write_champion_pointer
 from shopflow.release.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def run(params: Params, now: dt.datetime | None = None) -> dict:
         result["logs"] = {**joined.counts, "torn_lines": torn}
         applied = experiments.apply(params, registry, result)
         result["registry_entry"] = None if applied is None else applied.id
+        if applied is not None:
+            write_champion_pointer(registry)  # drift and evaluate see a promotion or a stop
         log.info(
             "online: experiment %s (%s) after %.1f days, %s units: %s%s",
             spec.id,

@@ -37,7 +37,7 @@ def run(params: Params) -> dict:
     )
     report = outcome.report
     result = summary(report, manifest, outcome.passed, len(outcome.quarantined))
-    write_json(paths.VALIDATION_REPORT / "summary.json", result)
+    write_json(paths.VALIDATION_SUMMARY, result)
     headline = ("passed", "critical_failures", "warnings", "quarantined_rows")
     write_json(paths.metrics("validate"), {k: result[k] for k in headline})
     for warning in report.warnings:
@@ -46,7 +46,7 @@ def run(params: Params) -> dict:
         details = "\n".join(f.describe() for f in report.critical)
         raise DataValidationError(
             f"validation failed: {len(report.critical)} critical rule(s) broken (Data Docs: "
-            f"{outcome.docs}, summary: {paths.VALIDATION_REPORT / 'summary.json'})\n{details}"
+            f"{outcome.docs}, summary: {paths.VALIDATION_SUMMARY})\n{details}"
         )
     with staged_dir(paths.VALIDATED) as staging:
         hashes = {}

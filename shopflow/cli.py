@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shopflow.core import paths
-from shopflow.core.config import Params, flatten, load_params
+from shopflow.core.config import Params, flatten, load_params, write_params
 from shopflow.core.errors import ShopflowError, capped_lines
 from shopflow.core.processes import die_with_parent
 from shopflow.core.secrets import new_key
@@ -46,16 +46,18 @@ class StageCommand:
 
 
 def _show_params(params: Params, args: argparse.Namespace) -> None:
+    if args.write:
+        overrides = [*args.set, *getattr(args, "set_after", [])]
+        written = write_params(args.params, overrides)
+        print(f"{written}: composed from {paths.CONF}/ with {overrides or 'no overrides'}")
+        return
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
 
 def _bento_requirements(params: Params, args: argparse.Namespace) -> None:
-    from shopflow.core.artifacts import write_text
-    from shopflow.serving import bento_env
+    from shopflow.serving.bento_env import write_requirements
 
-    text = bento_env.pinned_requirements(bento_env.REQUIREMENTS_IN, bento_env.CONSTRAINTS)
-    write_text(bento_env.BENTO_REQUIREMENTS, text)
-    print(bento_env.BENTO_REQUIREMENTS)
+    print(write_requirements())
 
 
 def _show_metrics(params: Params, args: argparse.Namespace) -> None:
@@ -145,10 +147,6 @@ def _user() -> str:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = {
-    "resolve": (
-        "write params.resolved.yaml: the effective params (profile applied) DVC tracks",
-        StageCommand("resolve"),
-    ),
     "ingest": (
         "read the source for the window and write the data contract",
         StageCommand("ingest"),
@@ -234,7 +232,11 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         _bento_requirements,
     ),
     "keys": ("`keys new`: a random key (docs/security.md)", lambda p, a: print(new_key())),
-    "params": ("print the effective params (profile applied)", _show_params),
+    "params": (
+        "print the effective params; --write: compose conf/ with the -S overrides into "
+        "params.yaml, as `dvc exp run -S` does",
+        _show_params,
+    ),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
     "bench": ("benchmarks (see `make bench`)", _bench),
 }
@@ -250,7 +252,8 @@ def _common_options(parser: argparse.ArgumentParser, default: object = None) -> 
         default=default or [],
         metavar="KEY=VALUE",
         dest="set_after" if default is argparse.SUPPRESS else "set",
-        help="override a param for this run (like `dvc exp run -S`), e.g. -S ingest.window.days=7",
+        help="compose conf/ with this override, as `dvc exp run -S` does (the last one wins), "
+        "e.g. -S profile=tiny -S ingest.window.days=7",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", default=default or False, help="debug logging"
@@ -283,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                 type=Path,
                 default=paths.CLUSTER,
                 help="where its servers, clones and shared state live",
+            )
+        if name == "params":
+            cmd.add_argument(
+                "--write", action="store_true", help="write params.yaml (then `dvc repro`)"
             )
         if name == "keys":
             cmd.add_argument("what", choices=["new"], help="new: print a fresh 64-hex key")

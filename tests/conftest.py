@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shopflow.core.config import Params, load_params
+from shopflow.core.config import Params, load_params, write_params
 from shopflow.core.secrets import Mode
 from shopflow.release.registry import Registry, registry_key
 
@@ -56,29 +56,25 @@ def project(tmp_path: Path) -> Path:
 
 def copy_project(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "champion.json"):
         shutil.copy(ROOT / name, dest / name)
-    for folder in ("shopflow", "pipelines", "bento", "dags"):
+    for folder in ("shopflow", "pipelines", "bento", "dags", "conf"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    text = (dest / "params.yaml").read_text().replace("profile: default", "profile: tiny", 1)
-    (dest / "params.yaml").write_text(text)
+    # the copy's own default profile is tiny: `dvc exp run -S key=value` there composes tiny,
+    # then the override, as a project that made `gpu` its default would compose gpu
+    config = dest / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - profile: default\n", "  - profile: tiny\n"))
+    write_params(dest / "params.yaml")
     run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")
     run("git", "config", "user.email", "test@shopflow.local")
     run("git", "config", "user.name", "test")
     run(str(BIN / "dvc"), "init", "-q")
     run(str(BIN / "dvc"), "config", "core.analytics", "false")
+    run(str(BIN / "dvc"), "config", "hydra.enabled", "true")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "project under test")  # DVCLive needs a repo with a commit
     return dest
-
-
-def committed(project: Path, path: str) -> bool:
-    """Is `path` as committed in the Git work tree of `project` (not modified)?"""
-    status = subprocess.run(
-        ["git", "status", "--porcelain", path], cwd=project, capture_output=True, text=True
-    )
-    return status.returncode == 0 and status.stdout.strip() == ""
 
 
 def shared_file(*parts: str) -> Path:

@@ -36,17 +36,41 @@ def write_json(path: Path, payload: Any) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-TIMING_KEYS = frozenset({"seconds", "samples_per_s", "tokens_per_s", "p50_ms"})
+# What changes from run to run on the same data, code and params: timings (seconds,
+# throughputs, latencies, and `measured`, a timed guardrail's figures), when a run happened
+# (`created_at`, `at`) and the commit it ran from (a commit cannot hold the hash of a file
+# that names the commit).
+TIMING_KEYS = frozenset(
+    {
+        "seconds",
+        "samples_per_s",
+        "tokens_per_s",
+        "p50_ms",
+        "p95_ms",
+        "measured",
+        "created_at",
+        "at",
+        "git_revision",
+    }
+)
 
 
 def without_timings(payload: Any, prefix: str = "") -> tuple[Any, dict[str, Any]]:
-    """`payload` without its timing figures (keys in `TIMING_KEYS`, at any depth) and those
-    figures by dotted key. Timings change from run to run on the same data and code, so what
-    DVC hashes (metrics, model folders) must not hold them."""
+    """`payload` without its per-run figures (keys in `TIMING_KEYS`, at any depth, in lists
+    too) and those figures by dotted key (a list item by its index). They change from run to
+    run on the same inputs, so what DVC hashes (metrics, reports, model folders) must not
+    hold them."""
+    timed: dict[str, Any] = {}
+    if isinstance(payload, list):
+        items = []
+        for index, item in enumerate(payload):
+            kept_item, inner = without_timings(item, f"{prefix}{index}.")
+            items.append(kept_item)
+            timed |= inner
+        return items, timed
     if not isinstance(payload, dict):
         return payload, {}
     kept: dict[str, Any] = {}
-    timed: dict[str, Any] = {}
     for key, value in payload.items():
         if key in TIMING_KEYS:
             timed[f"{prefix}{key}"] = value
@@ -57,17 +81,22 @@ def without_timings(payload: Any, prefix: str = "") -> tuple[Any, dict[str, Any]
 
 
 def with_timings(payload: dict, timed: dict[str, Any]) -> dict:
-    """`payload` with the timings `without_timings` took out put back (for reports)."""
+    """`payload` with the figures `without_timings` took out put back (for reports); a
+    figure whose place no longer exists is left out."""
     merged = json.loads(json.dumps(payload))
     for dotted, value in timed.items():
         *parents, leaf = dotted.split(".")
-        node = merged
+        node: Any = merged
         for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, dict):
+                node = node.setdefault(key, {})
+            else:
                 break
         else:
-            node[leaf] = value
+            if isinstance(node, dict):
+                node[leaf] = value
     return merged
 
 

@@ -1,10 +1,9 @@
-"""Typed view of params.yaml, the one place every knob and its value live.
+"""Typed view of params.yaml, the one place every knob and its effective value live.
 
-params.yaml holds the default (2-core CPU) values per section, a `profile` name and a
-`profiles` table of overrides (`tiny` for tests and CI, `gpu` for a GPU box). The effective
-config is the sections with the chosen profile's overrides merged on top, then this
-checkout's own overrides (`params.local.yaml`, not in Git: the scheduler writes the night's
-window there, a cluster's workers their shared locations), then `-S` overrides.
+params.yaml is composed by Hydra, the way DVC composes it for `dvc exp run -S`: conf/config.yaml
+holds the default (2-core CPU) values, conf/profile/<name>.yaml a profile's overrides (`tiny`
+for tests and CI, `gpu` for a GPU box), and `-S key=value` overrides come last and win. Every
+stage reads params.yaml as it is, the same values DVC tracks; nothing is resolved a second time.
 
 The models below carry each knob's type, bounds and meaning, but no default value: a value
 written in two places drifts apart, and DVC can only track what is in params.yaml. A key
@@ -24,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shopflow.core.errors import ConfigError
-from shopflow.core.paths import LOCAL_PARAMS, PARAMS
+from shopflow.core.paths import CONF, PARAMS
 
 SourceName = Literal[
     "synthetic", "judgments", "events", "esci", "wands", "online_retail", "service_logs"
@@ -536,17 +535,6 @@ class Params(Section):
     online: OnlineConfig
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `override` merged in; nested dicts merge, everything else replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
     """`{"a": {"b": 1}}` → `[("a.b", 1)]`: nested settings as dotted keys."""
     if isinstance(tree, dict):
@@ -554,48 +542,76 @@ def flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix.rstrip("."), tree)]
 
 
-def set_dotted(tree: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override (value parsed as YAML, like `dvc exp run -S`)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+def compose(conf: str | Path = CONF, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """params.yaml's text as `dvc exp run -S ...` writes it with DVC's Hydra composition on:
+    conf/config.yaml, then the chosen profile, then each override, the last one winning.
 
-
-def resolve(
-    raw: dict[str, Any],
-    overrides: list[str] | tuple[str, ...] = (),
-    local: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Merge the selected profile over the sections, then `local` (the checkout's own
-    overrides); CLI overrides win over all.
-
-    `local` and the CLI overrides are applied before the merge too, so either can select the
-    profile (`-S profile=tiny`).
+    The same public Hydra and OmegaConf calls DVC makes, so that a params.yaml written here
+    and one written by `dvc exp run` with the same overrides are the same bytes.
     """
-    tree = copy.deepcopy(raw)
-    if local:
-        tree = deep_merge(tree, local)
-    for assignment in overrides:
-        set_dotted(tree, assignment)
-    profiles = tree.pop("profiles", {}) or {}
-    profile = tree.get("profile", "default")
-    if profile != "default":
-        if profile not in profiles:
-            known = ", ".join(["default", *profiles])
-            raise ConfigError(f"params: profile {profile!r} is not defined (known: {known})")
-        tree = deep_merge(tree, profiles[profile])
-    if local:
-        tree = deep_merge(tree, local)
-    for assignment in overrides:
-        set_dotted(tree, assignment)
-    return tree
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    folder = Path(conf).resolve()
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"{conf}/config.yaml: not found (run from the project root)")
+    try:
+        with initialize_config_dir(str(folder), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        given = " ".join(f"-S {o}" for o in overrides) or "(no overrides)"
+        why = str(exc).split("\nConfig search path")[0].strip()  # Hydra's internals, not news
+        raise ConfigError(f"{conf}: cannot compose params with {given}: {why}") from None
+    return OmegaConf.to_yaml(cfg)
+
+
+def write_params(
+    params_path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()
+) -> Path:
+    """Compose `conf/` beside `params_path` with `overrides` and write the result there
+    (atomically), as `dvc exp run -S` would; then `dvc repro` runs with those values."""
+    target = Path(params_path)
+    text = compose(target.with_name(CONF.name), overrides)
+    _validate(yaml.safe_load(text), f"{CONF}/ with {list(overrides)}")
+    _replace(target, text)
+    return target
+
+
+def set_params(params_path: str | Path, values: dict[str, Any]) -> bool:
+    """Set dotted keys (`{"ingest.window.end": "2026-10-28"}`) in params.yaml itself, keeping
+    every other value; True when the file changed. params.yaml holds the effective values, so
+    the value written here is the value every stage reads (the night's window, a cluster's
+    shared locations)."""
+    from omegaconf import OmegaConf
+
+    target = Path(params_path)
+    tree = _read_yaml(target)
+    updated = copy.deepcopy(tree)
+    for key, value in values.items():
+        node: Any = updated
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"{target}: cannot set {key!r}: {part!r} is not a section")
+        if leaf not in node:
+            raise ConfigError(f"{target}: cannot set {key!r}: no such key")
+        node[leaf] = value
+    _validate(updated, str(target))
+    if updated == tree:
+        return False
+    _replace(target, OmegaConf.to_yaml(OmegaConf.create(updated)))
+    return True
+
+
+def _replace(target: Path, text: str) -> None:
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -610,49 +626,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
-def local_params_of(params_path: str | Path) -> Path:
-    """The checkout's own overrides of a params file: `params.local.yaml` beside it."""
-    return Path(params_path).with_name(LOCAL_PARAMS.name)
-
-
-def read_local_params(params_path: str | Path) -> dict[str, Any]:
-    """The overrides in `params.local.yaml` beside `params_path`; empty when there is none."""
-    local = local_params_of(params_path)
-    return _read_yaml(local) if local.exists() else {}
-
-
-LOCAL_HEADER = (
-    "# This checkout's own params overrides (not in Git), applied over params.yaml and its\n"
-    "# profile. The nightly DAG writes the night's ingest.window.end here.\n"
-)
-
-
-def update_local_params(params_path: str | Path, updates: dict[str, Any]) -> bool:
-    """Merge `updates` into `params.local.yaml` beside `params_path` (atomically, keeping its
-    other keys); True when the file changed."""
-    target = local_params_of(params_path)
-    current = read_local_params(params_path)
-    merged = deep_merge(current, updates)
-    if merged == current and target.exists():
-        return False
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(LOCAL_HEADER + yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
-    tmp.replace(target)
-    return True
-
-
-def load_params(path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, resolve and validate params (with `params.local.yaml` beside them, if any);
-    errors name the file and the offending key."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    local = read_local_params(path)
-    tree = resolve(raw, overrides, local)
+def _validate(tree: dict[str, Any], where: str) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        where = f"{path} (with {local_params_of(path)})" if local else str(path)
         raise ConfigError(f"{where}: invalid params: {problems}") from None
+
+
+def load_params(path: str | Path = PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """The params a stage runs with: params.yaml as it is, or, with `-S` overrides, `conf/`
+    beside it composed with them exactly as `dvc exp run -S` composes (so one flag has one
+    meaning). Errors name the file and the offending key."""
+    path = Path(path)
+    if overrides:
+        text = compose(path.with_name(CONF.name), overrides)
+        return _validate(yaml.safe_load(text), f"{CONF}/ with {list(overrides)}")
+    return _validate(_read_yaml(path), str(path))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PARAMS = Path("params.yaml")  # every knob, with profiles of overrides
-LOCAL_PARAMS = Path("params.local.yaml")  # this checkout's overrides (not in Git): the night
-RESOLVED_PARAMS = Path("params.resolved.yaml")  # the effective values: what DVC tracks per stage
+PARAMS = Path("params.yaml")  # the effective values every stage reads and DVC tracks
+CONF = Path("conf")  # what params.yaml is composed from: config.yaml + profile/<name>.yaml
+CHAMPION_POINTER = Path("champion.json")  # the registry's champion, where DVC can see it
 
 # -- stage outputs (DVC-tracked) ---------------------------------------------------------
 DATA = Path("data")
@@ -40,9 +40,10 @@ EVALUATION = DATA / "evaluation"
 # -- reports, metrics and learning curves (small; in DVC's cache like every output) ------
 REPORTS = Path("reports")
 VALIDATION_REPORT = REPORTS / "validation"  # summary.json + data_docs/
-DATA_DOCS = VALIDATION_REPORT / "data_docs"
+VALIDATION_SUMMARY = VALIDATION_REPORT / "summary.json"  # DVC-tracked; the pages are not
+DATA_DOCS = VALIDATION_REPORT / "data_docs"  # stamped with the time they were built
 DRIFT_REPORT = REPORTS / "drift.json"
-DRIFT_PAGES = REPORTS / "drift"  # index.html + Evidently's pages
+DRIFT_PAGES = REPORTS / "drift"  # index.html + Evidently's pages (time-stamped: not in DVC)
 DECISION = REPORTS / "decision.json"  # evaluate writes it; promote and Airflow read it
 ONLINE_DECISION = REPORTS / "online.json"  # the online stage's reading of the experiment
 METRICS = Path("metrics")

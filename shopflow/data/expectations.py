@@ -1,6 +1,10 @@
 """The Great Expectations suites of the data contract: what "valid" means, rule by rule.
 
-Each rule is a GX expectation tagged `critical` (the run stops) or `warning` (reported).
+Each rule is a GX expectation carrying, on itself, what GX 1.x gives every expectation: a
+`severity` (`critical`: the run stops; `warning`: reported), a `description` (the rule as a
+person reads it) and `notes` (what to do about a failure, where the params offer a way on),
+so the Data Docs show them too; `meta["row_level"]` says whether offending rows can be
+quarantined one by one.
 Rules that need context GX cannot see (the run's window, the clock, the catalogue, recent
 daily volumes) are expressed on derived columns computed here (`ts_in_window`,
 `ts_not_future`, `product_known`, `volume_ratio`), so the check itself stays a GX check
@@ -10,11 +14,11 @@ and shows up in the Data Docs.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Literal
 
 import great_expectations.expectations as gxe
 import pandas as pd
+from great_expectations.expectations.expectation import FailureSeverity
 from scipy import stats
 
 from shopflow.core.config import Params
@@ -25,13 +29,7 @@ Severity = Literal["critical", "warning"]
 SERVICE_LOGS = "service_logs"
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    expectation: gxe.Expectation
-    severity: Severity
-    row_level: bool = True  # can offending rows be quarantined one by one?
-    hint: str = ""  # what to do about a failure, when the params offer a way on
+Rule = gxe.Expectation  # with its severity, description, notes and meta set by `_r`
 
 
 def _r(
@@ -41,7 +39,13 @@ def _r(
     rows: bool = True,
     hint: str = "",
 ) -> Rule:
-    return Rule(name, exp, severity, rows, hint)
+    """`exp` described as `name`, of `severity`; `rows`: offending rows can be quarantined
+    one by one; `hint`: what to do about a failure (GX's `notes`)."""
+    exp.description = name
+    exp.severity = FailureSeverity(severity)
+    exp.notes = hint or None
+    exp.meta = {**(exp.meta or {}), "row_level": rows}
+    return exp
 
 
 def _schema_rule(table: str) -> Rule:

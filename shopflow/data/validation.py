@@ -80,12 +80,8 @@ def _run_suite(context, table: str, frame: pd.DataFrame, rules: list[ex.Rule]) -
     batch = asset.add_batch_definition_whole_dataframe(f"{table}-all")
     suite = gx.ExpectationSuite(name=table)
     for rule in rules:
-        suite.add_expectation(rule.expectation)
+        suite.add_expectation(rule)
     suite = context.suites.add(suite)
-    # GX does not keep the suite's order in its results: match them by expectation id.
-    rule_of = {
-        expectation.id: rule for expectation, rule in zip(suite.expectations, rules, strict=True)
-    }
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=table, data=batch, suite=suite)
     )
@@ -103,20 +99,20 @@ def _run_suite(context, table: str, frame: pd.DataFrame, rules: list[ex.Rule]) -
     for outcome in validation.results:
         if outcome.success:
             continue
-        rule = rule_of[outcome.expectation_config.id]
+        rule = outcome.expectation_config  # with the severity, description and notes it ran with
         details = outcome.result or {}
         rows = [int(i) for i in details.get("unexpected_index_list") or []]
-        column = outcome.expectation_config.kwargs.get("column")
+        column = rule.kwargs.get("column")
         failures.append(
             Failure(
                 table=table,
-                rule=rule.name,
+                rule=rule.description or rule.type,
                 column=column,
-                severity=rule.severity,
+                severity=str(rule.severity.value if rule.severity else "critical"),
                 unexpected_count=int(details.get("unexpected_count") or len(rows) or 1),
-                rows=rows if rule.row_level else [],
+                rows=rows if (rule.meta or {}).get("row_level", True) else [],
                 sample=_sample(frame, rows, column),
-                hint=rule.hint,
+                hint=rule.notes or "",
             )
         )
     return failures

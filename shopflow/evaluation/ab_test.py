@@ -141,7 +141,6 @@ def headline(result: dict) -> dict:
         },
         "p_value": p["p_value"],
         "guardrails_failed": sum(not g["passed"] for g in result["guardrails"]),
-        "latency_p95_ms": {n: round(v["p95_ms"], 1) for n, v in result["latency"].items()},
     }
     if result["interleaving"]:
         i = result["interleaving"]

@@ -37,6 +37,7 @@ class Guardrail:
     relative: bool = False  # margin as a share of the champion's value
     limit: float | None = None  # an absolute bound the challenger must respect too
     note: str = ""
+    timed: bool = False  # measured on this machine (latency): the record keeps the figures apart
 
     @property
     def worse_by(self) -> float:
@@ -62,10 +63,14 @@ class Guardrail:
 
     def describe(self, alpha: float) -> str:
         direction = "" if self.higher_is_better else " (lower is better)"
-        text = (
-            f"{self.name}{direction}: challenger {self.challenger:.4f} vs champion "
-            f"{self.champion:.4f}, margin {self.allowed:.4f}"
-        )
+        if self.timed:  # the figures go to the stage's timings, not to what DVC hashes
+            margin = f"{self.margin:.0%} of the champion's" if self.relative else "no margin"
+            text = f"{self.name}{direction}: timed on this machine, {margin}"
+        else:
+            text = (
+                f"{self.name}{direction}: challenger {self.challenger:.4f} vs champion "
+                f"{self.champion:.4f}, margin {self.allowed:.4f}"
+            )
         if self.limit is not None:
             text += f", limit {self.limit:g}"
         if self.p_worse is not None:
@@ -76,7 +81,11 @@ class Guardrail:
             return text
         if self.limit is not None and self.worse_by <= self.allowed:
             return f"{text}: over the limit"
-        return f"{text}: worse by {self.worse_by:.4f}"
+        return (
+            f"{text}: worse than the margin allows"
+            if self.timed
+            else (f"{text}: worse by {self.worse_by:.4f}")
+        )
 
 
 @dataclass(frozen=True)
@@ -129,16 +138,18 @@ def decide(
         "reasons": [f"{c.name}: {c.detail}" for c in failed]
         or ["every check passed: " + ", ".join(c.name for c in checks)],
         "checks": [asdict(c) for c in checks],
-        "guardrails": [
-            {
-                **asdict(r),
-                "worse_by": r.worse_by,
-                "allowed": r.allowed,
-                "passed": r.passed(gate.alpha),
-            }
-            for r in guardrails
-        ],
+        "guardrails": [_record(r, gate.alpha) for r in guardrails],
     }
+
+
+def _record(rail: Guardrail, alpha: float) -> dict:
+    """A guardrail as the decision records it; a timed one's figures under `measured`, which
+    the evaluate stage keeps with its timings."""
+    record = {**asdict(rail), "worse_by": rail.worse_by, "allowed": rail.allowed}
+    if rail.timed:
+        figures = ("challenger", "champion", "worse_by", "allowed")
+        record["measured"] = {key: record.pop(key) for key in figures}
+    return record | {"passed": rail.passed(alpha)}
 
 
 REQUIRED = ("verdict", "reasons", "champion", "metrics", "primary")

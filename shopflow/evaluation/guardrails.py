@@ -208,6 +208,7 @@ def guardrails(
                 note="the BM25 baseline is not a latency reference: absolute limit only"
                 if baseline
                 else "",
+                timed=True,
             )
         )
     if "recommend" in chal:

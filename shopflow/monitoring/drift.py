@@ -207,9 +207,12 @@ def availability(n_reference: int, n_current: int, min_rows: int) -> Status:
 
 def measure_embeddings(
     name: str, reference: Window, current: Window, cfg: DriftCheckConfig
-) -> FeatureDrift:
+) -> tuple[FeatureDrift, object | None]:
     """Embedding drift: Evidently's domain-classifier method (ROC AUC of telling the two
-    windows' texts apart; 0.5 = indistinguishable)."""
+    windows' texts apart; 0.5 = indistinguishable), run once as an Evidently report whose
+    value decides and whose snapshot is the page (with its t-SNE picture)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift
     from evidently.metrics.embeddings import ModelDriftMethod
 
     threshold = cfg.thresholds.embedding
@@ -221,14 +224,18 @@ def measure_embeddings(
         feature.n_reference, feature.n_current, min(cfg.min_rows, cfg.text_sample)
     )
     if feature.status != "measured" or ref is None or cur is None:
-        return feature
+        return feature, None
     columns = [f"e{i}" for i in range(ref.shape[1])]
-    score, _, _ = ModelDriftMethod(threshold=threshold)(
-        pd.DataFrame(cur, columns=columns), pd.DataFrame(ref, columns=columns)
+    definition = DataDefinition(numerical_columns=[], embeddings={name: columns})
+    method = ModelDriftMethod(threshold=threshold)
+    snapshot = Report([EmbeddingsDrift(embeddings_name=name, drift_method=method)]).run(
+        current_data=Dataset.from_pandas(pd.DataFrame(cur, columns=columns), definition),
+        reference_data=Dataset.from_pandas(pd.DataFrame(ref, columns=columns), definition),
     )
-    feature.score = float(score)
+    (metric,) = snapshot.dict()["metrics"]
+    feature.score = float(metric["value"])
     feature.drifted = feature.score >= threshold
-    return feature
+    return feature, snapshot
 
 
 def measure_ctr(reference: Window, current: Window, cfg: DriftCheckConfig) -> list[FeatureDrift]:
@@ -262,12 +269,18 @@ def measure_ctr(reference: Window, current: Window, cfg: DriftCheckConfig) -> li
 
 def measure(
     reference: Window, current: Window, cfg: DriftCheckConfig
-) -> tuple[list[FeatureDrift], object | None]:
-    """Every feature's drift; the Evidently snapshot of the tabular part (for its HTML)."""
-    features, snapshot = measure_tabular(reference, current, cfg)
-    features.extend(measure_embeddings(name, reference, current, cfg) for name in EMBEDDINGS)
+) -> tuple[list[FeatureDrift], dict[str, object]]:
+    """Every feature's drift, and the Evidently snapshots that measured them (for their
+    HTML): `tabular` (behaviour and prediction) and one per measured embedding."""
+    features, tabular = measure_tabular(reference, current, cfg)
+    snapshots = {"tabular": tabular} if tabular is not None else {}
+    for name in EMBEDDINGS:
+        feature, snapshot = measure_embeddings(name, reference, current, cfg)
+        features.append(feature)
+        if snapshot is not None:
+            snapshots[name] = snapshot
     features.extend(measure_ctr(reference, current, cfg))
-    return features, snapshot
+    return features, snapshots
 
 
 # -- deciding --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The drift check's pages: a summary page (no scripts, renders offline) that links
-Evidently's own HTML reports of the behaviour, prediction and embedding drift."""
+Evidently's own HTML reports of the behaviour, prediction and embedding drift: the snapshots
+of the very runs that measured them (`monitoring.drift.measure`), saved, not recomputed."""
 
 from __future__ import annotations
 
@@ -7,48 +8,29 @@ import html
 import math
 from pathlib import Path
 
-import pandas as pd
-
 from shopflow.monitoring.drift import EMBEDDINGS
-from shopflow.monitoring.reference import Window
+
+PAGES = {
+    "tabular": ("evidently.html", "Evidently: behaviour and prediction drift"),
+    **{
+        name: (f"{name}.html", f"Evidently: embedding drift of the {what}")
+        for name, what in EMBEDDINGS.items()
+    },
+}
 
 
-def write_reports(result: dict, snapshot, reference: Window, current: Window, folder: Path) -> None:
+def write_reports(result: dict, snapshots: dict[str, object], folder: Path) -> None:
     """A summary page (no scripts, renders offline) linking Evidently's own reports."""
     folder.mkdir(parents=True, exist_ok=True)
     links = []
-    if snapshot is not None:
-        snapshot.save_html(str(folder / "evidently.html"))
-        links.append(("evidently.html", "Evidently: behaviour and prediction drift"))
-    else:
-        (folder / "evidently.html").unlink(missing_ok=True)
-    for name, what in EMBEDDINGS.items():
-        page = f"{name}.html"
-        if embeddings_report(name, reference, current, folder / page):
-            links.append((page, f"Evidently: embedding drift of the {what}"))
-        else:
+    for name, (page, what) in PAGES.items():
+        snapshot = snapshots.get(name)
+        if snapshot is None:  # not measured tonight: no stale page of another night
             (folder / page).unlink(missing_ok=True)
+            continue
+        snapshot.save_html(str(folder / page))  # type: ignore[attr-defined]
+        links.append((page, what))
     (folder / "index.html").write_text(summary_page(result, links), encoding="utf-8")
-
-
-def embeddings_report(name: str, reference: Window, current: Window, path: Path) -> bool:
-    """Evidently's embedding drift report (with its t-SNE picture) of two samples."""
-    ref, cur = reference.embeddings.get(name), current.embeddings.get(name)
-    if ref is None or cur is None or min(len(ref), len(cur)) < 2:
-        return False
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import EmbeddingsDrift
-    from evidently.metrics.embeddings import ModelDriftMethod
-
-    columns = [f"e{i}" for i in range(ref.shape[1])]
-    definition = DataDefinition(numerical_columns=[], embeddings={name: columns})
-    report = Report([EmbeddingsDrift(embeddings_name=name, drift_method=ModelDriftMethod())])
-    snapshot = report.run(
-        current_data=Dataset.from_pandas(pd.DataFrame(cur, columns=columns), definition),
-        reference_data=Dataset.from_pandas(pd.DataFrame(ref, columns=columns), definition),
-    )
-    snapshot.save_html(str(path))
-    return True
 
 
 COLOURS = {

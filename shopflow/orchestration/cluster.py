@@ -30,7 +30,7 @@ from typing import Any
 
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json, write_json
-from shopflow.core.config import load_params, update_local_params
+from shopflow.core.config import flatten, load_params, set_params
 from shopflow.orchestration import servers
 from shopflow.orchestration.servers import ServerError
 
@@ -191,7 +191,7 @@ class Cluster:
 
 def _clone(cluster: Cluster, name: str, local_params: Mapping[str, Any]) -> Path:
     """A worker's own clone: the committed project, `.shopflow` linked to the shared state,
-    the DVC remote `store` in the shared state, and the cluster's local params."""
+    the DVC remote `store` in the shared state, and the cluster's settings in its params.yaml."""
     target = cluster.clone(name)
     servers.run_checked(["git", "clone", "-q", str(cluster.project), str(target)])
     state = cluster.shared / "state"
@@ -200,7 +200,7 @@ def _clone(cluster: Cluster, name: str, local_params: Mapping[str, Any]) -> Path
     dvc = str(Path(sys.executable).with_name("dvc"))
     remote = [dvc, "remote", "add", "--local", "--force", "-d", REMOTE, str(state / "dvc-remote")]
     servers.run_checked(remote, cwd=target)
-    update_local_params(target / paths.PARAMS, dict(local_params))
+    set_params(target / paths.PARAMS, dict(flatten(dict(local_params))))
     return target
 
 

@@ -18,13 +18,13 @@ project folder, as `dvc repro` does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,8 @@ def _clone_lock(project: Path) -> Iterator[None]:
     """Serialises dvc.lock edits of tasks running side by side in one clone."""
     folder = Path(project) / ".dvc" / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "shopflow-handover.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(folder / "shopflow-handover.lock"):
+        yield
 
 
 def merge_entries(project: Path, entries: Mapping[str, dict]) -> list[str]:

@@ -7,8 +7,7 @@ runs after what, and everything that decides something is testable without a sch
   them (a test compares it with DVC's own graph): the pipeline is defined once, Airflow never
   restates it, and parsing the DAG file needs no DVC `Repo`.
 - `run_stage` runs one stage through `dvc repro --single-item <stage>`, after writing the
-  night's date as `ingest.window.end` into `params.local.yaml` (this checkout's overrides,
-  not in Git; the `resolve` stage applies it). Every stage depends on that param
+  night's date as `ingest.window.end` into params.yaml. Every stage depends on that param
   (directly or through its inputs), so DVC re-runs what a new night changes, skips what a
   rerun of the same night already has, and can never hand back the outputs of another
   window: they hash differently. It refuses to run on upstream outputs of another night.
@@ -35,7 +34,7 @@ from typing import Any
 import yaml
 
 from shopflow.core import paths
-from shopflow.core.config import AirflowConfig, load_params, update_local_params
+from shopflow.core.config import AirflowConfig, load_params, set_params
 from shopflow.core.errors import ConfigError, DataValidationError, ShopflowError, StageInputError
 from shopflow.core.processes import die_with_parent, stop_process_group, stop_process_tree
 from shopflow.orchestration import handover
@@ -167,15 +166,26 @@ class StageRunError(ShopflowError):
 
 
 def set_night(project: Path, night: dt.date) -> bool:
-    """Write the night's date as `ingest.window.end` into the checkout's `params.local.yaml`
-    (not in Git: the tracked params.yaml stays as committed); True when it changed. The
-    `resolve` stage applies it over params.yaml and any profile."""
-    window = {"ingest": {"window": {"end": night.isoformat()}}}  # a plain str: pendulum dates
-    changed = update_local_params(project / paths.PARAMS, window)
+    """Write the night's date as `ingest.window.end` into the project's params.yaml (the
+    values every stage reads and DVC tracks); True when it changed. The other values stay as
+    composed (`dvc exp run -S` / `shopflow params --write`)."""
+    changed = set_params(project / paths.PARAMS, {"ingest.window.end": night.isoformat()})
     effective = load_params(project / paths.PARAMS).ingest.window.end
-    if effective != night:  # only a `-S` could win over the local file, and there is none here
+    if effective != night:
         raise ConfigError(f"{project}: ingest.window.end is {effective}, not the night {night}")
     return changed
+
+
+def refresh_champion_pointer(project: Path) -> bool:
+    """Point the project's champion.json at the registry's champion (a rollback made from
+    another machine, a promotion by another worker); True when it changed, and so `drift`
+    and `evaluate` with it. Imported here, not at the top: the DAG file imports this module
+    and must parse without the registry's imports."""
+    from shopflow.release.pointer import write_champion_pointer
+    from shopflow.release.registry import Registry
+
+    registry = Registry.of(load_params(project / paths.PARAMS), project)
+    return registry.path.exists() and write_champion_pointer(registry, project)
 
 
 def _dvc() -> str:
@@ -202,34 +212,11 @@ def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
             changed = repo.status(targets=[f"{pipeline}:{stage}" for stage in upstream])
     except DvcException as exc:
         raise StageRunError(f"dvc status {' '.join(upstream)}", 1, str(exc)) from None
-    # keys: "<path>/dvc.yaml:<stage>"; an `always_changed` stage (resolve) is stale only when
-    # something besides that flag changed: its outputs are checked as the next stage's deps
+    # keys: "<path>/dvc.yaml:<stage>"; an `always_changed` stage (online) is stale only when
+    # something besides that flag changed
     return sorted(
         key.rsplit(":", 1)[-1] for key, what in changed.items() if what != [ALWAYS_CHANGED]
     )
-
-
-def check_resolved_night(
-    project: Path, stage: str, night: dt.date, upstream: Sequence[str]
-) -> None:
-    """Refuse to run a stage after `resolve` on another night's params: the upstream stages
-    being up to date with params.resolved.yaml only says they are at *its* night."""
-    if not upstream:
-        return
-    path = project / paths.RESOLVED_PARAMS
-    try:
-        resolved = (yaml.safe_load(path.read_text(encoding="utf-8")) or {})["ingest"]["window"]
-        resolved_night = dt.date.fromisoformat(str(resolved["end"]))
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        resolved_night = None
-    if resolved_night != night:
-        raise StageRunError(
-            stage,
-            ShopflowError.exit_code,
-            f"{paths.RESOLVED_PARAMS} is for the night {resolved_night or '(none)'}, not {night}: "
-            "run `resolve` and the stages before this one for this night first (in Airflow: "
-            "clear this task with its upstream tasks)",
-        )
 
 
 def run_stage(
@@ -260,12 +247,14 @@ def run_stage(
     inputs are pulled first: the outputs named by `handed`, the night's dvc.lock entries so
     far. Its outputs are pushed after, and the result hands on the entries, its own added."""
     if set_night(project, night):
-        log.info("%s: ingest.window.end = %s (the night's date)", paths.LOCAL_PARAMS, night)
+        log.info("%s: ingest.window.end = %s (the night's date)", paths.PARAMS, night)
+    if (project / paths.CHAMPION_POINTER).exists() and refresh_champion_pointer(project):
+        log.info(
+            "%s: the registry's champion changed since this checkout saw it", paths.CHAMPION_POINTER
+        )
     handed = dict(handed or {})
     if remote:
         receive(project, handed, handover.inputs_of(project, stage, handed), remote)
-    else:
-        check_resolved_night(project, stage, night, upstream)
     stale = [] if remote else stale_upstream(project, list(upstream))
     if stale:
         raise StageRunError(

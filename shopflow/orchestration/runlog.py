@@ -26,8 +26,7 @@ from shopflow.core import paths
 from shopflow.core.errors import ShopflowError
 
 RUN_ID_ENV = "SHOPFLOW_RUN_ID"
-RESOLVE_STAGE = "resolve"  # runs on every `dvc repro`; see `substantive`
-ALWAYS_RUN = (RESOLVE_STAGE, "online")  # `always_changed` stages: every `dvc repro` runs them
+ALWAYS_RUN = ("online",)  # `always_changed` stages: every `dvc repro` runs them
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
@@ -104,10 +103,10 @@ def read(log_path: Path = paths.RUN_LOG) -> list[dict]:
 
 
 def substantive(records: list[dict]) -> list[dict]:
-    """The records of runs that did more than re-read the params and the service's logs:
-    `resolve` and `online` run on every `dvc repro` (they are `always_changed`), so a run in
-    which only they ran, and succeeded, is no row of its own in the index of runs (an online
-    verdict shows in the registry's timeline and in `reports/online.json`)."""
+    """The records of runs that did more than re-read the service's logs: `online` runs on
+    every `dvc repro` (it is `always_changed`), so a run in which only it ran, and succeeded,
+    is no row of its own in the index of runs (an online verdict shows in the registry's
+    timeline and in `reports/online.json`)."""
     trivial: dict[str, bool] = {}
     for record in records:
         alone = record["stage"] in ALWAYS_RUN and record.get("status") == "success"
@@ -116,7 +115,7 @@ def substantive(records: list[dict]) -> list[dict]:
 
 
 def latest_run_id(records: list[dict]) -> str | None:
-    """The run of the newest record, leaving out runs that only re-read the params."""
+    """The run of the newest record, leaving out runs that only re-read the service's logs."""
     records = substantive(records) or records
     return max(records, key=lambda r: r["started_at"])["run_id"] if records else None
 

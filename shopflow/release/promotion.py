@@ -35,10 +35,12 @@ import numpy as np
 import pandas as pd
 
 from shopflow.core import paths
-from shopflow.core.artifacts import write_json
+from shopflow.core.artifacts import write_metrics
 from shopflow.core.config import Params
 from shopflow.core.errors import ShopflowError, StageInputError
+from shopflow.core.provenance import git_revision
 from shopflow.release import experiments
+from shopflow.release.pointer import write_champion_pointer
 from shopflow.release.registry import Entry, Registry, now
 from shopflow.serving.bento_build import build_bento, find_bento
 from shopflow.serving.local import RunningService, free_port
@@ -72,9 +74,17 @@ class Override:
 
 def promote(params: Params, decision: dict, override: Override | None = None) -> dict:
     """Act on the evaluate stage's decision, or on `override` whatever it says (see the
-    module docstring); the outcome."""
-    metrics = paths.metrics("promote")
+    module docstring); the outcome. The workspace's champion pointer follows the registry
+    whatever happened (a failed smoke test leaves both as they were)."""
     registry = Registry.of(params)
+    try:
+        return _act(registry, params, decision, override)
+    finally:
+        if registry.path.exists():
+            write_champion_pointer(registry)
+
+
+def _act(registry: Registry, params: Params, decision: dict, override: Override | None) -> dict:
     baseline_metrics = (
         decision["metrics"].get("champion", {})
         if decision["champion"]["kind"] == "baseline"
@@ -99,19 +109,19 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
             champion.version,
             "; ".join(decision["reasons"]),
         )
-        return _finish(metrics, outcome, champion, reasons=decision["reasons"])
+        return _finish(outcome, champion, reasons=decision["reasons"])
 
     experimenting = params.online.after_gate != "direct" and override is None
     running = experiments.running(params, registry) if experimenting else None
     if running is not None:
         why = f"experiment {running[1].id} still runs: tonight's challenger waits for it"
         log.info(why)
-        return _finish(metrics, outcome, champion, reasons=[why])
+        return _finish(outcome, champion, reasons=[why])
     tag = save_model(params, metadata={"decision": _decision_summary(decision)})
     version = tag.split(":", 1)[1]
     if champion.version == version:
         log.info("%s is already the champion (#%d): nothing to do", tag, champion.id)
-        return _finish(metrics, outcome | {"promoted": 1, "already": True}, champion)
+        return _finish(outcome | {"promoted": 1, "already": True}, champion)
     if override is None:
         _check_not_stale(decision, champion)
 
@@ -123,7 +133,7 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
     smoke = smoke_test(bento, tag, params, paths.EVALUATION)
     outcome["smoke_test"] = smoke
     if not smoke["passed"]:
-        _finish(metrics, outcome | {"bento": bento}, champion, reasons=smoke["failures"])
+        _finish(outcome | {"bento": bento}, champion, reasons=smoke["failures"])
         raise SmokeTestError(
             f"the Bento {bento} failed its smoke test; the champion stays #{champion.id} "
             f"({champion.version}): " + "; ".join(smoke["failures"])
@@ -145,13 +155,13 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
         metrics=decision["metrics"].get("challenger", {}),
         data_hash=decision.get("data_hash"),
         params_hash=decision.get("params_hash"),
-        git_revision=decision.get("git_revision"),
+        git_revision=git_revision(),  # the commit the run is on (not in the hashed decision)
         decision=summary,
     )
     if experimenting and champion.kind == "model":
         mode = params.online.after_gate
         started = experiments.start(params, registry, champion, challenger, mode)
-        return _finish(metrics, outcome | {"experiment": started.decision["spec"]}, champion)
+        return _finish(outcome | {"experiment": started.decision["spec"]}, champion)
     if experimenting:
         log.info("the champion is the baselines: no served model to experiment against")
     entry = registry.replace_champion(champion, challenger)
@@ -163,7 +173,7 @@ def promote(params: Params, decision: dict, override: Override | None = None) ->
         champion.id,
         champion.version,
     )
-    return _finish(metrics, outcome | {"promoted": 1, "bento": bento}, entry)
+    return _finish(outcome | {"promoted": 1, "bento": bento}, entry)
 
 
 def _check_not_stale(decision: dict, champion: Entry) -> None:
@@ -190,12 +200,10 @@ def _decision_summary(decision: dict) -> dict:
     return out
 
 
-def _finish(
-    metrics: Path, outcome: dict, champion: Entry, reasons: list[str] | None = None
-) -> dict:
+def _finish(outcome: dict, champion: Entry, reasons: list[str] | None = None) -> dict:
     about = {"entry": champion.id, "version": champion.version, "bento": champion.bento_tag}
     outcome = {**outcome, "champion": about, "reasons": reasons or []}
-    write_json(metrics, outcome)
+    write_metrics("promote", outcome)  # its time goes with the stage's timings
     return outcome
 
 

@@ -7,8 +7,9 @@ tags), why (the gate's decision), metrics, data and params hashes, git revision.
 Why one file: the champion and the log must never disagree. Every change rewrites the file
 whole into a temporary file, fsyncs it and renames it over the old one, which POSIX makes
 atomic: a process killed at any instant leaves either the old registry or the new one,
-never half of each. Changes are serialised by an exclusive `flock` on `registry.lock`, so
-two nights (or a night and a rollback) cannot interleave.
+never half of each. Changes are serialised by an exclusive lock on `registry.lock` (`filelock`:
+`flock` on POSIX, which NFSv4 honours), so two nights (or a night and a rollback) cannot
+interleave.
 
 Why a keyed seal: whoever can write the file must not be able to choose what is served. The
 whole file (champion pointer, every entry, their count) is sealed with HMAC-SHA256 under
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from filelock import FileLock
 
 from shopflow.core.errors import StageInputError
 from shopflow.core.secrets import Mode, mode_for
@@ -154,12 +156,8 @@ class Registry(SealedFile):
     def locked(self) -> Iterator[Registry]:
         """Exclusive access for a read-check-write sequence (blocks other writers)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / LOCK).open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield self
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self.folder / LOCK):
+            yield self
 
     def append(self, entry: Entry, make_champion: bool) -> Entry:
         """Append `entry` (its id and hashes are assigned here); call inside `locked()`."""

@@ -184,7 +184,10 @@ def collect(
     problems = Problems()
     promotion = problems.guard("registry", promotion_section, project, params, "promote" in ran)
     decision = read_fact(project / paths.DECISION)
-    validation = read_fact(project / paths.VALIDATION_REPORT / "summary.json")
+    decision_timed = read_fact(project / paths.timings("evaluate"))
+    if isinstance(decision, dict) and isinstance(decision_timed, dict):
+        decision = with_timings(decision, decision_timed)  # its latency figures, its time
+    validation = read_fact(project / paths.VALIDATION_SUMMARY)
     drift = read_fact(project / paths.DRIFT_REPORT)
     run = {
         "run_id": run_id,

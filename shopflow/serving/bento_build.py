@@ -1,6 +1,6 @@
 """Bentos: the service code and one saved model, built offline through BentoML's Python API.
 
-`bento/bentofile.yaml` lists exactly the files the service imports and sets
+`bento/bentofile.yaml` packs the service and the library sub-packages it imports (globs) and sets
 `lock_packages: false` (locking reaches the network). A Bento is labelled with the version of
 the model it packs and a hash of the sources it packs (the bentofile, every file it
 includes, the pinned requirements), so it is found again (`find_bento`) instead of being
@@ -75,6 +75,11 @@ def build_bento(model_tag: str, challenger: str | None = None) -> str:
     return str(bento.tag)
 
 
+def packed_files(patterns: list[str]) -> list[Path]:
+    """The files the bentofile's `include` globs select (as BentoML selects them)."""
+    return sorted({path for pattern in patterns for path in ROOT.glob(pattern) if path.is_file()})
+
+
 def sources_hash() -> str:
     """A short hash of what a Bento packs besides the model: the bentofile, the files it
     includes and the requirements it installs."""
@@ -83,7 +88,7 @@ def sources_hash() -> str:
     import yaml
 
     spec = yaml.safe_load(BENTOFILE.read_text(encoding="utf-8"))
-    files = [BENTOFILE, *(ROOT / p for p in spec.get("include", []))]
+    files = [BENTOFILE, *packed_files(spec.get("include", []))]
     requirements = (spec.get("python") or {}).get("requirements_txt")
     if requirements:
         files.append(ROOT / requirements)

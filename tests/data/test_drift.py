@@ -67,11 +67,13 @@ def _windows(shop, ref_days, cur_days, encoder=None):
 def test_identical_windows_decide_none(shop, encoder):
     params, _, _, days = shop
     ref, cur = _windows(shop, days[:3], days[:3], encoder)
-    features, snapshot = drift.measure(ref, cur, params.drift)
+    features, snapshots = drift.measure(ref, cur, params.drift)
     measured = [f for f in features if f.status == "measured"]
     assert {f.group for f in measured} == {"behaviour", "text", "prediction", "target"}
     assert all(f.score < 1e-9 or f.group == "text" for f in measured)
-    assert snapshot is not None
+    # one Evidently run per part: the snapshots that measured them are the pages
+    texts = {f.name for f in measured if f.group == "text"}
+    assert set(snapshots) == {"tabular", *texts}
     verdict = drift.decide(features, params.drift)
     assert verdict.decision == "none", verdict.reasons
 

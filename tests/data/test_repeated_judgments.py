@@ -102,8 +102,8 @@ def test_ingest_merges_by_policy_and_records_it_in_the_manifest(tmp_path):
     params = tiny_params(
         "ingest.source=judgments",
         f"ingest.path={path}",
-        f"ingest.mapping={MAPPING}",
-        "ingest.options={repeated_judgments: median}",
+        f"++ingest.mapping={MAPPING}",
+        "++ingest.options={repeated_judgments: median}",
     )
     result = contract.normalize(read_source(params), params, b"k", NOW)
     assert grades(result.tables["judgments"]) == pytest.approx(EXPECTED["median"])
@@ -117,9 +117,9 @@ def test_a_rater_variance_column_maps_like_any_other(tmp_path):
     params = tiny_params(
         "ingest.source=judgments",
         f"ingest.path={path}",
-        "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, "
+        "++ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, "
         "relevance_variance: var}",
-        "ingest.options={repeated_judgments: first}",
+        "++ingest.options={repeated_judgments: first}",
     )
     judged = contract.normalize(read_source(params), params, b"k", NOW).tables["judgments"]
     assert judged.set_index("product_id").loc["s1", "relevance_variance"] == pytest.approx(0.2)

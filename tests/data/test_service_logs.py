@@ -138,7 +138,7 @@ def ingest(folder, *overrides):
     params = tiny_params(
         "ingest.source=service_logs",
         f"ingest.path={folder / 'logs'}",
-        f"ingest.options={{products_path: {folder / 'catalogue.parquet'}, experiment: "
+        f"++ingest.options={{products_path: {folder / 'catalogue.parquet'}, experiment: "
         f"{folder / 'experiment.json'}}}",
         *overrides,
     )

@@ -49,8 +49,8 @@ def test_generic_judgments_homedepot_format(tmp_path):
         "ingest.source=judgments",
         f"ingest.path={path}",
         "ingest.encoding=latin-1",
-        f"ingest.mapping={HOMEDEPOT_MAPPING}",
-        "ingest.options={relevance_scale: [1, 3]}",
+        f"++ingest.mapping={HOMEDEPOT_MAPPING}",
+        "++ingest.options={relevance_scale: [1, 3]}",
     )
     products, judgments = result.tables["products"], result.tables["judgments"]
     assert list(products["product_id"]) == ["100001", "100002", "100003"]
@@ -71,12 +71,12 @@ def test_judgments_without_product_ids_get_stable_ones(tmp_path):
     first = normalize(
         "ingest.source=judgments",
         f"ingest.path={path}",
-        "ingest.mapping={query: q, title: name, relevance: grade}",
+        "++ingest.mapping={query: q, title: name, relevance: grade}",
     )
     again = normalize(
         "ingest.source=judgments",
         f"ingest.path={path}",
-        "ingest.mapping={query: q, title: name, relevance: grade}",
+        "++ingest.mapping={query: q, title: name, relevance: grade}",
     )
     ids = first.tables["judgments"]["product_id"]
     assert ids[0] == ids[2] != ids[1]
@@ -127,8 +127,8 @@ def events_overrides(log: Path, products: Path) -> list[str]:
         "ingest.source=events",
         f"ingest.path={log}",
         "ingest.window={end: '2026-10-02', days: 2}",
-        "ingest.mapping={ts: timestamp, user_key: visitor, query: q, product_id: item, position: rank, event_type: action}",
-        "ingest.options={event_type_map: {view: impression, buy: purchase}, "
+        "++ingest.mapping={ts: timestamp, user_key: visitor, query: q, product_id: item, position: rank, event_type: action}",
+        "++ingest.options={event_type_map: {view: impression, buy: purchase}, "
         f"products_path: '{products}', products_mapping: {{product_id: sku, title: name, price: cost}}}}",
     ]
 
@@ -150,7 +150,7 @@ def test_events_need_a_catalogue(tmp_path):
     log, _ = write_events(tmp_path)
     overrides = [
         *events_overrides(log, tmp_path / "products.csv")[:-1],
-        "ingest.options={event_type_map: {view: impression, buy: purchase}}",
+        "++ingest.options={event_type_map: {view: impression, buy: purchase}}",
     ]
     with pytest.raises(SourceError, match="products_path"):
         normalize(*overrides)
@@ -197,7 +197,7 @@ def test_esci(tmp_path):
     products = result.tables["products"].set_index("product_id")
     assert products.loc["B1", "description"] == "Comfy" and "B4" not in products.index
     small = normalize(
-        "ingest.source=esci", f"ingest.path={tmp_path}", "ingest.options={small_version: true}"
+        "ingest.source=esci", f"ingest.path={tmp_path}", "++ingest.options={small_version: true}"
     )
     assert len(small.tables["judgments"]) == 2
 
@@ -294,8 +294,8 @@ def test_real_homedepot_ingests():
         "ingest.source=judgments",
         f"ingest.path={path}",
         "ingest.encoding=latin-1",
-        f"ingest.mapping={HOMEDEPOT_MAPPING}",
-        "ingest.options={relevance_scale: [1, 3]}",
+        f"++ingest.mapping={HOMEDEPOT_MAPPING}",
+        "++ingest.options={relevance_scale: [1, 3]}",
     )
     assert len(result.tables["judgments"]) == 74_067
     assert result.tables["judgments"]["query"].nunique() > 11_000

@@ -132,7 +132,7 @@ def test_each_critical_rule_stops_the_run(case, ingested, tmp_path):
     assert rule in message and f"[critical] {reported}" in message
     assert len(message) < 5000  # samples are previewed, never dumped (the 50 MB title)
     assert not (tmp_path / paths.VALIDATED).exists()  # nothing for downstream
-    summary = read_json(tmp_path / paths.VALIDATION_REPORT / "summary.json")
+    summary = read_json(tmp_path / paths.VALIDATION_SUMMARY)
     assert summary["passed"] is False and any(rule in f["rule"] for f in summary["failures"])
     assert (tmp_path / paths.DATA_DOCS / "index.html").exists()
 

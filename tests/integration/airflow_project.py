@@ -15,8 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
-
+from shopflow.core.config import set_params
 from shopflow.release.registry import Registry
 from tests.conftest import BIN, ROOT, copy_project, open_registry
 
@@ -82,14 +81,7 @@ class Airflow:
         return result
 
     def set_param(self, dotted: str, value) -> None:
-        path = self.project / "params.yaml"
-        tree = yaml.safe_load(path.read_text())
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-        path.write_text(yaml.safe_dump(tree, sort_keys=False))
+        set_params(self.project / "params.yaml", {dotted: value})
 
     def registry(self) -> Registry:
         return open_registry(self.project / ".shopflow/registry")

@@ -15,15 +15,15 @@ import time
 
 import pytest
 
+from shopflow.core.config import load_params
 from shopflow.core.processes import is_running
 from shopflow.orchestration import cluster, handover, servers
-from tests.conftest import committed, copy_project, open_registry
+from tests.conftest import copy_project, open_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
 GPU_STAGES = ("pretrain", "retriever", "reranker")
 DEFAULT_STAGES = (
-    "resolve",
     "ingest",
     "validate",
     "drift",
@@ -32,7 +32,7 @@ DEFAULT_STAGES = (
     "recommender",
     "evaluate",
 )
-# the cluster's own settings (params.local.yaml of each clone): no schedule (only the test's
+# the cluster's own settings (set in each clone's params.yaml): no schedule (only the test's
 # run), no retries (a failure shows at once), fewer training steps than the tiny profile
 # (where the work runs is tested here, not what it learns)
 SETTINGS = {
@@ -112,8 +112,12 @@ def test_a_night_runs_across_two_workers_through_the_dvc_remote(running):
     assert (default / "data/models/retriever").is_dir()  # pulled for evaluate
     assert (gpu / "data/prepared").is_dir()  # pulled for pretrain and retriever
     assert not (gpu / "data/ingested").exists()  # no gpu stage reads it: never pulled
-    # the night went into each clone's params.local.yaml, not into params.yaml
-    assert committed(default, "params.yaml") and committed(gpu, "params.yaml")
+    # the night and the cluster's settings went into each clone's params.yaml
+    for clone in (default, gpu):
+        tracked = load_params(clone / "params.yaml")
+        assert (
+            tracked.ingest.window.end.isoformat() == "2026-10-28" and tracked.retriever.steps == 10
+        )
 
     assert returned(tasks["promote"])["project"] == str(default)
     registry = open_registry(up.shared / "state/registry")  # one registry for every worker

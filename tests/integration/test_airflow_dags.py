@@ -28,7 +28,6 @@ from tests.integration.airflow_project import Airflow, Hook, webhook
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 STAGES = (
-    "resolve",
     "ingest",
     "validate",
     "prepare",
@@ -51,7 +50,7 @@ TRAINING = (
     "recommender",
     "evaluate",
 )
-CHECKS = ("resolve", "ingest", "validate", "drift", "online")  # every night
+CHECKS = ("ingest", "validate", "drift", "online")  # every night
 DESCRIBE = """
 import json, os, sys, warnings
 from airflow.models import DagBag
@@ -174,8 +173,8 @@ def test_a_night_runs_end_to_end(airflow):
     assert {s["stage"]: s["status"] for s in run["stages"]} == statuses
     manifest = read_json(airflow.project / "data/ingested/manifest.json")
     assert manifest["window"]["end"] == "2026-10-28"  # the logical date is the window's end
-    local = yaml.safe_load((airflow.project / "params.local.yaml").read_text())
-    assert local == {"ingest": {"window": {"end": "2026-10-28"}}}  # not params.yaml
+    tracked = yaml.safe_load((airflow.project / "params.yaml").read_text())
+    assert tracked["ingest"]["window"]["end"] == "2026-10-28"  # what DVC tracks is the night
     assert Hook.received == []
 
 
@@ -184,9 +183,6 @@ def test_the_same_night_again_reruns_nothing(airflow):
     assert again["state"] == "success"
     stage_runs = {t: ran(again, t) for t in STAGES if t in again["returned"]}
     assert set(CHECKS) <= set(stage_runs)
-    # resolve always runs (params.local.yaml, the night's window, is not in Git); it writes
-    # the same values, so nothing after it runs again
-    assert stage_runs.pop("resolve") == ["resolve"]
     assert stage_runs.pop("online") == ["online"]  # reads the live logs: every night
     assert all(r == [] for r in stage_runs.values()), stage_runs
 
@@ -239,8 +235,8 @@ def test_a_night_the_drift_check_cannot_judge_keeps_the_young_champion(airflow):
     day's searches so are the query embeddings and the champion's scores (on 100 queries
     their noise reaches the thresholds). Drift does not say retrain, the champion is 1 day
     old, and nothing is trained."""
-    airflow.set_param("profiles.tiny.drift.min_rows", 100_000)
-    airflow.set_param("profiles.tiny.drift.text_sample", 100_000)
+    airflow.set_param("drift.min_rows", 100_000)
+    airflow.set_param("drift.text_sample", 100_000)
     quiet = airflow.run("2026-10-29")
     assert quiet["state"] == "success", quiet["log"][-5000:]
     assert all(quiet["tasks"][s] == "success" and ran(quiet, s) == [s] for s in CHECKS)
@@ -257,7 +253,7 @@ def test_a_night_the_drift_check_cannot_judge_keeps_the_young_champion(airflow):
 
 def test_a_night_with_drift_retrains(airflow):
     champion = airflow.registry().champion()
-    airflow.set_param("profiles.tiny.drift.min_rows", 50)
+    airflow.set_param("drift.min_rows", 50)
     airflow.set_param("synthetic.drift.start", "2026-10-30")
     airflow.set_param("synthetic.drift.new_vocab", 0.3)  # new words in 30% of the queries
     drifted = airflow.run("2026-10-30")
@@ -309,12 +305,11 @@ def test_bad_data_stops_at_validate_alerts_and_keeps_the_champion(airflow, tmp_p
     bad = airflow.run("2026-10-31")
     assert bad["state"] == "failed"
     tasks = bad["tasks"]
-    assert tasks["resolve"] == tasks["ingest"] == "success" and tasks["validate"] == "failed"
+    assert tasks["ingest"] == "success" and tasks["validate"] == "failed"
     assert bad["tries"]["validate"] == 1  # bad data is not retried
     # online reads the service's logs, not tonight's data: it runs whatever validate says
     assert tasks["online"] == "success"
     before_or_watching = (
-        "resolve",
         "ingest",
         "validate",
         "online",

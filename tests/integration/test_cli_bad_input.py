@@ -15,7 +15,9 @@ import pytest
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-MAPPING = "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, price: price}"
+MAPPING = (
+    "++ingest.mapping={query: q, product_id: pid, title: name, relevance: grade, price: price}"
+)
 
 
 def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -161,9 +163,9 @@ def test_duplicate_ids_negative_prices_and_future_timestamps(tmp_path):
         "-S",
         "ingest.window={end: '2026-10-28', days: 1}",
         "-S",
-        "ingest.mapping={ts: ts, user_key: user, session_id: session, product_id: pid, event_type: type}",
+        "++ingest.mapping={ts: ts, user_key: user, session_id: session, product_id: pid, event_type: type}",
         "-S",
-        f"ingest.options={{products_path: '{products}', products_mapping: {{product_id: pid, title: name}}}}",
+        f"++ingest.options={{products_path: '{products}', products_mapping: {{product_id: pid, title: name}}}}",
     ]
     assert cli(tmp_path, "ingest", *args).returncode == 0
     result = cli(tmp_path, "validate", *args)
@@ -202,7 +204,7 @@ def test_repeated_judgments_stop_validate_by_default_naming_the_option(tmp_path)
         "-S",
         f"ingest.path={path}",
         "-S",
-        "ingest.mapping={query: q, product_id: pid, title: name, relevance: grade}",
+        "++ingest.mapping={query: q, product_id: pid, title: name, relevance: grade}",
     ]
     assert cli(tmp_path, "ingest", *args).returncode == 0
     result = cli(tmp_path, "validate", *args)

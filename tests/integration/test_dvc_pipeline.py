@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shopflow.core.config import set_params
 from shopflow.orchestration.nightly import stale_upstream
 from shopflow.release.registry import BASELINE_VERSION
 from tests.conftest import BIN, copy_project, open_registry
@@ -18,7 +19,6 @@ from tests.integration.browser import chromium, local_links, needs_browser, scre
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 STAGES = (
-    "resolve",
     "ingest",
     "validate",
     "drift",
@@ -33,19 +33,27 @@ STAGES = (
     "promote",
 )
 
-ALWAYS = {"resolve", "online"}  # always_changed: the params' resolution, the live service's logs
+ALWAYS = {"online"}  # always_changed: it reads the live service's logs
 
 
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {
+def dvc_env(project: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # stages call `python`
         "BENTOML_HOME": str(project.parent / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "SHELL": "/bin/sh",  # DVC's shell when SHELL is unset (CI): dash forks, bash execs
     }
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
+        [str(BIN / "dvc"), *args],
+        cwd=project,
+        env=dvc_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -60,14 +68,7 @@ def ran(output: str) -> set[str]:
 
 
 def set_param(project: Path, dotted: str, value) -> None:
-    path = project / "params.yaml"
-    tree = yaml.safe_load(path.read_text())
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    set_params(project / "params.yaml", {dotted: value})
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +88,16 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         ).exists()
     assert (project / "reports/validation/data_docs/index.html").exists()
 
-    again = dvc(project, "repro")  # only resolve and online, which always run
+    again = dvc(project, "repro")  # only online, which always runs
     assert ran(again.stdout) == ALWAYS
     assert again.stdout.count("didn't change, skipping") == len(STAGES) - len(ALWAYS)
-
-    set_param(project, "profiles.gpu.retriever.steps", 7)  # a profile that is not active
-    assert ran(dvc(project, "repro").stdout) == ALWAYS  # nothing downstream
-    assert (
-        yaml.safe_load((project / "params.resolved.yaml").read_text())["retriever"]["steps"] == 40
-    )
 
     # DVC's experiment tools on the committed run (dvc.lock in Git, metrics and curves in
     # the cache it names)
     git(project, "add", "-A")
     git(project, "commit", "-qm", "a tiny run")
-    # the corpus is unchanged: pretrain is skipped
+    # the corpus is unchanged: pretrain is skipped. The project's conf/ defaults to the tiny
+    # profile (copy_project), so this composes tiny, then the override.
     experiment = dvc(project, "exp", "run", "-n", "short-history", "-S", "prepare.history_length=5")
     assert ran(experiment.stdout) == {
         *ALWAYS,
@@ -122,8 +118,8 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
         return run["data"]["metrics"]["metrics/retriever.json"]["data"]["test"]["search"]["ndcg@10"]
 
     assert test_ndcg(committed) > 0 and test_ndcg(experiment) > 0
-    resolved = experiment["data"]["params"]["params.resolved.yaml"]["data"]
-    assert resolved["prepare"]["history_length"] == 5
+    tracked = experiment["data"]["params"]["params.yaml"]["data"]
+    assert tracked["prepare"]["history_length"] == 5 and tracked["profile"] == "tiny"
     diff = json.loads(dvc(project, "metrics", "diff", "HEAD", "--json").stdout)
     # the workspace holds the experiment: the recommender reads the shortened histories (the
     # retriever reads only the last `retriever.history_items`, so its metrics stay the same:
@@ -173,16 +169,39 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     )
 
 
+def test_a_new_champion_makes_drift_and_evaluate_stale_for_dvc(reproduced):
+    """The registry lives outside the workspace; champion.json, which promote and rollback
+    rewrite, is what DVC sees: after a promotion `dvc status` names drift and evaluate."""
+    project, _ = reproduced
+    dvc(project, "repro")
+    before = json.loads((project / "champion.json").read_text())
+    assert before["kind"] == "baseline"  # the tiny model did not beat the baselines
+    forced = subprocess.run(
+        [str(BIN / "python"), "-m", "shopflow", "promote", "--force", "--reason", "a test"],
+        cwd=project,
+        env=dvc_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert forced.returncode == 0, forced.stderr
+    after = json.loads((project / "champion.json").read_text())
+    assert after["kind"] == "model" and after["version"] != before["version"]
+    stale = set(json.loads(dvc(project, "status", "--json").stdout)) - ALWAYS
+    assert stale == {"drift", "evaluate"}, stale
+    assert ran(dvc(project, "repro").stdout) >= {"drift", "evaluate"}
+
+
 def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced):
     project, _ = reproduced
     dvc(project, "repro")  # up to date with whatever the tests before changed
     before = json.loads((project / "data/ingested/manifest.json").read_text())
     set_param(project, "ingest.window.end", "2026-10-27")
     # what a nightly task checks before it runs its stage: are its upstream stages at the
-    # night? The window changed in params.yaml, so `resolve` is not (and so nothing after it)
-    assert stale_upstream(project, ["resolve", "ingest", "validate"]) == ["resolve"]
+    # night? The window changed in params.yaml, so none of them is
+    assert stale_upstream(project, ["ingest", "validate"]) == ["ingest", "validate"]
     assert ran(dvc(project, "repro").stdout) == set(STAGES)
-    assert stale_upstream(project, ["resolve", "ingest", "validate"]) == []
+    assert stale_upstream(project, ["ingest", "validate"]) == []
     after = json.loads((project / "data/ingested/manifest.json").read_text())
     assert after["window"]["end"] == "2026-10-27" != before["window"]["end"]
     assert after["tables"]["events"]["sha256"] != before["tables"]["events"]["sha256"]
@@ -236,7 +255,7 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
 
     index = page.parent.parent / "index.html"
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>.*?</tr>", index.read_text(), re.S)
-    # the runs above that ran more than `resolve` and `online` (every repro runs them): the first, the
+    # the runs above that ran more than `online` (every repro runs it): the first, the
     # experiment, validate's, the new window; only the latest has a page
     assert len(rows) == 4
     assert rows == sorted(rows, reverse=True)  # newest first

@@ -1,5 +1,5 @@
 """`nightly.run_stage` on a real DVC project of a few small stages: the night's window goes
-into params.local.yaml (params.yaml stays as committed), a rerun runs nothing, a stage never
+into params.yaml (the other values stay as composed), a rerun runs nothing, a stage never
 runs on another night's upstream outputs, a failing command's own exit code decides whether
 Airflow may retry, and two clones sharing only a DVC remote run one night between them."""
 
@@ -18,19 +18,15 @@ import psutil
 import pytest
 
 from shopflow.orchestration import handover, nightly
-from tests.conftest import BIN, ROOT, committed
+from tests.conftest import BIN, ROOT
 
 pytestmark = pytest.mark.integration
 
 DVC_YAML = """
 stages:
-  resolve:
-    cmd: python -m shopflow resolve
-    always_changed: true
-    outs: [params.resolved.yaml]
   window:
-    cmd: python -c "import yaml; print(yaml.safe_load(open('params.resolved.yaml'))['ingest']['window']['end'])" > night.txt
-    params: [params.resolved.yaml: [ingest.window]]
+    cmd: python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['ingest']['window']['end'])" > night.txt
+    params: [ingest.window]
     outs: [night.txt]
   count:
     cmd: wc -c night.txt > count.txt
@@ -39,7 +35,7 @@ stages:
   check:
     cmd: python -c "import sys; sys.exit(3 if open('count.txt').read().startswith('11') else 0)"
     deps: [count.txt]
-    params: [params.resolved.yaml: [validate.max_title_chars]]
+    params: [validate.max_title_chars]
 """
 NIGHT = dt.date(2026, 10, 28)
 
@@ -49,7 +45,6 @@ def make_project(folder: Path, remote: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
     (folder / "dvc.yaml").write_text(DVC_YAML)
-    (folder / ".gitignore").write_text("/params.local.yaml\n")
     commands = [["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]]
     if remote is not None:
         commands.append([str(BIN / "dvc"), "remote", "add", "--local", "-d", "store", str(remote)])
@@ -68,30 +63,22 @@ def project(tmp_path):
 
 
 def test_a_night_runs_once_and_never_on_another_nights_inputs(project):
-    nightly.run_stage(project, "resolve", NIGHT)
-    first = nightly.run_stage(project, "window", NIGHT, ["resolve"])
+    first = nightly.run_stage(project, "window", NIGHT)
     assert (
         first["ran"] == ["window"] and (project / "night.txt").read_text().strip() == "2026-10-28"
     )
-    assert committed(project, "params.yaml")  # the night is in params.local.yaml
-    assert "2026-10-28" in (project / "params.local.yaml").read_text()
     assert nightly.run_stage(project, "count", NIGHT, ["window"])["ran"] == ["count"]
-    assert nightly.run_stage(project, "resolve", NIGHT)["ran"] == ["resolve"]  # always runs
-    assert nightly.run_stage(project, "window", NIGHT, ["resolve"])["ran"] == []  # same night
+    assert nightly.run_stage(project, "window", NIGHT)["ran"] == []  # same night: nothing to do
 
-    nightly.run_stage(project, "resolve", NIGHT + dt.timedelta(days=1))
-    nightly.run_stage(project, "window", NIGHT + dt.timedelta(days=1), ["resolve"])
-    with pytest.raises(nightly.StageRunError, match=r"is for the night 2026-10-29, not 2026-10-28"):
-        nightly.run_stage(project, "count", NIGHT, ["window"])  # night.txt is the 29th's
-    nightly.run_stage(project, "resolve", NIGHT)  # window has the 29th's params: stale
+    nightly.run_stage(project, "window", NIGHT + dt.timedelta(days=1))
+    # night.txt is the 29th's: for the 28th, window's params differ from its outputs'
     with pytest.raises(nightly.StageRunError, match=r"upstream stage\(s\) window are not") as err:
         nightly.run_stage(project, "count", NIGHT, ["window"])
     assert err.value.final
 
 
 def test_the_commands_exit_code_decides_retry(project):
-    nightly.run_stage(project, "resolve", NIGHT)
-    nightly.run_stage(project, "window", NIGHT, ["resolve"])
+    nightly.run_stage(project, "window", NIGHT)
     nightly.run_stage(project, "count", NIGHT, ["window"])
     with pytest.raises(nightly.StageRunError) as err:  # "11 night.txt": the check exits 3
         nightly.run_stage(project, "check", NIGHT, ["count"])
@@ -99,17 +86,14 @@ def test_the_commands_exit_code_decides_retry(project):
 
 
 def test_two_clones_run_one_night_through_a_dvc_remote_alone(tmp_path):
-    """Clone A runs resolve and window, clone B runs count: B pulls exactly count's input
-    (night.txt) from the remote, never params.resolved.yaml, which count does not read; A
-    then receives count's output the same way. No folder is shared but the remote."""
+    """Clone A runs window, clone B runs count: B pulls exactly count's input (night.txt)
+    from the remote; A then receives count's output the same way. No folder is shared but
+    the remote."""
     remote = tmp_path / "remote"
     a = make_project(tmp_path / "a", remote)
     b = make_project(tmp_path / "b", remote)
-    resolved = nightly.run_stage(a, "resolve", NIGHT, remote="store")
-    window = nightly.run_stage(
-        a, "window", NIGHT, ["resolve"], remote="store", handed=resolved["entries"]
-    )
-    assert set(window["entries"]) == {"resolve", "window"}
+    window = nightly.run_stage(a, "window", NIGHT, remote="store")
+    assert set(window["entries"]) == {"window"}
     assert handover.inputs_of(b, "count", window["entries"]) == ["night.txt"]
 
     counted = nightly.run_stage(
@@ -117,12 +101,11 @@ def test_two_clones_run_one_night_through_a_dvc_remote_alone(tmp_path):
     )
     assert counted["ran"] == ["count"] and counted["project"] == str(b)
     assert (b / "night.txt").read_text().strip() == "2026-10-28"  # pulled: A's output
-    assert not (b / "params.resolved.yaml").exists()  # not an input of count
     assert handover.read_entries(b)["window"] == window["entries"]["window"]
 
     nightly.receive(a, counted["entries"], ["count.txt"], "store")
     assert (a / "count.txt").read_bytes() == (b / "count.txt").read_bytes()
-    assert committed(a, "params.yaml") and committed(b, "params.yaml")
+    assert "end: '2026-10-28'" in (b / "params.yaml").read_text()  # each clone's own night
     again = nightly.run_stage(
         b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
     )
@@ -142,8 +125,7 @@ def test_a_killed_dvc_leaves_no_stage_process_behind(project):
     stopped before the task fails, so no process writes into the workspace while a retry
     starts."""
     (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + SLOW_STAGE)
-    nightly.run_stage(project, "resolve", NIGHT)
-    nightly.run_stage(project, "window", NIGHT, ["resolve"])
+    nightly.run_stage(project, "window", NIGHT)
     outcome: dict = {}
 
     def task() -> None:

@@ -45,7 +45,7 @@ from tests.integration.conftest import MODEL_OVERRIDES, run_in, shopflow
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 API_KEY = new_key()
 NIGHT = "2026-10-28"
-ONLINE_TASKS = ("resolve", "online", "online_verdict")
+ONLINE_TASKS = ("online", "online_verdict")
 SEARCHES = 240
 PLANTED = (
     "models.base=tiny-random-bert",
@@ -202,7 +202,7 @@ def ingest_and_validate(airflow: Airflow, shop, logs: Path) -> dict:
         "ingest.window.days=1",
         "ingest.source=service_logs",
         f"ingest.path={logs}",
-        f"ingest.options={{products_path: {products}}}",
+        f"++ingest.options={{products_path: {products}}}",
     )
     env = airflow.env | {KEY_ENV: new_key()}  # a production source: a real pseudonym key
     for stage in ("ingest", "validate"):

@@ -155,6 +155,9 @@ def test_evaluate_promote_kill_rerun_stale_decision_and_rollback(shop, tmp_path)
         first.bento_tag,
     )
     assert len(bentos(shop)) == count
+    # ... and the workspace's pointer, which drift and evaluate depend on in dvc.yaml
+    pointer = read_json(shop["work"] / "champion.json")
+    assert pointer == {"kind": "model", "version": first.version}
     history = cli(shop, registry_dir, "registry", "history").stdout
     assert "rollback" in history and history.count("promote") == 2
     assert json.loads(cli(shop, registry_dir, "registry", "show").stdout)["id"] == 4

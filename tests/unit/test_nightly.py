@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from shopflow.core.config import load_params
+from shopflow.core.config import load_params, write_params
 from shopflow.orchestration import alerts, decisions, nightly
 from shopflow.release.registry import BASELINE_VERSION, Entry
 from tests.conftest import ROOT, tiny_params
@@ -100,18 +101,13 @@ def test_night_of_a_logical_date_is_its_utc_day():
     assert nightly.night_of(dt.datetime(2026, 10, 28, 2, tzinfo=dt.UTC)) == dt.date(2026, 10, 28)
 
 
-def test_the_night_goes_into_params_local_yaml_over_any_profile(tmp_path):
-    path = tmp_path / "params.yaml"
-    text = (ROOT / "params.yaml").read_text()
-    path.write_text(
-        text.replace("profile: default", "profile: pinned", 1).replace(
-            "profiles:\n", "profiles:\n  pinned: {ingest: {window: {end: '2026-01-01'}}}\n", 1
-        )
-    )
-    before = path.read_text()
+def test_the_night_goes_into_params_yaml_keeping_the_composed_values(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    path = write_params(tmp_path / "params.yaml", ["profile=tiny", "retriever.steps=5"])
     assert nightly.set_night(tmp_path, dt.date(2026, 10, 30)) is True
-    assert path.read_text() == before  # the tracked file stays as committed
-    assert load_params(path).ingest.window.end == dt.date(2026, 10, 30)  # over the profile
+    params = load_params(path)
+    assert params.ingest.window.end == dt.date(2026, 10, 30)
+    assert params.profile == "tiny" and params.retriever.steps == 5  # the rest as composed
     assert nightly.set_night(tmp_path, dt.date(2026, 10, 30)) is False  # unchanged: no rewrite
 
 
@@ -248,4 +244,4 @@ def test_the_stage_graph_read_from_dvc_yaml_is_dvcs_own():
         stages = tuple(stage.name for stage in index.stages)
         edges = {(up.name, down.name) for down, up in index.graph.edges()}
     assert graph.stages == stages and graph.edges == edges
-    assert ("resolve", "online") in graph.edges and ("evaluate", "promote") in graph.edges
+    assert ("ingest", "validate") in graph.edges and ("evaluate", "promote") in graph.edges

@@ -146,12 +146,12 @@ def test_a_retried_stage_shows_its_last_attempt_and_the_latest_run_is_found():
     assert rows[1] == {"stage": "validate", "status": "not run"}
 
 
-def test_a_run_that_only_re_read_the_params_is_not_a_run_of_its_own():
+def test_a_run_that_only_re_read_the_service_logs_is_not_a_run_of_its_own():
     records = [
-        record("a", "resolve", at="2026-10-27T02:00:00"),
+        record("a", "online", at="2026-10-27T02:00:00"),
         record("a", "ingest", at="2026-10-27T02:00:05"),
-        record("b", "resolve", at="2026-10-28T02:00:00"),  # a `dvc repro` with nothing to do
-        record("c", "resolve", "failed", at="2026-10-29T02:00:00", error="bad params"),
+        record("b", "online", at="2026-10-28T02:00:00"),  # a `dvc repro` with nothing to do
+        record("c", "online", "failed", at="2026-10-29T02:00:00", error="bad params"),
     ]
     assert {r["run_id"] for r in runlog.substantive(records)} == {"a", "c"}  # failures count
     assert runlog.latest_run_id(records) == "c"
