@@ -100,32 +100,32 @@ format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 bench: setup ## simulator speed (30 days x 5,000 sessions); ingest + validate on a 1M-event day
-	$(BIN)/python -m shopflow bench simulate
-	$(BIN)/python -m shopflow bench ingest --events 1000000
+	$(BIN)/python -m tools.bench simulate
+	$(BIN)/python -m tools.bench ingest --events 1000000
 
 bench-train: setup ## training samples/s and tokens/s per model and profile (+ MFU on a GPU)
-	$(BIN)/python -m shopflow bench train
+	$(BIN)/python -m tools.bench train
 
 bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
-	$(BIN)/python -m shopflow bench drift
+	$(BIN)/python -m tools.bench drift
 
 bench-online: setup ## online decision: sessions interleaving vs a 50/50 A/B test needs; false promotions over 200 A/A experiments
-	$(BIN)/python -m shopflow bench online
+	$(BIN)/python -m tools.bench online
 
 bench-logging: setup ## logging cost: /search p50/p95 with logging on vs off (1 and 8 clients), 32 clients 60 s, Postgres stopped mid-run
-	$(BIN)/python -m shopflow bench logging
+	$(BIN)/python -m tools.bench logging
 
 bench-dag-parse: setup ## Airflow's parse time per DAG file (fresh processes, as its DAG processor), heavy imports, warnings
-	$(BIN)/python -m shopflow bench dag-parse
+	$(BIN)/python -m tools.bench dag-parse
 
 bench-hostile: setup ## the service against 110 hostile requests, slow bodies/headers, then 64 clients for 60 s
-	$(BIN)/python -m shopflow bench hostile
+	$(BIN)/python -m tools.bench hostile
 
 bench-serve: setup ## the service under load (concurrency 1/8/32, batching on/off) vs the raw reranker
-	$(BIN)/python -m shopflow bench serve
+	$(BIN)/python -m tools.bench serve
 
 gpu-check: setup ## the GPU check on this machine (tiny sizes without CUDA): metrics/gpu_check.json
-	$(BIN)/python -m shopflow bench gpu
+	$(BIN)/python -m tools.bench gpu
 
 # A lent GPU machine has no network and its own Python (3.12, CUDA torch, transformers): the
 # check runs there from this source tree, with the model's config + tokenizer and the few
@@ -141,7 +141,7 @@ gpu-check-bundle: setup ## write .gpu-check/ (MiniLM config + tokenizer, pydanti
 
 gpu-check-device: ## on a lent GPU machine: install the carried wheels, run the GPU check into $OUT (or metrics/)
 	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_CHECK)/wheels/*.whl
-	PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 -m shopflow.bench.gpu_check \
+	PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 -m tools.bench.gpu_check \
 	  --model $(GPU_CHECK)/minilm --out $${OUT:-metrics}/gpu_check.json
 
 serve: setup ## serve the champion's Bento on 127.0.0.1:3000 (an ungated model only with MODEL=current or a tag)
@@ -169,10 +169,10 @@ airflow: setup ## Airflow standalone on 127.0.0.1:8080 with the nightly and depl
 # this project's HEAD (one serves the `gpu` queue). Stage data travels through the DVC remote
 # `store`; the registry and BentoML store are shared. Everything on 127.0.0.1; stopped by pid.
 airflow-cluster: setup cluster-deps ## Postgres + Redis + CeleryExecutor, 2 workers on own clones (127.0.0.1; docs/airflow.md)
-	$(BIN)/python -m shopflow airflow-cluster start
+	$(BIN)/python -m tools.airflow_cluster start
 
 airflow-cluster-stop: setup ## stop the cluster of `make airflow-cluster` (by pid)
-	$(BIN)/python -m shopflow airflow-cluster stop
+	$(BIN)/python -m tools.airflow_cluster stop
 
 # Debian's PostgreSQL and Redis servers for the cluster (and its test). Installed when missing and
 # we may (root); otherwise the cluster test skips and says why.

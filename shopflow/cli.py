@@ -68,12 +68,6 @@ def _show_metrics(params: Params, args: argparse.Namespace) -> None:
             print(f"  {key:<40} {value}")
 
 
-def _bench(params: Params, args: argparse.Namespace) -> None:
-    from shopflow.bench.commands import run
-
-    run(params, args.what, args)
-
-
 def _save_model(params: Params, args: argparse.Namespace) -> None:
     from shopflow.serving.model_store import save_model
 
@@ -112,18 +106,6 @@ def _report(params: Params, args: argparse.Namespace) -> None:
 
     runner = None if args.exit_code is None else runner_result(args.exit_code, args.output)
     print(write(params, run_id=args.run, runner=runner))
-
-
-def _airflow_cluster(params: Params, args: argparse.Namespace) -> None:
-    from shopflow.orchestration import cluster
-
-    if args.what == "start":
-        started = cluster.start(Path.cwd(), args.folder)
-        print(json.dumps(cluster.status(started.folder), indent=2))
-    elif args.what == "stop":
-        print(json.dumps(cluster.stop(args.folder)))
-    else:
-        print(json.dumps(cluster.status(args.folder), indent=2))
 
 
 def _registry(params: Params, args: argparse.Namespace) -> None:
@@ -205,11 +187,6 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         "re-point the champion to an earlier model (default: the one before)",
         lambda params, args: _rollback(params, args),
     ),
-    "airflow-cluster": (
-        "Postgres + Redis + Airflow's CeleryExecutor with two workers on their own clones "
-        "(127.0.0.1): start, stop (by pid) or status",
-        lambda params, args: _airflow_cluster(params, args),
-    ),
     "save-model": (
         "save the current models, catalogue and users as a BentoML model; print its tag",
         _save_model,
@@ -238,7 +215,6 @@ COMMANDS: dict[str, tuple[str, Callable[[Params, argparse.Namespace], None]]] = 
         _show_params,
     ),
     "metrics": ("print metrics/*.json one metric a line", _show_metrics),
-    "bench": ("benchmarks (see `make bench`)", _bench),
 }
 
 
@@ -273,20 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text)
         _common_options(cmd, default=argparse.SUPPRESS)  # keep values given before the command
-        if name == "bench":
-            from shopflow.bench.commands import add_arguments
-
-            add_arguments(cmd)
-        if name == "airflow-cluster":
-            cmd.add_argument(
-                "what", choices=["start", "stop", "status"], nargs="?", default="status"
-            )
-            cmd.add_argument(
-                "--folder",
-                type=Path,
-                default=paths.CLUSTER,
-                help="where its servers, clones and shared state live",
-            )
         if name == "params":
             cmd.add_argument(
                 "--write", action="store_true", help="write params.yaml (then `dvc repro`)"

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopflow.bench.drift import synthetic_run
 from shopflow.core.errors import StageInputError
 from shopflow.data.synthetic.generate import catalogue
 from shopflow.data.synthetic.sessions import simulate_day
@@ -22,6 +21,7 @@ from shopflow.monitoring.history import History
 from shopflow.monitoring.probes import baseline_probe
 from shopflow.monitoring.reference import Window, observe
 from tests.conftest import tiny_params
+from tools.bench.drift import synthetic_run
 
 pytestmark = pytest.mark.data
 

@@ -17,8 +17,10 @@ import pytest
 
 from shopflow.core.config import load_params
 from shopflow.core.processes import is_running
-from shopflow.orchestration import cluster, handover, servers
+from shopflow.orchestration import handover
 from tests.conftest import copy_project, open_registry
+from tools import airflow_cluster as cluster
+from tools import servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,7 +16,6 @@ import httpx
 import pandas as pd
 import pytest
 
-from shopflow.bench.traffic import simulate_traffic
 from shopflow.core.secrets import new_key
 from shopflow.data.synthetic.user_model import UserModel
 from shopflow.data.synthetic.world import ShopWorld
@@ -28,6 +27,7 @@ from shopflow.serving.http import API_KEY_ENV
 from shopflow.serving.local import SERVICE, RunningService, free_port
 from tests.conftest import ROOT
 from tests.integration.conftest import MODEL_OVERRIDES, shopflow
+from tools.bench.traffic import simulate_traffic
 
 pytestmark = pytest.mark.integration
 API_KEY = new_key()
@@ -195,7 +195,7 @@ def test_the_log_holds_no_raw_session_id_and_no_pii_typed_into_search(experiment
 def test_the_postgres_sink_is_idempotent_and_a_stopped_database_is_counted_not_raised(tmp_path):
     from shopflow.online.sinks import PostgresSink, read_postgres
     from shopflow.online.writer import LogWriter
-    from shopflow.orchestration.servers import (
+    from tools.servers import (
         DATABASE_USER,
         ProcessTable,
         postgres_data,

@@ -28,7 +28,6 @@ import pandas as pd
 import pytest
 
 from pipelines import reranker, retriever
-from shopflow.bench.traffic import TrafficCounts, simulate_traffic
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json
 from shopflow.core.secrets import new_key
@@ -41,6 +40,7 @@ from shopflow.serving.local import free_port
 from tests.conftest import tiny_params
 from tests.integration.airflow_project import Airflow, webhook
 from tests.integration.conftest import MODEL_OVERRIDES, run_in, shopflow
+from tools.bench.traffic import TrafficCounts, simulate_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 API_KEY = new_key()

@@ -23,8 +23,6 @@ import pandas as pd
 import psutil
 import pytest
 
-from shopflow.bench.hostile import check, slow_body, slow_headers
-from shopflow.bench.hostile_probes import probes
 from shopflow.core import paths
 from shopflow.core.processes import stop_process_tree
 from shopflow.core.secrets import new_key
@@ -34,6 +32,8 @@ from shopflow.models.lexical import BM25, Bm25Settings
 from shopflow.serving.http import API_KEY_ENV
 from shopflow.serving.local import RunningService, free_port, is_ready
 from tests.conftest import ROOT
+from tools.bench.hostile import check, slow_body, slow_headers
+from tools.bench.hostile_probes import probes
 
 pytestmark = pytest.mark.integration
 API_KEY = new_key()

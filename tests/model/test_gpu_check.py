@@ -26,7 +26,7 @@ def test_the_gpu_check_reports_every_figure_from_a_weightless_model_folder(in_tm
     command = [
         sys.executable,
         "-m",
-        "shopflow.bench.gpu_check",
+        "tools.bench.gpu_check",
         "--model",
         str(model),
         "--out",

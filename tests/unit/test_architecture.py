@@ -57,7 +57,7 @@ def test_the_import_contracts_hold():
         text=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "3 kept, 0 broken" in done.stdout
+    assert "4 kept, 0 broken" in done.stdout
 
 
 def test_modules_import_each_other_without_cycles():
@@ -108,7 +108,8 @@ def test_dvc_data_paths_are_the_ones_the_code_declares():
 
 
 def test_modules_stay_small():
-    for path in sorted([*(ROOT / PACKAGE).rglob("*.py"), *(ROOT / STAGES).rglob("*.py")]):
+    folders = (ROOT / PACKAGE, ROOT / STAGES, ROOT / "tools")
+    for path in sorted(p for folder in folders for p in folder.rglob("*.py")):
         name = path.relative_to(ROOT).as_posix()
         lines = len(path.read_text(encoding="utf-8").splitlines())
         if name not in LONG_MODULES:

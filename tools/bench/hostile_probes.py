@@ -4,7 +4,7 @@ Malformed and deeply nested JSON, bad encodings, oversized bodies and fields, wr
 every level, every HTTP method, odd headers, requests about a customer without, with a wrong
 and with the right API key, unknown paths. Each probe names the status it must get and a
 phrase the answer must hold, so a 4xx that does not say what is wrong fails as surely as a
-5xx. `shopflow.bench.hostile` sends them; the service tests run them against the real Bento.
+5xx. `tools.bench.hostile` sends them; the service tests run them against the real Bento.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from shopflow.bench.train import bf16_peak, time_training_steps
 from shopflow.core import paths
 from shopflow.core.config import Params, load_params
 from shopflow.core.progress import Progress
@@ -43,6 +42,7 @@ from shopflow.data.synthetic import vocabulary as voc
 from shopflow.models.bi_encoder import BiEncoder, TextEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
 from shopflow.training.loop import Runtime, setup_runtime
+from tools.bench.train import bf16_peak, time_training_steps
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def gpu_check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shopflow.bench.gpu_check`: what runs on a lent GPU machine, where the package
+    """`python -m tools.bench.gpu_check`: what runs on a lent GPU machine, where the package
     is not installed (its pins are not that machine's) but its source is on PYTHONPATH."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", type=Path, default=None, help="a config + tokenizer folder")

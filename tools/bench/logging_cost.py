@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from shopflow.bench.serve import drive
 from shopflow.core import paths
 from shopflow.core.config import Params
 from shopflow.online.sinks import LOG_DIR_ENV, read_files
 from shopflow.serving.bento_build import ROOT
 from shopflow.serving.local import SERVICE, RunningService, free_port
 from shopflow.serving.model_store import current_model
+from tools.bench.serve import drive
 
 log = logging.getLogger(__name__)
 RESULT = paths.metrics("bench_logging")
@@ -166,7 +166,7 @@ def files_under_load(
 def postgres_killed(tag: str, folder: Path, queries: list[str], seconds: float) -> dict:
     import httpx
 
-    from shopflow.orchestration.servers import (
+    from tools.servers import (
         DATABASE_USER,
         ProcessTable,
         postgres_data,

@@ -1,4 +1,4 @@
-"""`shopflow bench <what>`: which benchmark runs, imported only when asked for."""
+"""`python -m tools.bench <what>`: which benchmark runs, imported only when asked for."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ BENCHES = (
 
 
 def add_arguments(cmd: argparse.ArgumentParser) -> None:
-    """`shopflow bench`'s arguments."""
+    """The benchmarks' arguments."""
     cmd.add_argument("what", choices=BENCHES, help="which one")
     cmd.add_argument(
         "--seconds", type=float, default=None, help="serve: per cell (20); hostile: load (60)"
@@ -41,48 +41,48 @@ def add_arguments(cmd: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, what: str, options: argparse.Namespace) -> None:
-    """`shopflow bench <what>`: import only the benchmark asked for (torch is slow to load)."""
+    """`python -m tools.bench <what>`: import only the benchmark asked for (torch loads slowly)."""
     if what == "serve":
-        from shopflow.bench.serve import serve_throughput
+        from tools.bench.serve import serve_throughput
 
         serve_throughput(params, tuple(options.concurrency), seconds=options.seconds or 20.0)
     elif what == "hostile":
-        from shopflow.bench.hostile import hostile_bench
+        from tools.bench.hostile import hostile_bench
 
         clients = options.concurrency[0] if options.concurrency != [1, 8, 32] else 64
         hostile_bench(params, clients=clients, seconds=options.seconds or 60.0)
     elif what == "online":
-        from shopflow.bench.online import online_bench
+        from tools.bench.online import online_bench
 
         online_bench(params)
     elif what == "logging":
-        from shopflow.bench.logging_cost import logging_cost
+        from tools.bench.logging_cost import logging_cost
 
         logging_cost(params, seconds=options.seconds or 20.0)
     elif what == "dag-parse":
-        from shopflow.bench.dag_parse import dag_parse
+        from tools.bench.dag_parse import dag_parse
 
         dag_parse()
     elif what == "drift":
-        from shopflow.bench.drift import drift_sensitivity
+        from tools.bench.drift import drift_sensitivity
 
         drift_sensitivity(params)
     elif what == "simulate":
-        from shopflow.bench.data import simulate_throughput
+        from tools.bench.data import simulate_throughput
 
         simulate_throughput(params)
     elif what == "gpu":
-        from shopflow.bench.gpu_check import RESULT, gpu_check
+        from tools.bench.gpu_check import RESULT, gpu_check
 
         gpu_check(None, RESULT, params_path=options.params)
     elif what == "train":
         import torch
 
-        from shopflow.bench.train import train_throughput
+        from tools.bench.train import train_throughput
 
         default = ["tiny", "default", "gpu"] if torch.cuda.is_available() else ["tiny", "default"]
         train_throughput(params, options.profiles or default, steps=options.steps)
     else:
-        from shopflow.bench.data import ingest_throughput
+        from tools.bench.data import ingest_throughput
 
         ingest_throughput(params, events=options.events, workdir=options.workdir)

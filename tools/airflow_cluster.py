@@ -31,8 +31,8 @@ from typing import Any
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json, write_json
 from shopflow.core.config import flatten, load_params, set_params
-from shopflow.orchestration import servers
-from shopflow.orchestration.servers import ServerError
+from tools import servers
+from tools.servers import ServerError
 
 log = logging.getLogger(__name__)
 
@@ -297,3 +297,34 @@ def status(folder: Path = paths.CLUSTER) -> dict[str, Any]:
             for name, about in cluster.processes().items()
         },
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tools.airflow_cluster start|stop|status [--folder F]` (`make airflow-cluster`)."""
+    import argparse
+
+    from shopflow.cli import configure_logging
+    from shopflow.core.errors import ShopflowError
+
+    parser = argparse.ArgumentParser(prog="python -m tools.airflow_cluster", description=__doc__)
+    parser.add_argument("what", choices=["start", "stop", "status"], nargs="?", default="status")
+    parser.add_argument(
+        "--folder", type=Path, default=paths.CLUSTER, help="its servers, clones and shared state"
+    )
+    args = parser.parse_args(argv)
+    configure_logging(verbose=False)
+    try:
+        if args.what == "start":
+            print(json.dumps(status(start(Path.cwd(), args.folder).folder), indent=2))
+        elif args.what == "stop":
+            print(json.dumps(stop(args.folder)))
+        else:
+            print(json.dumps(status(args.folder), indent=2))
+    except ShopflowError as exc:
+        print(f"airflow cluster: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

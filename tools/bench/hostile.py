@@ -22,9 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
-from shopflow.bench.hostile_probes import Probe, probes
 from shopflow.core import paths
 from shopflow.core.config import Params
+from tools.bench.hostile_probes import Probe, probes
 
 log = logging.getLogger(__name__)
 
