@@ -197,26 +197,29 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
-    """The upstream stages whose outputs are not those of the current params and inputs
-    (DVC's status, asked in-process: a `dvc status` subprocess per task costs seconds of
-    start-up, every task of every night): running a stage on them would mix two nights."""
-    if not upstream:
-        return []
+def dvc_status(project: Path, stages: Sequence[str]) -> dict[str, list]:
+    """`dvc status` of `stages`: each changed stage → what changed (asked in-process: a
+    `dvc status` subprocess per task costs seconds of start-up, every task of every night)."""
+    if not stages:
+        return {}
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     pipeline = Path(project).resolve() / "dvc.yaml"  # targets resolve against it, not the cwd
     try:
         with Repo(str(pipeline.parent)) as repo:
-            changed = repo.status(targets=[f"{pipeline}:{stage}" for stage in upstream])
+            changed = repo.status(targets=[f"{pipeline}:{stage}" for stage in stages])
     except DvcException as exc:
-        raise StageRunError(f"dvc status {' '.join(upstream)}", 1, str(exc)) from None
-    # keys: "<path>/dvc.yaml:<stage>"; an `always_changed` stage (online) is stale only when
-    # something besides that flag changed
-    return sorted(
-        key.rsplit(":", 1)[-1] for key, what in changed.items() if what != [ALWAYS_CHANGED]
-    )
+        raise StageRunError(f"dvc status {' '.join(stages)}", 1, str(exc)) from None
+    return {key.rsplit(":", 1)[-1]: what for key, what in changed.items()}  # "<dvc.yaml>:<stage>"
+
+
+def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
+    """The upstream stages whose outputs are not those of the current params and inputs:
+    running a stage on them would mix two nights. An `always_changed` stage (online) is
+    stale only when something besides that flag changed."""
+    changed = dvc_status(project, upstream)
+    return sorted(stage for stage, what in changed.items() if what != [ALWAYS_CHANGED])
 
 
 def run_stage(
@@ -232,8 +235,8 @@ def run_stage(
 ) -> dict:
     """`dvc repro --single-item <stage>` in `project` for the window ending `night` (or
     `command` instead, e.g. a forced `shopflow promote --force`); its output goes to the log
-    line by line. Returns which stages DVC actually ran (none on a
-    rerun) and the time.
+    line by line. Returns whether the stage ran (`ran`: DVC's status said it changed, asked
+    before the run; none on a rerun) and the time.
 
     One stage, not its upstream: tasks of independent stages run at the same time in one
     workspace, and `dvc repro <stage>` would lock every upstream stage's outputs and collide
@@ -255,7 +258,11 @@ def run_stage(
     handed = dict(handed or {})
     if remote:
         receive(project, handed, handover.inputs_of(project, stage, handed), remote)
-    stale = [] if remote else stale_upstream(project, list(upstream))
+    # what DVC will run is what its status says changed, asked before the run (DVC's
+    # output is for people to read): the stage itself, unless an override command runs
+    changed = dvc_status(project, [*([] if remote else upstream), stage])
+    will_run = command is not None or stage in changed
+    stale = sorted(s for s, what in changed.items() if s != stage and what != [ALWAYS_CHANGED])
     if stale:
         raise StageRunError(
             stage,
@@ -278,7 +285,7 @@ def run_stage(
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
-    ran: list[str] = []
+    ran = [stage] if will_run else []
     tail: deque[str] = deque(maxlen=tail_lines)
     stdout = process.stdout
     assert stdout is not None  # stdout=PIPE
@@ -288,8 +295,6 @@ def run_stage(
             line = line.rstrip()
             log.info("%s", line)
             tail.append(line)
-            if match := re.match(r"Running stage '([\w-]+)'", line):
-                ran.append(match.group(1))
 
     reader = threading.Thread(target=pump, name=f"{stage}-output", daemon=True)
     reader.start()

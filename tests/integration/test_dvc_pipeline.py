@@ -169,29 +169,6 @@ def test_repro_runs_once_then_only_what_a_param_feeds(reproduced):
     )
 
 
-def test_a_new_champion_makes_drift_and_evaluate_stale_for_dvc(reproduced):
-    """The registry lives outside the workspace; champion.json, which promote and rollback
-    rewrite, is what DVC sees: after a promotion `dvc status` names drift and evaluate."""
-    project, _ = reproduced
-    dvc(project, "repro")
-    before = json.loads((project / "champion.json").read_text())
-    assert before["kind"] == "baseline"  # the tiny model did not beat the baselines
-    forced = subprocess.run(
-        [str(BIN / "python"), "-m", "shopflow", "promote", "--force", "--reason", "a test"],
-        cwd=project,
-        env=dvc_env(project),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert forced.returncode == 0, forced.stderr
-    after = json.loads((project / "champion.json").read_text())
-    assert after["kind"] == "model" and after["version"] != before["version"]
-    stale = set(json.loads(dvc(project, "status", "--json").stdout)) - ALWAYS
-    assert stale == {"drift", "evaluate"}, stale
-    assert ran(dvc(project, "repro").stdout) >= {"drift", "evaluate"}
-
-
 def test_a_new_window_reruns_everything_and_never_reuses_the_old_one(reproduced):
     project, _ = reproduced
     dvc(project, "repro")  # up to date with whatever the tests before changed
@@ -263,6 +240,27 @@ def test_the_run_report_renders_offline_with_the_decision_and_no_broken_link(rep
     assert all(p.is_file() for p in local_links(index))
     shot = screenshot(tmp_path, page, "run.png", height=5000)
     assert shot.stat().st_size > 100_000  # charts and tables, not a blank page
+
+
+def test_a_new_champion_makes_drift_and_evaluate_stale_for_dvc(reproduced):
+    """The registry lives outside the workspace; champion.json, which promote and rollback
+    rewrite, is what DVC sees: after a promotion `dvc status` names drift and evaluate."""
+    project, _ = reproduced  # last in the module: the runs above stay against the baselines
+    before = json.loads((project / "champion.json").read_text())
+    assert before["kind"] == "baseline"  # the tiny model did not beat the baselines
+    forced = subprocess.run(
+        [str(BIN / "python"), "-m", "shopflow", "promote", "--force", "--reason", "a test"],
+        cwd=project,
+        env=dvc_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert forced.returncode == 0, forced.stderr
+    after = json.loads((project / "champion.json").read_text())
+    assert after["kind"] == "model" and after["version"] != before["version"]
+    stale = set(json.loads(dvc(project, "status", "--json").stdout)) - ALWAYS
+    assert stale == {"drift", "evaluate"}, stale
 
 
 def test_repeated_judgments_merge_by_policy_through_dvc_repro(project):
