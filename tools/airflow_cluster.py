@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from shopflow.cli import configure_logging
-    from shopflow.core.errors import ShopflowError
+    from tools import exit_code_of
 
     parser = argparse.ArgumentParser(prog="python -m tools.airflow_cluster", description=__doc__)
     parser.add_argument("what", choices=["start", "stop", "status"], nargs="?", default="status")
@@ -313,17 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging(verbose=False)
-    try:
+
+    def act() -> None:
         if args.what == "start":
             print(json.dumps(status(start(Path.cwd(), args.folder).folder), indent=2))
         elif args.what == "stop":
             print(json.dumps(stop(args.folder)))
         else:
             print(json.dumps(status(args.folder), indent=2))
-    except ShopflowError as exc:
-        print(f"airflow cluster: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+
+    return exit_code_of("airflow cluster", act)
 
 
 if __name__ == "__main__":

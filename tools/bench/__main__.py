@@ -9,7 +9,7 @@ from pathlib import Path
 from shopflow.cli import configure_logging
 from shopflow.core import paths
 from shopflow.core.config import load_params
-from shopflow.core.errors import ShopflowError
+from tools import exit_code_of
 from tools.bench.commands import add_arguments, run
 
 
@@ -23,12 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    try:
-        run(load_params(args.params, args.set), args.what, args)
-    except ShopflowError as exc:
-        print(f"bench {args.what}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return exit_code_of(
+        f"bench {args.what}", lambda: run(load_params(args.params, args.set), args.what, args)
+    )
 
 
 if __name__ == "__main__":
