@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from shopflow.core.config import Params, load_params, write_params
 from shopflow.core.secrets import Mode
+from shopflow.release.pointer import describe
 from shopflow.release.registry import Registry, registry_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def project(tmp_path: Path) -> Path:
 
 def copy_project(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "champion.json"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
     for folder in ("shopflow", "pipelines", "bento", "dags", "conf"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -65,6 +67,10 @@ def copy_project(dest: Path) -> Path:
     config = dest / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - profile: default\n", "  - profile: tiny\n"))
     write_params(dest / "params.yaml")
+    # a new shop: its registry is empty, so its champion is the baselines (the repository's
+    # champion.json names the model a fresh `make run` of the default profile promotes)
+    pointer = json.dumps(describe(None), indent=2, sort_keys=True) + "\n"
+    (dest / "champion.json").write_text(pointer)
     run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")
     run("git", "config", "user.email", "test@shopflow.local")
