@@ -71,6 +71,9 @@ def logged(tmp_path_factory):
                 challenger=Ranked(ids[::-1], list(np.linspace(1, 0, len(ids))), "b", 3.0),
                 exploration_rate=0.5,
                 latency_ms=5.0,
+                # seeded ids: each impression's coin tosses (its exploration swap) follow from
+                # its id, so the measured curve is the same on every run
+                impression_id=f"{int(rng.integers(2**62)):016x}{i:016x}",
             ).as_record()
             at = start + dt.timedelta(seconds=int(i * 60))
             record["timestamp"] = at.isoformat()
