@@ -218,8 +218,13 @@ def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
     """The upstream stages whose outputs are not those of the current params and inputs:
     running a stage on them would mix two nights. An `always_changed` stage (online) is
     stale only when something besides that flag changed."""
-    changed = dvc_status(project, upstream)
-    return sorted(stage for stage, what in changed.items() if what != [ALWAYS_CHANGED])
+    return stale_of(dvc_status(project, upstream))
+
+
+def stale_of(changed: Mapping[str, list], but: str | None = None) -> list[str]:
+    """The stages of a `dvc_status` answer (other than `but`) changed by more than their
+    `always_changed` flag."""
+    return sorted(s for s, what in changed.items() if s != but and what != [ALWAYS_CHANGED])
 
 
 def run_stage(
@@ -262,7 +267,7 @@ def run_stage(
     # output is for people to read): the stage itself, unless an override command runs
     changed = dvc_status(project, [*([] if remote else upstream), stage])
     will_run = command is not None or stage in changed
-    stale = sorted(s for s, what in changed.items() if s != stage and what != [ALWAYS_CHANGED])
+    stale = stale_of(changed, but=stage)
     if stale:
         raise StageRunError(
             stage,
