@@ -23,9 +23,10 @@ no-op. The run's logical date is the last day of the data window (`ingest.window
   `shopflow_deploy` re-serves (skipped when nothing changed);
 - report writes the night's HTML run report (`report.folder`), whatever happened.
 
-With `airflow.dvc_remote` set, workers need no shared project folder: each task pulls its
-stage's inputs from that DVC remote and pushes its outputs, and hands the night's dvc.lock
-entries on to the next tasks (`shopflow/orchestration/handover.py`).
+With `airflow.dvc_remote` set, workers need no shared project folder: each task restores the
+upstream stages it needs from that DVC remote's run cache (`dvc repro --pull`), runs its
+stage, and pushes its outputs and run (`dvc push --run-cache`;
+`shopflow/orchestration/handover.py`).
 
 Knobs: the `airflow:` section of params.yaml. The decisions live in
 `shopflow/orchestration/decisions.py`, how a stage runs in `shopflow/orchestration/nightly.py`.
@@ -36,7 +37,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import (
@@ -74,27 +74,19 @@ def night_of(logical_date: dt.datetime | None) -> dt.date:
     return nightly.night_of(logical_date)
 
 
-def handed_over(stages: Iterable[str]) -> dict[str, dict]:
-    """The night's dvc.lock entries that the tasks of `stages` hand on (XCom); none on one
-    project folder (`airflow.dvc_remote: null`)."""
-    if not settings.dvc_remote:
-        return {}
-    returned = get_current_context()["ti"].xcom_pull(task_ids=[graph.task_id(s) for s in stages])
-    entries: dict[str, dict] = {}
-    for value in returned if isinstance(returned, list) else [returned]:
-        entries |= (value or {}).get("entries", {})
-    return entries
+def receive(stages: Iterable[str]) -> None:
+    """Restore what a decision or the report reads, the outputs of `stages`, into this
+    worker's clone from the DVC remote's run cache; nothing on one project folder."""
+    if settings.dvc_remote:
+        nightly.restore(PROJECT, list(stages), settings.dvc_remote)
 
 
-def receive(stages: Iterable[str], targets: Iterable[str | Path] | None = None) -> None:
-    """Pull what a decision or the report reads from the outputs of `stages` (default: all
-    they hand on but models) into this worker's clone; nothing on one project folder."""
-    entries = handed_over(stages)
-    if entries and settings.dvc_remote:
-        wanted = (
-            [str(t) for t in targets] if targets is not None else nightly.report_inputs(entries)
-        )
-        nightly.receive(PROJECT, entries, wanted, settings.dvc_remote)
+def finished_stages() -> list[str]:
+    """The stages whose tasks finished tonight (each returns its result through XCom)."""
+    ids = [graph.task_id(s) for s in graph.stages]
+    returned = get_current_context()["ti"].xcom_pull(task_ids=ids)
+    values = returned if isinstance(returned, list) else [returned]
+    return [v["stage"] for v in values if isinstance(v, dict) and "stage" in v]
 
 
 def run_stage(
@@ -115,7 +107,6 @@ def run_stage(
             run_id,
             command=command,
             remote=settings.dvc_remote,
-            handed=handed_over(upstream),
         )
     except nightly.StageRunError as failed:
         if failed.final:
@@ -139,7 +130,10 @@ def stage_task(stage: str):
     def dvc_stage(
         stage: str, logical_date: dt.datetime | None = None, run_id: str | None = None
     ) -> dict:
-        return run_stage(stage, logical_date, run_id)
+        outcome = run_stage(stage, logical_date, run_id)
+        if stage == nightly.ONLINE_STAGE:  # read where it ran: DVC keeps no run to restore
+            outcome["verdict"] = nightly.read_report(PROJECT, paths.ONLINE_DECISION)
+        return outcome
 
     return dvc_stage(stage)
 
@@ -174,10 +168,10 @@ def online_verdict(outlet_events=None) -> dict:
     what serves changed, so the champion asset schedules `shopflow_deploy`; else skipped."""
     from shopflow.release.registry import Registry
 
-    receive([nightly.ONLINE_STAGE], [paths.ONLINE_DECISION])
-    reading = nightly.read_report(PROJECT, paths.ONLINE_DECISION)
+    online = get_current_context()["ti"].xcom_pull(task_ids=graph.task_id(nightly.ONLINE_STAGE))
+    reading = (online or {}).get("verdict") or {}
     if reading.get("registry_entry") is None:
-        raise AirflowSkipException(f"the online stage changed nothing ({reading['decision']})")
+        raise AirflowSkipException(f"the online stage changed nothing ({reading.get('decision')})")
     entry = Registry.of(config, PROJECT).entry(reading["registry_entry"])
     announce(entry, outlet_events)
     return {"decision": reading["decision"], "registry_entry": entry.id}
@@ -200,7 +194,7 @@ def should_retrain(params: dict | None = None, logical_date: dt.datetime | None 
     """Train tonight? The drift stage's verdict, the champion's age, or a forced run."""
     from shopflow.release.registry import Registry
 
-    receive([nightly.DRIFT_STAGE], [paths.DRIFT_REPORT])
+    receive([nightly.DRIFT_STAGE])
     night = load_params(PROJECT / paths.PARAMS)
     decision = decisions.decide_retrain(
         nightly.read_report(PROJECT, paths.DRIFT_REPORT),
@@ -227,7 +221,7 @@ def should_promote(params: dict | None = None) -> bool:
     """Promote on the A/B gate's `promote` verdict, or when the run's conf forces it."""
     from shopflow.evaluation import gate
 
-    receive([nightly.EVALUATE_STAGE], [paths.DECISION])
+    receive([nightly.EVALUATE_STAGE])
     decision = decisions.decide_promote(
         gate.read_decision(PROJECT / paths.DECISION),
         decisions.ForcedPromotion.from_conf(params or {}),
@@ -241,7 +235,10 @@ def write_report(logical_date: dt.datetime | None = None, run_id: str | None = N
     """The night's run report (also after a failure: it says where the night stopped)."""
     from shopflow.reporting import pages  # reads the registry (torch): in the task
 
-    receive(graph.stages)
+    try:
+        receive(finished_stages())
+    except nightly.StageRunError as failed:  # the report says what it has; it is never lost
+        log.warning("run report: some stage outputs could not be restored here: %s", failed)
     page = pages.write(
         load_params(PROJECT / paths.PARAMS),
         run_id=run_id,

@@ -25,6 +25,7 @@ from shopflow.core.errors import ShopflowError, capped_lines
 from shopflow.core.processes import die_with_parent
 from shopflow.core.secrets import new_key
 from shopflow.orchestration import runlog
+from shopflow.orchestration.handover import RESTORE_ONLY_ENV
 
 log = logging.getLogger("shopflow")
 
@@ -333,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     debug = args.debug or os.environ.get("SHOPFLOW_DEBUG") == "1"
     command = COMMANDS[args.command][1]
+    if isinstance(command, StageCommand) and os.environ.get(RESTORE_ONLY_ENV):
+        print(
+            f"shopflow {args.command}: error: not run here: this worker was restoring the stage "
+            "from the DVC remote's run cache, which has no run of it for these inputs (its "
+            "Airflow task has not run and pushed for this night: clear it with this task)",
+            file=sys.stderr,
+        )
+        return ShopflowError.exit_code
     # a stage's record includes failures to read its params: the run report names them
     recorded = runlog.recorded(args.command) if isinstance(command, StageCommand) else None
     try:

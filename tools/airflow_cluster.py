@@ -5,7 +5,7 @@ bound to 127.0.0.1: Postgres as the metadata database, Redis as Celery's broker,
 server, the scheduler, the DAG processor, and two Celery workers: `default` serves the
 default queue, `gpu` the queue of the training stages (`airflow.gpu_queue`). Each worker has
 its **own clone** of the project, so no project folder is shared: stage inputs and outputs
-travel through the DVC remote (`airflow.dvc_remote`, `orchestration.handover`). What the
+travel through the DVC remote's run cache (`airflow.dvc_remote`, `orchestration.handover`). What the
 workers do share is the state a second machine would mount: the registry and run log
 (`.shopflow/`, a link to `shared/state`), the DVC remote folder inside it, and the BentoML
 store (`shared/bentoml`).

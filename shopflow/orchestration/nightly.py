@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -76,6 +75,7 @@ class StageGraph:
 
     stages: tuple[str, ...]
     edges: frozenset[tuple[str, str]]
+    always_changed: frozenset[str] = frozenset()  # `always_changed: true`: DVC keeps no run
 
     @classmethod
     def read(cls, project: Path) -> StageGraph:
@@ -98,7 +98,8 @@ class StageGraph:
             if upstream != downstream
             and any(_overlap(d, o) for d in deps[downstream] for o in outs[upstream])
         )
-        return cls(stages, edges)
+        always = frozenset(name for name, stage in declared.items() if stage.get("always_changed"))
+        return cls(stages, edges, always)
 
     @staticmethod
     def task_id(stage: str) -> str:
@@ -116,6 +117,11 @@ class StageGraph:
                 found.add(parent)
                 todo.append(parent)
         return found
+
+    def in_order(self, stages: set[str]) -> list[str]:
+        """`stages` in an order where every stage comes after its ancestors (an ancestor has
+        strictly fewer ancestors), ties in dvc.yaml order."""
+        return sorted(stages, key=lambda s: (len(self.ancestors(s)), self.stages.index(s)))
 
     def checks(self) -> set[str]:
         """The stages every night runs: the drift check and what it needs (ingest, validate),
@@ -188,30 +194,15 @@ def refresh_champion_pointer(project: Path) -> bool:
     return registry.path.exists() and write_champion_pointer(registry, project)
 
 
-def _dvc() -> str:
-    found = Path(sys.executable).with_name("dvc")
-    return str(found) if found.exists() else "dvc"
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
 def dvc_status(project: Path, stages: Sequence[str]) -> dict[str, list]:
-    """`dvc status` of `stages`: each changed stage → what changed (asked in-process: a
-    `dvc status` subprocess per task costs seconds of start-up, every task of every night)."""
+    """`dvc status --json` of `stages`: each changed stage → what changed."""
     if not stages:
         return {}
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    pipeline = Path(project).resolve() / "dvc.yaml"  # targets resolve against it, not the cwd
     try:
-        with Repo(str(pipeline.parent)) as repo:
-            changed = repo.status(targets=[f"{pipeline}:{stage}" for stage in stages])
-    except DvcException as exc:
-        raise StageRunError(f"dvc status {' '.join(stages)}", 1, str(exc)) from None
-    return {key.rsplit(":", 1)[-1]: what for key, what in changed.items()}  # "<dvc.yaml>:<stage>"
+        answer = handover.dvc(project, "status", "--json", *stages)
+    except handover.DvcCommandError as exc:
+        raise StageRunError(f"dvc status {' '.join(stages)}", 1, exc.output) from None
+    return json.loads(answer or "{}")
 
 
 def stale_upstream(project: Path, upstream: Sequence[str]) -> list[str]:
@@ -236,12 +227,11 @@ def run_stage(
     tail_lines: int = 40,
     command: Sequence[str] | None = None,
     remote: str | None = None,
-    handed: Mapping[str, dict] | None = None,
 ) -> dict:
     """`dvc repro --single-item <stage>` in `project` for the window ending `night` (or
     `command` instead, e.g. a forced `shopflow promote --force`); its output goes to the log
-    line by line. Returns whether the stage ran (`ran`: DVC's status said it changed, asked
-    before the run; none on a rerun) and the time.
+    line by line. Returns whether the stage ran (`ran`: its dvc.lock entry changed, the stage
+    is `always_changed`, or the override command ran; none on a rerun) and the time.
 
     One stage, not its upstream: tasks of independent stages run at the same time in one
     workspace, and `dvc repro <stage>` would lock every upstream stage's outputs and collide
@@ -251,23 +241,26 @@ def run_stage(
     `run_id` (the DAG run's) goes to the stage as SHOPFLOW_RUN_ID: the run log groups the
     night's stages under it for the run report.
 
-    With a DVC `remote` (a night across machines, `orchestration.handover`), the stage's
-    inputs are pulled first: the outputs named by `handed`, the night's dvc.lock entries so
-    far. Its outputs are pushed after, and the result hands on the entries, its own added."""
+    With a DVC `remote` (a night across machines, `orchestration.handover`), the upstream
+    stages are first restored from the remote's run cache, and the stage's outputs and run are
+    pushed after."""
     if set_night(project, night):
         log.info("%s: ingest.window.end = %s (the night's date)", paths.PARAMS, night)
     if (project / paths.CHAMPION_POINTER).exists() and refresh_champion_pointer(project):
         log.info(
             "%s: the registry's champion changed since this checkout saw it", paths.CHAMPION_POINTER
         )
-    handed = dict(handed or {})
     if remote:
-        receive(project, handed, handover.inputs_of(project, stage, handed), remote)
-    # what DVC will run is what its status says changed, asked before the run (DVC's
-    # output is for people to read): the stage itself, unless an override command runs
-    changed = dvc_status(project, [*([] if remote else upstream), stage])
-    will_run = command is not None or stage in changed
-    stale = stale_of(changed, but=stage)
+        uncached = handover.uncached_outputs(project)
+        if uncached:
+            raise StageRunError(
+                stage,
+                ShopflowError.exit_code,
+                f"dvc.yaml: outputs with `cache: false` cannot cross workers (DVC pushes no run "
+                f"objects of them): {', '.join(uncached)}",
+            )
+        restore(project, upstream, remote)
+    stale = stale_upstream(project, upstream)
     if stale:
         raise StageRunError(
             stage,
@@ -275,8 +268,10 @@ def run_stage(
             f"upstream stage(s) {', '.join(stale)} are not at the night {night}: run them "
             "first (in Airflow: clear this task with its upstream tasks)",
         )
-    env = _env() | ({RUN_ID_ENV: run_id} if run_id else {})
-    command = list(command or [_dvc(), "repro", "--single-item", stage])
+    before = handover.read_entries(project).get(stage)
+    env = handover.environment({RUN_ID_ENV: run_id} if run_id else {})
+    forced = command is not None
+    command = list(command or [handover.dvc_binary(), "repro", "--single-item", stage])
     log.info("running `%s` in %s", " ".join(command), project)
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -290,7 +285,6 @@ def run_stage(
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
-    ran = [stage] if will_run else []
     tail: deque[str] = deque(maxlen=tail_lines)
     stdout = process.stdout
     assert stdout is not None  # stdout=PIPE
@@ -317,6 +311,9 @@ def run_stage(
     seconds = round(time.perf_counter() - started, 1)
     if code != 0:
         raise StageRunError(stage, stage_exit_code(code, "\n".join(tail)), "\n".join(tail))
+    always = stage in StageGraph.read(project).always_changed
+    changed = handover.read_entries(project).get(stage) != before
+    ran = [stage] if forced or always or changed else []
     log.info("%s: %s in %.1f s", stage, f"ran {', '.join(ran)}" if ran else "up to date", seconds)
     result = {
         "stage": stage,
@@ -328,11 +325,8 @@ def run_stage(
     if remote:
         try:
             handover.push(project, stage, remote)
-        except Exception as exc:  # as for a pull: retryable
-            failed = f"{type(exc).__name__}: {exc}"
-            raise StageRunError(f"dvc push {stage}", 1, failed) from exc
-        own = handover.read_entries(project).get(stage)
-        result["entries"] = handed | ({stage: own} if own else {})
+        except handover.DvcCommandError as exc:  # as for a pull: retryable
+            raise StageRunError(f"dvc push {stage}", 1, exc.output) from exc
     return result
 
 
@@ -363,20 +357,26 @@ def read_report(project: Path, path: Path) -> dict:
         raise StageInputError(f"{target}: not valid JSON ({exc})") from None
 
 
-def receive(
-    project: Path, entries: Mapping[str, dict], targets: Sequence[str], remote: str
-) -> None:
-    """Pull `targets` (outputs named by the night's `entries`) from `remote`; a failure is a
-    retryable task failure."""
+def restore(project: Path, stages: Sequence[str], remote: str) -> list[str]:
+    """Bring `stages` and their ancestors to tonight in this worker's clone from `remote`'s
+    run cache (`handover.restore`), the ones already there skipped; those restored. A stage
+    DVC keeps no run of (`always_changed`) is left as it is: its outputs stay on the worker
+    that ran it. A missing run or an unreachable remote is a task failure: retryable, unless
+    DVC refused to run a stage whose run is missing (then its task must run again first)."""
+    graph = StageGraph.read(project)
+    wanted = set(stages).union(*(graph.ancestors(s) for s in stages))
+    kept = sorted(wanted & graph.always_changed)
+    if kept:
+        log.info("%s: always run, no run kept by DVC: not restored here", ", ".join(kept))
+    ordered = graph.in_order(wanted - graph.always_changed)
+    stale = stale_of(dvc_status(project, ordered))
+    todo = [s for s in ordered if s in stale]
     try:
-        handover.receive(project, entries, targets, remote)
-    except Exception as exc:  # DVC's errors: a missing object, an unreachable remote
-        raise StageRunError(
-            f"dvc pull {' '.join(targets)}", 1, f"{type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def report_inputs(entries: Mapping[str, dict]) -> list[str]:
-    """What the run report reads of the night's outputs: all of them but the models."""
-    models = paths.MODELS.as_posix()
-    return sorted(out for out in handover.outputs(entries) if not handover.covers(models, out))
+        handover.restore(project, todo, remote)
+    except handover.DvcCommandError as exc:
+        code = stage_exit_code(exc.code, exc.output)
+        why = exc.output
+        if code in FINAL_EXIT_CODES:
+            why += "\n(an upstream stage's run for tonight is not in the remote: clear its task)"
+        raise StageRunError(f"restore {' '.join(todo)}", code, why) from exc
+    return todo

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 DVC_YAML = """
 stages:
   window:
-    cmd: python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['ingest']['window']['end'])" > night.txt
+    cmd: python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['ingest']['window']['end'])" > night.txt && echo window >> ran.log
     params: [ingest.window]
     outs: [night.txt]
   count:
@@ -86,30 +86,64 @@ def test_the_commands_exit_code_decides_retry(project):
 
 
 def test_two_clones_run_one_night_through_a_dvc_remote_alone(tmp_path):
-    """Clone A runs window, clone B runs count: B pulls exactly count's input (night.txt)
-    from the remote; A then receives count's output the same way. No folder is shared but
-    the remote."""
+    """Clone A runs window, clone B runs count: B restores window from the remote's run
+    cache (DVC checks A's outputs out and writes window's dvc.lock entry; window does not run
+    in B); A then restores count the same way. No folder is shared but the remote."""
     remote = tmp_path / "remote"
     a = make_project(tmp_path / "a", remote)
     b = make_project(tmp_path / "b", remote)
-    window = nightly.run_stage(a, "window", NIGHT, remote="store")
-    assert set(window["entries"]) == {"window"}
-    assert handover.inputs_of(b, "count", window["entries"]) == ["night.txt"]
+    assert nightly.run_stage(a, "window", NIGHT, remote="store")["ran"] == ["window"]
 
-    counted = nightly.run_stage(
-        b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
-    )
+    counted = nightly.run_stage(b, "count", NIGHT, ["window"], remote="store")
     assert counted["ran"] == ["count"] and counted["project"] == str(b)
-    assert (b / "night.txt").read_text().strip() == "2026-10-28"  # pulled: A's output
-    assert handover.read_entries(b)["window"] == window["entries"]["window"]
+    assert (b / "night.txt").read_text().strip() == "2026-10-28"  # A's output
+    assert not (b / "ran.log").exists()  # restored, not run
+    assert handover.read_entries(b)["window"] == handover.read_entries(a)["window"]
 
-    nightly.receive(a, counted["entries"], ["count.txt"], "store")
+    assert nightly.restore(a, ["count"], "store") == ["count"]
     assert (a / "count.txt").read_bytes() == (b / "count.txt").read_bytes()
+    assert (a / "ran.log").read_text() == "window\n"  # window ran once, in A
+    assert nightly.restore(a, ["count"], "store") == []  # already there: nothing to do
     assert "end: '2026-10-28'" in (b / "params.yaml").read_text()  # each clone's own night
-    again = nightly.run_stage(
-        b, "count", NIGHT, ["window"], remote="store", handed=window["entries"]
-    )
+    again = nightly.run_stage(b, "count", NIGHT, ["window"], remote="store")
     assert again["ran"] == []  # a rerun of the task: nothing to do
+
+
+def test_a_stage_missing_from_the_remote_is_refused_not_run_again(tmp_path):
+    """B needs an upstream stage whose run A never pushed: DVC would run it in B, and the
+    stage command refuses (a stage's work runs once a night, on the worker of its task)."""
+    remote = tmp_path / "remote"
+    a = make_project(tmp_path / "a", remote)
+    b = make_project(tmp_path / "b", remote)
+    pipeline = DVC_YAML + UNPUSHED
+    for clone in (a, b):
+        (clone / "dvc.yaml").write_text(pipeline)
+    nightly.set_night(a, NIGHT)
+    with pytest.raises(nightly.StageRunError, match="not run here") as err:
+        nightly.run_stage(b, "count_ingested", NIGHT, ["ingest"], remote="store")
+    assert err.value.final and "clear its task" in err.value.tail
+    assert not (b / "ingested.txt").exists()
+
+
+def test_a_night_across_workers_needs_every_output_in_the_cache(tmp_path):
+    project = make_project(tmp_path / "a", tmp_path / "remote")
+    (project / "dvc.yaml").write_text(DVC_YAML + "    metrics: [{m.json: {cache: false}}]\n")
+    with pytest.raises(nightly.StageRunError, match=r"cache: false.*check: m.json") as err:
+        nightly.run_stage(project, "window", NIGHT, remote="store")
+    assert err.value.final
+
+
+# a real stage command (`python -m shopflow ingest`): refused before it reads anything
+UNPUSHED = """
+  ingest:
+    cmd: python -m shopflow ingest
+    params: [ingest.window]
+    outs: [ingested.txt]
+  count_ingested:
+    cmd: wc -c ingested.txt > ingested_count.txt
+    deps: [ingested.txt]
+    outs: [ingested_count.txt]
+"""
 
 
 SLOW_STAGE = """
