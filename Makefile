@@ -9,10 +9,6 @@ BIN := $(VENV)/bin
 # Where the CPU build of torch comes from when no local wheel folder (PIP_FIND_LINKS) is set.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`: a test file stays on one worker (module fixtures);
-# much of the suite is single-threaded (interpreter start-up, imports, servers), so two
-# workers keep both cores busy
-TEST_WORKERS ?= 2
 DATE ?=
 
 # Offline by default: nothing may be downloaded at run time, and no usage tracking.
@@ -86,7 +82,7 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 	  else echo "== no chromium (install Debian's chromium package): the report-rendering tests will skip"; fi; }
 
 test: setup browser cluster-deps lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
 	$(BIN)/pytest -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)
