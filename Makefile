@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-online bench-logging bench-dag-parse bench-hostile bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
+.PHONY: help setup browser run report test test-fast lint typecheck format bench bench-train bench-serve bench-online bench-privacy bench-logging bench-dag-parse bench-hostile bench-drift gpu-check gpu-check-bundle gpu-check-device serve bento airflow airflow-cluster airflow-cluster-stop cluster-deps dag-test lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ bench-train: setup ## training samples/s and tokens/s per model and profile (+ M
 
 bench-drift: setup ## drift check: false alarms on quiet days, detection and delay per injected drift; Online Retail weeks
 	$(BIN)/python -m tools.bench drift
+
+bench-privacy: setup ## what DP costs: served test NDCG@10 without DP and at ε 8/3/1 (paired), training time, membership-inference AUC (after make run)
+	$(BIN)/python -m tools.bench privacy
 
 bench-online: setup ## online decision: sessions interleaving vs a 50/50 A/B test needs; false promotions over 200 A/A experiments
 	$(BIN)/python -m tools.bench online

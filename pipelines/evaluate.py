@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pandas as pd
 
 from shopflow.core import paths
 from shopflow.core.artifacts import (
     files_hash,
+    read_json,
     staged_dir,
     without_timings,
     write_json,
@@ -30,11 +32,18 @@ from shopflow.core.config import Params
 from shopflow.core.provenance import git_revision, params_hash
 from shopflow.data.tables import read_prepared
 from shopflow.evaluation.ab_test import baseline_means, compare_systems, headline
+from shopflow.evaluation.guardrails import privacy_guardrail
 from shopflow.evaluation.heldout import held_out
 from shopflow.evaluation.systems import System, challenger_system, champion_system
 from shopflow.release.registry import BASELINE_VERSION, Registry, champion_bundle, now
 
 log = logging.getLogger(__name__)
+
+
+def privacy_of(retriever: Path) -> dict | None:
+    """A retriever's privacy record (None: trained without DP)."""
+    meta = retriever / "shopflow.json"
+    return read_json(meta).get("privacy") if meta.exists() else None
 
 
 def run(params: Params) -> dict:
@@ -53,7 +62,12 @@ def run(params: Params) -> dict:
         "challenger": challenger_system(params, split),
         "champion": champion_system(bundle, split, params),
     }
-    comparison = compare_systems(systems, split, tables, params)
+    privacy = {
+        "challenger": privacy_of(paths.RETRIEVER),
+        "champion": privacy_of(bundle / "retriever") if bundle else None,
+    }
+    rails = privacy_guardrail(params, privacy["challenger"], privacy["champion"])
+    comparison = compare_systems(systems, split, tables, params, rails)
     reranker = paths.RERANKER
     result = {
         **comparison.result,
@@ -72,6 +86,7 @@ def run(params: Params) -> dict:
         "params_hash": params_hash(params.model_dump(mode="json", by_alias=True)),
         "git_revision": git_revision(),
         "baselines": baseline_means(paths.BASELINES),
+        **({"privacy": privacy} if params.privacy.dp.enabled else {}),
         "seconds": round(time.perf_counter() - started, 1),
     }
     with staged_dir(paths.EVALUATION) as staging:

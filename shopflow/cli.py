@@ -46,12 +46,13 @@ class StageCommand:
         importlib.import_module(f"pipelines.{self.stage}").run(params, **given)
 
 
-def _show_params(params: Params, args: argparse.Namespace) -> None:
+def _show_params(params: Params | None, args: argparse.Namespace) -> None:
     if args.write:
         overrides = [*args.set, *getattr(args, "set_after", [])]
         written = write_params(args.params, overrides)
         print(f"{written}: composed from {paths.CONF}/ with {overrides or 'no overrides'}")
         return
+    assert params is not None
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
 
@@ -346,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     recorded = runlog.recorded(args.command) if isinstance(command, StageCommand) else None
     try:
         with recorded or contextlib.nullcontext():
-            params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
-            command(params, args)
+            if command is _show_params and args.write:  # composes conf/ afresh: an
+                _show_params(None, args)  # outdated params.yaml is what it replaces
+            else:
+                params = load_params(args.params, [*args.set, *getattr(args, "set_after", [])])
+                command(params, args)
     except ShopflowError as exc:
         if debug:
             traceback.print_exc()

@@ -508,6 +508,33 @@ class OnlineConfig(Section):
     decision: OnlineDecisionConfig
 
 
+class DpConfig(Section):
+    """User-level differentially private fine-tuning of the retriever (docs/privacy.md):
+    DP-SGD with the customer, not the event, as the unit that is sampled and clipped."""
+
+    enabled: bool = Field(description="train the retriever with user-level DP-SGD")
+    epsilon: float = Field(gt=0, description="the budget ε one training run may spend")
+    delta: float | None = Field(
+        gt=0, lt=1, description="δ; null: 1 / (10 × the customers in the training data)"
+    )
+    max_grad_norm: float = Field(gt=0, description="each customer's gradient is clipped to this")
+    users_per_step: int = Field(ge=1, description="customers sampled per step (Poisson, expected)")
+    max_examples_per_user: int = Field(ge=1, description="a sampled customer's examples per step")
+    public_negatives: int = Field(
+        ge=1, description="random catalogue products each customer's queries are scored against"
+    )
+    accountant: Literal["prv", "rdp"] = Field(description="Opacus's privacy accountant")
+    audit_share: float = Field(
+        ge=0, lt=0.5, description="customers held out of training for the membership check"
+    )
+
+
+class PrivacyConfig(Section):
+    """What training may learn about one customer."""
+
+    dp: DpConfig
+
+
 class Params(Section):
     """The effective configuration of one run."""
 
@@ -533,6 +560,17 @@ class Params(Section):
     airflow: AirflowConfig
     report: ReportConfig
     online: OnlineConfig
+    privacy: PrivacyConfig
+
+    @model_validator(mode="after")
+    def _private_models_only(self) -> Params:
+        if self.privacy.dp.enabled and self.reranker.click_share > 0:
+            raise ValueError(
+                "privacy.dp.enabled: the cross-encoder (reranker) has no DP training and learns "
+                f"from customers' clicks (reranker.click_share {self.reranker.click_share}): "
+                "set reranker.click_share=0 (graded judgments only: no customer data)"
+            )
+        return self
 
 
 def flatten(tree: object, prefix: str = "") -> list[tuple[str, object]]:

@@ -24,7 +24,7 @@ import pandas as pd
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
 from shopflow.evaluation import interleaving, ranking, recommend, significance
-from shopflow.evaluation.gate import decide
+from shopflow.evaluation.gate import Guardrail, decide
 from shopflow.evaluation.guardrails import beyond_accuracy, guardrails, query_slices
 from shopflow.evaluation.heldout import HeldOut
 from shopflow.evaluation.systems import TOP, System
@@ -165,10 +165,15 @@ class Comparison:
 
 
 def compare_systems(
-    systems: dict[str, System], split: HeldOut, tables: dict[str, pd.DataFrame], params: Params
+    systems: dict[str, System],
+    split: HeldOut,
+    tables: dict[str, pd.DataFrame],
+    params: Params,
+    extra_rails: Sequence[Guardrail] = (),
 ) -> Comparison:
     """Score `systems["challenger"]` and `systems["champion"]` on the held-out split and decide
-    (the gate's verdict, reasons, checks and every number behind them)."""
+    (the gate's verdict, reasons, checks and every number behind them). `extra_rails`: checks
+    that need no scoring (the privacy budget)."""
     ev = params.evaluation
     scored = {}
     for name, system in systems.items():
@@ -217,7 +222,7 @@ def compare_systems(
         systems["champion"].kind,
         params,
     )
-    decision = decide(primary, simulated, rails, params.gate)
+    decision = decide(primary, simulated, [*rails, *extra_rails], params.gate)
     log.info("decision: %s — %s", decision["verdict"].upper(), "; ".join(decision["reasons"]))
     summary = {
         name: {

@@ -229,3 +229,28 @@ def guardrails(
             )
         )
     return rails, slice_table
+
+
+def privacy_guardrail(params: Params, challenger: dict | None, champion: dict | None) -> list:
+    """With `privacy.dp.enabled`, the challenger's spent ε must be within the budget; a
+    challenger trained without DP has spent an unbounded ε and fails. `challenger` and
+    `champion`: the retriever's privacy records (None: trained without DP). None with DP off:
+    privacy is then not gated."""
+    dp = params.privacy.dp
+    if not dp.enabled:
+        return []
+
+    def spent(record: dict | None) -> float:
+        return float(record["epsilon_spent"]) if record else np.inf
+
+    return [
+        Guardrail(
+            "privacy ε spent",
+            spent(challenger),
+            spent(champion),
+            np.inf,
+            higher_is_better=False,
+            limit=dp.epsilon,
+            note="user-level DP-SGD of the retriever (privacy.dp): ε within the budget",
+        )
+    ]

@@ -197,6 +197,8 @@ def _decision_summary(decision: dict) -> dict:
     }
     if decision.get("interleaving"):
         out["interleaving_win_rate"] = decision["interleaving"]["win_rate"]
+    if (decision.get("privacy") or {}).get("challenger"):
+        out["privacy_epsilon"] = decision["privacy"]["challenger"]["epsilon_spent"]
     return out
 
 

@@ -72,6 +72,7 @@ def describe(model: Any, engine: SearchEngine, adaptive_batching: bool, api_key:
         "created_at": meta.get("created_at"),
         "promoted_at": meta.get("promoted_at") or os.environ.get("SHOPFLOW_PROMOTED_AT"),
         "metrics": meta.get("metrics", {}),
+        "privacy": meta.get("privacy"),
         "reranker": engine.reranker is not None,
         "feature_ranker": engine.ranker is not None,
         "first_stage": engine.first_stage,

@@ -14,6 +14,7 @@ split before the runtime is chosen (`choose_onnx`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -89,6 +90,9 @@ def save_model(
             "metrics": stage_test_metrics(models_dir),
             **(metadata or {}),
         }
+        privacy = privacy_record(models_dir)
+        if privacy is not None:  # trained with DP (BentoML's metadata holds no None)
+            meta["privacy"] = privacy
         model_labels = {
             "source": params.ingest.source,
             "model_version": version,
@@ -104,6 +108,12 @@ def save_model(
         saved = str(model.tag)
     log.info("saved %s (version %s)", saved, version)
     return saved
+
+
+def privacy_record(models_dir: Path) -> dict | None:
+    """The retriever's differential-privacy record (ε spent, δ, noise): None without DP."""
+    meta = models_dir / "retriever" / "shopflow.json"
+    return json.loads(meta.read_text(encoding="utf-8")).get("privacy") if meta.exists() else None
 
 
 def current_model(params: Params) -> str:

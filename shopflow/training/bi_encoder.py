@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ import torch
 from shopflow.core import paths
 from shopflow.core.artifacts import files_hash, write_json, write_parquet
 from shopflow.core.config import RetrieverConfig
+from shopflow.core.errors import ConfigError
 from shopflow.data.features import product_text
 from shopflow.data.tables import read_prepared
+from shopflow.evaluation.membership import loss_threshold_auc
 from shopflow.evaluation.offline import bi_encoder_scores, summarize
 from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder, TextEncoder
@@ -40,6 +43,7 @@ from shopflow.models.popularity import popularity, popularity_prior
 from shopflow.models.tokens import pad, tokenize
 from shopflow.training.loop import Fitted, Runtime, batch_order, shard
 from shopflow.training.losses import contrastive_loss
+from shopflow.training.privacy import PrivacyPlan, SecretDraws, plan, private_gradient
 from shopflow.training.retrieval_examples import (
     NO_NEGATIVE,
     Examples,
@@ -48,6 +52,7 @@ from shopflow.training.retrieval_examples import (
     validation_examples,
 )
 from shopflow.training.trainer import TrainingTask, training_figures
+from shopflow.training.user_level import Units, hold_out_customers
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,12 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
 
     @property
     def samples_per_step(self) -> int:
-        return self.knobs.batch_size
+        """Examples per step; customers per step (expected) when training privately."""
+        return self.plan.users_per_step if self.plan else self.knobs.batch_size
+
+    @property
+    def private(self) -> bool:
+        return self.plan is not None
 
     def setup(self, runtime: Runtime) -> TextEncoder:
         from transformers import AutoTokenizer
@@ -108,6 +118,18 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             self.tables, cfg.bm25_negative_depth, Bm25Settings.load(paths.BM25_SETTINGS)
         )
         examples = training_examples(self.tables, params, negatives)
+        dp = params.privacy.dp
+        examples, self.outsiders = hold_out_customers(examples, dp.audit_share, params.seed)
+        self.plan: PrivacyPlan | None = None
+        if dp.enabled:
+            if runtime.world_size > 1:
+                raise ConfigError(
+                    f"privacy.dp.enabled: private training runs in one process, not "
+                    f"{runtime.world_size} (its per-customer gradients are not all-reduced)"
+                )
+            self.units = Units.of(examples)
+            self.plan = plan(dp, len(self.units), cfg.steps)
+            self.draws = SecretDraws()
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
         model = TextEncoder.from_pretrained(paths.ENCODER).to(runtime.device)
@@ -129,13 +151,18 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             "relevant_at": self.params.evaluation.relevant_at,
             "seed": self.params.seed,
             "world": runtime.world_size,
+            "privacy": self.params.privacy.dp.model_dump(),
         }
 
     def batch_loss(
-        self, forward: torch.nn.Module, batches: Batches, index: np.ndarray
+        self,
+        forward: torch.nn.Module,
+        batches: Batches,
+        index: np.ndarray,
+        public: tuple[np.ndarray, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """InfoNCE of the examples at `index`: their queries against their positives and the
-        hard negatives they have."""
+        hard negatives they have, and the `public` products (rows, vectors) when given."""
         dev, pad_id = self.runtime.device, self.tokenizer.pad_token_id
         examples = batches.examples
         positives = examples.positives[index]
@@ -151,16 +178,51 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             self.tokens += sum(int(mask.sum()) for _, mask in padded)
         with self.runtime.autocast():
             vectors = forward(*[(ids.to(dev), mask.to(dev)) for ids, mask in padded])
-        candidates = torch.as_tensor(np.concatenate([positives, negatives]), device=dev)
+        rows, items = [positives, negatives], list(vectors[1:])
+        if public is not None:
+            rows.append(public[0])
+            items.append(public[1])
+        candidates = torch.as_tensor(np.concatenate(rows), device=dev)
         return contrastive_loss(
             vectors[0],
-            torch.cat(vectors[1:]),
+            torch.cat(items),
             torch.as_tensor(positives, device=dev),
             candidates,
             self.knobs.temperature,
         )
 
+    def public_products(self, forward: torch.nn.Module, rows: np.ndarray) -> torch.Tensor:
+        """Item vectors of catalogue products (public data), without gradients."""
+        ids, mask = pad([self.item_tokens[p] for p in rows], self.tokenizer.pad_token_id)
+        dev = self.runtime.device
+        with torch.no_grad(), self.runtime.autocast():
+            return forward((ids.to(dev), mask.to(dev)))[0].detach()
+
+    def private_loss(self, forward: torch.nn.Module) -> torch.Tensor:
+        """One user-level DP-SGD step (`training.privacy`): Poisson-sampled customers, each
+        one's loss on their own examples against random catalogue products, so that no
+        customer's loss reads another's data. Sets the gradients; returns the mean loss."""
+        assert self.plan is not None
+        dp = self.params.privacy.dp
+        sampled = self.draws.sample(len(self.units), self.plan.sample_rate)
+        rows = self.draws.numbers.choice(len(self.item_tokens), dp.public_negatives, replace=False)
+        public = (rows, self.public_products(forward, rows))
+        losses = [
+            partial(
+                self.batch_loss,
+                forward,
+                self.train_batches,
+                self.draws.subset(self.units.rows[unit], dp.max_examples_per_user),
+                public,
+            )
+            for unit in sampled
+        ]
+        parameters = [p for p in forward.parameters() if p.requires_grad]
+        return torch.tensor(private_gradient(parameters, losses, self.plan, self.draws))
+
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
+        if self.plan is not None:
+            return self.private_loss(forward)
         size = len(self.train_batches.examples)
         index = shard(
             batch_order(size, self.knobs.batch_size, self.params.seed, step), self.runtime
@@ -203,6 +265,11 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             "popularity_prior": prior,
             "train": {"examples": sources, **training_figures(self, fitted, runtime)},
         }
+        if self.plan is not None:
+            result["privacy"] = self.plan.record(fitted.resumed_from + fitted.steps_run)
+            log.info("retriever: private, ε spent %.3f of %g", *self.spent(result))
+        if self.outsiders is not None:
+            result["membership"] = self.membership_audit(model)
         log.info("retriever on the test split: %s", result["test"])
         return result
 
@@ -217,10 +284,54 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             "base_model": self.params.models.base,
             "metrics": result["test"],
         }
+        if "privacy" in result:
+            meta["privacy"] = result["privacy"]
         write_json(folder / "shopflow.json", meta)
         self.encoder.save_index(folder / "index")
         for task, frame in self.per_query.items():
             write_parquet(frame, paths.evaluation_of(folder) / f"{task}.parquet")
+
+    @staticmethod
+    def spent(result: dict) -> tuple[float, float]:
+        return result["privacy"]["epsilon_spent"], result["privacy"]["epsilon"]
+
+    @torch.no_grad()
+    def membership_audit(self, model: TextEncoder) -> dict:
+        """The loss-threshold attack (`evaluation.membership`) on the held-out customers
+        against as many trained ones, each customer's loss on up to 8 of their examples
+        against the same random catalogue products."""
+        assert self.outsiders is not None
+        model.eval()
+        rng = np.random.default_rng(self.params.seed)
+        outsiders = Batches.of(self.outsiders, self.tokenizer, self.knobs.max_query_len)
+        held, trained = Units.of(self.outsiders), Units.of(self.train_batches.examples)
+        customers = trained.customers()
+        members = rng.choice(customers, min(len(held), len(customers)), replace=False)
+        rows = rng.choice(len(self.item_tokens), self.params.privacy.dp.public_negatives, False)
+        public = (rows, self.public_products(model, rows))
+
+        def losses(batches: Batches, units: Units, which) -> np.ndarray:
+            return np.array(
+                [self.batch_loss(model, batches, units.rows[u][:8], public).item() for u in which]
+            )
+
+        member = losses(self.train_batches, trained, members)
+        outsider = losses(outsiders, held, range(len(held)))
+        auc = loss_threshold_auc(member, outsider)
+        log.info(
+            "membership audit: loss-threshold attack AUC %.3f (%d members, %d outsiders)",
+            auc,
+            len(member),
+            len(outsider),
+        )
+        return {
+            "attack": "loss threshold",
+            "auc": auc,
+            "members": len(member),
+            "outsiders": len(outsider),
+            "member_loss": float(member.mean()),
+            "outsider_loss": float(outsider.mean()),
+        }
 
     def summary(self, result: dict) -> dict[str, float]:
         return {f"{t}/{m}": v for t, values in result["test"].items() for m, v in values.items()}

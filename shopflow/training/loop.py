@@ -275,6 +275,7 @@ def train_steps(
     valid_history: list[tuple[int, float]],
     validate: Callable[[], float] | None = None,
     max_grad_norm: float = 1.0,
+    private: bool = False,
 ) -> Iterator[int]:
     """Run optimisation steps [start_step, total_steps); yields each finished step number.
 
@@ -284,14 +285,18 @@ def train_steps(
 
     The global RNG (dropout) is re-seeded from (seed, step) before every step, so a resumed
     run draws the same dropout masks as an uninterrupted one.
+
+    `private`: `loss_of_step` has set the gradients itself (clipped per customer and noised,
+    `training.privacy`); the step only applies them.
     """
     model.train()
     for step in range(start_step, total_steps):
         torch.manual_seed(seed * 104_729 + step)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of_step(step)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if not private:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         value = float(loss.detach())
@@ -336,6 +341,7 @@ def fit(
     loss_of_step: Callable[[torch.nn.Module, int], torch.Tensor],
     validate: Callable[[torch.nn.Module], float] | None = None,
     head: Head | None = None,
+    private: bool = False,
 ) -> Fitted:
     """Train `model` for `cfg.steps` steps, resuming from this run's last checkpoint if any.
 
@@ -344,7 +350,8 @@ def fit(
     `forward` (the model wrapped for DDP and, on CUDA with `compile`, torch.compile).
     `validate(model)` computes a held-out loss (no gradients; every rank computes the same):
     before the first step, at every checkpoint step and after the last. `head`: parameters
-    trained at a learning rate of their own (see `make_optimizer`).
+    trained at a learning rate of their own (see `make_optimizer`). `private`: see
+    `train_steps`.
     """
     ddp_model = wrap_ddp(model, runtime)
     forward = ddp_model
@@ -383,6 +390,7 @@ def fit(
         history=history,
         validate=check if validate is not None else None,
         valid_history=valid_history,
+        private=private,
     ):
         pass
     seconds = time.perf_counter() - started - validating

@@ -27,16 +27,20 @@ from shopflow.models.lexical import BM25, Bm25Settings
 log = logging.getLogger(__name__)
 
 NO_NEGATIVE = -1
+COLUMNS = ["query_text", "positive", "negative", "source", "unit"]
 
 
 @dataclass
 class Examples:
-    """Training examples: query texts and product row numbers (NO_NEGATIVE: in-batch only)."""
+    """Training examples: query texts and product row numbers (NO_NEGATIVE: in-batch only),
+    and whose data each one is (`units`: the customer's pseudonymous key, or `judged:<query>`
+    for an annotator's judgment): the unit private training samples and clips."""
 
     queries: list[str]
     positives: np.ndarray
     negatives: np.ndarray
     sources: np.ndarray
+    units: np.ndarray
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -47,6 +51,7 @@ class Examples:
             self.positives[index],
             self.negatives[index],
             self.sources[index],
+            self.units[index],
         )
 
 
@@ -69,8 +74,8 @@ def judgment_examples(
             p for p in bm25_hits.get(query, ())[bm25_skip:] if p not in seen[query]
         ]
         negative = pool[rng.integers(len(pool))] if pool else None
-        rows.append((query, product, negative, "judgments"))
-    return pd.DataFrame(rows, columns=["query_text", "positive", "negative", "source"])
+        rows.append((query, product, negative, "judgments", f"judged:{query}"))
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def click_examples(
@@ -87,7 +92,8 @@ def click_examples(
     history = dict(zip(histories["session_id"], histories["history"], strict=True))
     clicked = pairs[pairs["clicked"]]
     rows = []
-    for session, query, product in clicked[[*key, "product_id"]].itertuples(index=False):
+    columns = [*key, "product_id", "user_key"]
+    for session, query, product, user in clicked[columns].itertuples(index=False):
         shown = skipped.get((session, query), ())
         negative = shown[rng.integers(len(shown))] if len(shown) else None
         recent = history.get(session)
@@ -95,8 +101,8 @@ def click_examples(
             text = query_text(query, [titles.get(p, "") for p in recent], history_items)
         else:
             text = query
-        rows.append((text, product, negative, "clicks"))
-    return pd.DataFrame(rows, columns=["query_text", "positive", "negative", "source"])
+        rows.append((text, product, negative, "clicks", user))
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def purchase_examples(
@@ -110,6 +116,7 @@ def purchase_examples(
             "positive": sequences["product_id"].to_numpy(),
             "negative": None,
             "source": "purchases",
+            "unit": sequences["user_key"].to_numpy(),
         }
     )
 
@@ -170,6 +177,7 @@ def training_examples(
         positives=examples["positive"].map(row).to_numpy(int),
         negatives=negatives.to_numpy(),
         sources=examples["source"].to_numpy(),
+        units=examples["unit"].astype(str).to_numpy(),
     )
 
 

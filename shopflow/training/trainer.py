@@ -82,6 +82,11 @@ class TrainingTask(ABC, Generic[Model]):
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
         """The loss of global step `step` on this rank's shard, computed with `forward`."""
 
+    @property
+    def private(self) -> bool:
+        """True when `loss` sets the step's gradients itself (user-level DP-SGD)."""
+        return False
+
     def head(self, model: Model) -> Head | None:
         """Parameters that start untrained and their learning rate (None: one rate for all)."""
         return None
@@ -126,6 +131,7 @@ def train(task: TrainingTask[Model]) -> dict:
             loss_of_step=task.loss,
             validate=task.validator(),
             head=task.head(model),
+            private=task.private,
         )
         if not runtime.is_main:
             return {}

@@ -18,6 +18,7 @@ BENCHES = (
     "drift",
     "dag-parse",
     "gpu",
+    "privacy",
 )
 
 
@@ -37,7 +38,7 @@ def add_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--profiles", nargs="*", help="train: profiles to measure")
     cmd.add_argument("--steps", type=int, default=10, help="train: timed steps")
     cmd.add_argument("--events", type=int, default=1_000_000, help="events in the day")
-    cmd.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+    cmd.add_argument("--workdir", type=Path, default=None, help="scratch; privacy: the project")
 
 
 def run(params: Params, what: str, options: argparse.Namespace) -> None:
@@ -75,6 +76,10 @@ def run(params: Params, what: str, options: argparse.Namespace) -> None:
         from tools.bench.gpu_check import RESULT, gpu_check
 
         gpu_check(None, RESULT, params_path=options.params)
+    elif what == "privacy":
+        from tools.bench.privacy import privacy_cost
+
+        privacy_cost(options.workdir or Path.cwd())
     elif what == "train":
         import torch
 

@@ -1,0 +1,204 @@
+"""User-level differential privacy for fine-tuning: DP-SGD with the customer as the unit.
+
+One customer contributes many events (searches, clicks, purchases), so a guarantee about one
+event says little about a customer. Here the unit is the customer (McMahan et al., ICLR 2018,
+"Learning differentially private recurrent language models"). Every step
+
+1. samples customers by Poisson sampling: each one independently with rate
+   q = users_per_step / customers, the sampling the accountant assumes;
+2. computes each sampled customer's loss on (at most `max_examples_per_user` of) their own
+   examples only, and its gradient, clipped to `max_grad_norm` (C): whatever one customer
+   did, their share of the step's gradient is at most C;
+3. sums the clipped gradients, adds Gaussian noise of standard deviation σ·C and divides by
+   the expected number of customers per step.
+
+σ (the noise multiplier) is the smallest that keeps the run within (ε, δ) after all its
+steps, found with Opacus's accountant (PRV by default; `opacus.accountants`); the ε actually
+spent is computed by the same accountant from the steps run and recorded with the model.
+
+The sampling and the noise draw from the operating system's random source, not from the
+project's seed: an adversary who knows the seed (it is in params.yaml) would know who was
+sampled and could subtract the noise. A private run is therefore not reproducible, by design.
+This is not Opacus's `secure_mode` (no defence against floating-point attacks on the noise).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from shopflow.core.config import DpConfig
+from shopflow.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Beyond this much noise a step's gradient is mostly noise (a customer's share is at most
+# 1/users_per_step of σ·C): a budget that needs more is refused, not searched for at length.
+MAX_NOISE_MULTIPLIER = 50.0
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The noise a private run adds and what it spends, fixed before training starts."""
+
+    epsilon: float  # the budget
+    delta: float
+    noise_multiplier: float  # σ
+    sample_rate: float  # q
+    steps: int
+    units: int  # customers in the training data
+    max_grad_norm: float  # C
+    users_per_step: int
+    accountant: str
+
+    def spent(self, steps: int | None = None) -> float:
+        """ε spent after `steps` steps (default: all), by the plan's accountant."""
+        return spent_epsilon(
+            self.noise_multiplier,
+            self.sample_rate,
+            self.steps if steps is None else steps,
+            self.delta,
+            self.accountant,
+        )
+
+    def record(self, steps: int | None = None) -> dict:
+        """What the model's metadata, the metrics and the registry keep."""
+        return {"unit": "customer", **asdict(self), "epsilon_spent": self.spent(steps)}
+
+
+def spent_epsilon(sigma: float, rate: float, steps: int, delta: float, accountant: str) -> float:
+    """ε of `steps` Poisson-sampled Gaussian steps (σ, q) at δ, by Opacus's accountant."""
+    from opacus.accountants import create_accountant
+
+    if steps == 0:
+        return 0.0
+    counter = create_accountant(accountant)
+    counter.history = [(sigma, rate, steps)]
+    with warnings.catch_warnings():  # at large σ the bound's best order is the range's end
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(counter.get_epsilon(delta))
+
+
+def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
+    """The noise multiplier for `steps` steps over `units` customers within the budget;
+    a clear error naming the key when the budget cannot be met."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if units < 2:
+        raise ConfigError(
+            f"privacy.dp: {units} customer(s) in the training data: nothing to hide in"
+        )
+    delta = cfg.delta if cfg.delta is not None else 1 / (10 * units)
+    if delta >= 1 / units:
+        raise ConfigError(
+            f"privacy.dp.delta {delta:g} is not below 1 / customers (1/{units} = {1 / units:.3g}): "
+            "a mechanism that reveals one whole customer's data with probability δ would meet it"
+        )
+    if cfg.users_per_step >= units:
+        raise ConfigError(
+            f"privacy.dp.users_per_step {cfg.users_per_step} is not below the {units} customers "
+            "in the training data: sampling would not hide who took part"
+        )
+    rate = cfg.users_per_step / units
+    floor = spent_epsilon(MAX_NOISE_MULTIPLIER, rate, steps, delta, cfg.accountant)
+    if floor > cfg.epsilon:
+        raise ConfigError(
+            f"privacy.dp.epsilon {cfg.epsilon:g} cannot be met for {steps} steps sampling "
+            f"{cfg.users_per_step} of {units} customers at δ={delta:.3g}: even a noise "
+            f"multiplier of {MAX_NOISE_MULTIPLIER:g} spends ε={floor:.3g}; raise "
+            "privacy.dp.epsilon, or lower retriever.steps or privacy.dp.users_per_step"
+        )
+    try:
+        sigma = get_noise_multiplier(
+            target_epsilon=cfg.epsilon,
+            target_delta=delta,
+            sample_rate=rate,
+            steps=steps,
+            accountant=cfg.accountant,
+            epsilon_tolerance=0.01,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"privacy.dp.epsilon {cfg.epsilon:g} cannot be met for {steps} steps sampling "
+            f"{cfg.users_per_step} of {units} customers at δ={delta:.3g} ({exc}): raise "
+            "privacy.dp.epsilon, or lower retriever.steps or privacy.dp.users_per_step"
+        ) from None
+    found = PrivacyPlan(
+        cfg.epsilon,
+        delta,
+        float(sigma),
+        rate,
+        steps,
+        units,
+        cfg.max_grad_norm,
+        cfg.users_per_step,
+        cfg.accountant,
+    )
+    log.info(
+        "privacy: ε=%g δ=%.3g over %d steps, %d of %d customers per step (q=%.4f): noise "
+        "multiplier σ=%.3f, clip C=%g",
+        cfg.epsilon,
+        delta,
+        steps,
+        cfg.users_per_step,
+        units,
+        rate,
+        sigma,
+        cfg.max_grad_norm,
+    )
+    return found
+
+
+class SecretDraws:
+    """Who is sampled and the noise, from the OS's random source (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.numbers = np.random.default_rng(secrets.randbits(128))
+        self.noise = torch.Generator().manual_seed(secrets.randbits(63))
+
+    def sample(self, units: int, rate: float) -> np.ndarray:
+        """Poisson sampling: each unit independently with probability `rate` (may be empty)."""
+        return np.flatnonzero(self.numbers.random(units) < rate)
+
+    def subset(self, rows: np.ndarray, most: int) -> np.ndarray:
+        """At most `most` of a customer's example rows, drawn without replacement."""
+        return rows if len(rows) <= most else self.numbers.choice(rows, most, replace=False)
+
+    def gaussian(self, like: torch.Tensor, std: float) -> torch.Tensor:
+        return torch.normal(0.0, std, like.shape, generator=self.noise).to(like.device, like.dtype)
+
+
+def private_gradient(
+    parameters: Sequence[torch.nn.Parameter],
+    user_losses: Sequence[Callable[[], torch.Tensor]],
+    plan: PrivacyPlan,
+    draws: SecretDraws,
+) -> float:
+    """Set each parameter's `.grad` to the step's private gradient: the sum of the users'
+    clipped gradients plus Gaussian noise (σ·C), over the expected users per step. Returns
+    the mean of the users' losses (for the learning curve: it reads the sampled users' data
+    and is not private; the curve is for the operator, not published with the model)."""
+    total = [torch.zeros_like(p) for p in parameters]
+    losses = []
+    for loss_of_user in user_losses:
+        loss = loss_of_user()
+        found = torch.autograd.grad(loss, parameters, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(parameters, found, strict=True)
+        ]
+        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        scale = min(1.0, plan.max_grad_norm / (norm + 1e-12))
+        for acc, g in zip(total, grads, strict=True):
+            acc.add_(g, alpha=scale)
+        losses.append(float(loss.detach()))
+    std = plan.noise_multiplier * plan.max_grad_norm
+    for p, acc in zip(parameters, total, strict=True):
+        p.grad = (acc + draws.gaussian(acc, std)) / plan.users_per_step
+    return float(np.mean(losses)) if losses else float("nan")

@@ -1,0 +1,143 @@
+"""User-level differential privacy (`training.privacy`): the accounting against Opacus's own
+accountant, the per-customer clipping and noise, the sampling, the units, the membership
+audit's AUC, and each bad setting refused before training with the key named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from shopflow.core.config import DpConfig
+from shopflow.core.errors import ConfigError
+from shopflow.evaluation.guardrails import privacy_guardrail
+from shopflow.evaluation.membership import loss_threshold_auc
+from shopflow.training.privacy import SecretDraws, plan, private_gradient
+from shopflow.training.retrieval_examples import Examples
+from shopflow.training.user_level import Units, hold_out_customers
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.unit
+
+
+def dp(**given) -> DpConfig:
+    settings = {
+        "enabled": True,
+        "epsilon": 3.0,
+        "delta": None,
+        "max_grad_norm": 1.0,
+        "users_per_step": 100,
+        "max_examples_per_user": 4,
+        "public_negatives": 16,
+        "accountant": "prv",
+        "audit_share": 0.0,
+    }
+    return DpConfig(**(settings | given))
+
+
+@pytest.mark.parametrize("name, counter", [("prv", PRVAccountant), ("rdp", RDPAccountant)])
+def test_the_planned_noise_spends_the_budget_by_the_librarys_own_accountant(name, counter):
+    """A planted schedule: 1,000 steps sampling 100 of 10,000 customers, ε=3, δ=1e-5. The
+    library's accountant, stepped once per training step, agrees with the plan's figure."""
+    found = plan(dp(accountant=name, delta=1e-5), units=10_000, steps=1_000)
+    assert found.sample_rate == pytest.approx(0.01)
+    accountant = counter()
+    for _ in range(1_000):  # the schedule as Opacus's optimizer records it, step by step
+        accountant.step(noise_multiplier=found.noise_multiplier, sample_rate=0.01)
+    stepped = accountant.get_epsilon(delta=1e-5)
+    assert stepped == pytest.approx(found.spent(), rel=1e-3)
+    assert 3.0 * 0.97 < found.spent() <= 3.0 + 0.01  # the smallest noise within the budget
+    assert found.spent(500) < found.spent()  # half the steps spend less
+    assert plan(dp(epsilon=1.0), 10_000, 1_000).noise_multiplier > found.noise_multiplier
+
+
+def test_delta_defaults_below_one_over_the_customers():
+    assert plan(dp(), units=5_000, steps=100).delta == pytest.approx(1 / 50_000)
+
+
+@pytest.mark.parametrize(
+    "given, units, steps, key",
+    [
+        ({"delta": 1e-3}, 1_000, 100, "privacy.dp.delta"),  # δ = 1/n: a whole customer leaks
+        ({"epsilon": 1e-3, "users_per_step": 500}, 1_000, 1_000, "privacy.dp.epsilon"),
+        ({"users_per_step": 1_000}, 1_000, 100, "privacy.dp.users_per_step"),
+    ],
+)
+def test_a_budget_that_cannot_be_met_is_refused_naming_the_key(given, units, steps, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        plan(dp(**given), units=units, steps=steps)
+
+
+def test_dp_on_a_model_without_dp_training_is_refused_before_any_stage_runs():
+    with pytest.raises(ConfigError, match=r"reranker\.click_share"):
+        tiny_params("privacy.dp.enabled=true", "reranker.click_share=0.5")
+    tiny_params("privacy.dp.enabled=true", "reranker.click_share=0")  # judgments only: fine
+
+
+def test_each_customer_moves_the_gradient_by_at_most_the_clip():
+    """Without noise, a step's gradient is the sum of the users' clipped gradients over the
+    expected users per step: huge losses cannot push it past n·C / users_per_step."""
+    weight = torch.nn.Parameter(torch.zeros(5))
+    found = plan(dp(epsilon=50.0, users_per_step=4, max_grad_norm=0.5), units=100, steps=10)
+    quiet = type(found)(**{**found.__dict__, "noise_multiplier": 0.0})
+    users = [lambda k=k: (1e6 * (k + 1) * weight * torch.arange(5.0)).sum() for k in range(3)]
+    private_gradient([weight], users, quiet, SecretDraws())
+    assert weight.grad is not None
+    assert float(weight.grad.norm()) == pytest.approx(3 * 0.5 / 4, rel=1e-5)
+    # and the noise has the planned scale: σ·C over the users per step
+    big = torch.nn.Parameter(torch.zeros(200_000))
+    private_gradient([big], [], found, SecretDraws())
+    expected = found.noise_multiplier * 0.5 / 4
+    assert float(big.grad.std()) == pytest.approx(expected, rel=0.02)
+
+
+def test_sampling_is_poisson_at_the_rate_and_not_seeded():
+    one, two = SecretDraws(), SecretDraws()
+    counts = [len(one.sample(10_000, 0.01)) for _ in range(50)]
+    assert np.mean(counts) == pytest.approx(100, rel=0.05) and len(set(counts)) > 1
+    assert not np.array_equal(one.sample(10_000, 0.5), two.sample(10_000, 0.5))
+
+
+def examples(units: list[str]) -> Examples:
+    n = len(units)
+    return Examples(
+        [f"q{i}" for i in range(n)],
+        np.arange(n),
+        np.full(n, -1),
+        np.array(["clicks"] * n),
+        np.array(units),
+    )
+
+
+def test_units_group_a_customers_examples_and_the_hold_out_takes_all_of_them():
+    given = examples(["a", "b", "a", "judged:x", "c", "a", "b", "judged:x"])
+    units = Units.of(given)
+    assert dict(zip(units.names, map(list, units.rows), strict=True)) == {
+        "a": [0, 2, 5],
+        "b": [1, 6],
+        "c": [4],
+        "judged:x": [3, 7],
+    }
+    assert sorted(units.names[units.customers()]) == ["a", "b", "c"]
+    kept, held = hold_out_customers(given, 0.34, seed=1)
+    assert held is not None and len(set(held.units)) == 1  # one of three customers
+    assert not set(held.units) & set(kept.units) and "judged:x" in set(kept.units)
+    assert len(kept) + len(held) == len(given)
+    assert hold_out_customers(given, 0.0, seed=1) == (given, None)
+
+
+def test_the_membership_audit_auc():
+    assert loss_threshold_auc(np.array([0.1, 0.2]), np.array([0.5, 0.9])) == 1.0
+    assert loss_threshold_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 0.0
+    same = np.random.default_rng(0).normal(size=(2, 4_000))
+    assert loss_threshold_auc(same[0], same[1]) == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_gate_refuses_a_challenger_over_budget_or_trained_without_dp():
+    params = tiny_params("privacy.dp.enabled=true", "reranker.click_share=0")
+    within = {"epsilon_spent": 2.9}
+    assert privacy_guardrail(tiny_params(), None, None) == []  # DP off: not gated
+    assert privacy_guardrail(params, within, None)[0].passed(0.05)
+    assert not privacy_guardrail(params, {"epsilon_spent": 9.0}, within)[0].passed(0.05)
+    assert not privacy_guardrail(params, None, within)[0].passed(0.05)
