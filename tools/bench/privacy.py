@@ -98,10 +98,12 @@ def privacy_cost(project: Path, epsilons: tuple[float, ...] = (8.0, 3.0, 1.0)) -
             "epsilon_spent": (metrics.get("privacy") or {}).get("epsilon_spent"),
             "noise_multiplier": (metrics.get("privacy") or {}).get("noise_multiplier"),
             "membership_auc": (metrics.get("membership") or {}).get("auc"),
-            "retriever_train_seconds": timed.get("train", {}).get("seconds"),
+            "retriever_train_seconds": timed.get("train.seconds"),
             "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
         }
         log.info("privacy bench: %s → %s", label, rows[label])
+        so_far = {"profile": base.profile, "source": base.ingest.source, "settings": rows}
+        write_json(RESULT, so_far)  # each setting as it finishes
     reference = per_query["no DP"]
     for label, scores in per_query.items():
         if label != "no DP":
