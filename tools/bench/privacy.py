@@ -34,9 +34,9 @@ JUDGMENTS_ONLY = "reranker.click_share=0"
 
 
 def settings(epsilons: tuple[float, ...]) -> dict[str, tuple[str, ...]]:
-    """Each setting's overrides: no DP as the pipeline trains, no DP with the judgments-only
-    reranker the private settings need, then DP at each ε."""
-    found = {"no DP": (AUDIT,), "no DP, judgments-only reranker": (AUDIT, JUDGMENTS_ONLY)}
+    """Each setting's overrides: no DP as the pipeline trains (the reference), DP at each ε,
+    then no DP with the judgments-only reranker the private settings need."""
+    found: dict[str, tuple[str, ...]] = {"no DP": (AUDIT,)}
     for epsilon in epsilons:
         found[f"DP ε={epsilon:g}"] = (
             AUDIT,
@@ -44,6 +44,7 @@ def settings(epsilons: tuple[float, ...]) -> dict[str, tuple[str, ...]]:
             "privacy.dp.enabled=true",
             f"privacy.dp.epsilon={epsilon:g}",
         )
+    found["no DP, judgments-only reranker"] = (AUDIT, JUDGMENTS_ONLY)
     return found
 
 
@@ -78,7 +79,7 @@ def served_ndcg(project: Path, overrides: tuple[str, ...]) -> pd.Series:
     return scored["search"].set_index("query")["ndcg@10"]
 
 
-def privacy_cost(project: Path, epsilons: tuple[float, ...] = (8.0, 3.0, 1.0)) -> dict:
+def privacy_cost(project: Path, epsilons: tuple[float, ...] = (8.0, 1.0, 3.0)) -> dict:
     """The table above for the project in `project` (its own profile and source)."""
     from shopflow.evaluation import significance
 
@@ -102,13 +103,10 @@ def privacy_cost(project: Path, epsilons: tuple[float, ...] = (8.0, 3.0, 1.0)) -
             "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
         }
         log.info("privacy bench: %s → %s", label, rows[label])
-        so_far = {"profile": base.profile, "source": base.ingest.source, "settings": rows}
-        write_json(RESULT, so_far)  # each setting as it finishes
-    reference = per_query["no DP"]
-    for label, scores in per_query.items():
+        reference = per_query["no DP"]  # the first setting
         if label != "no DP":
             paired = significance.compare(
-                scores.loc[reference.index],
+                per_query[label].loc[reference.index],
                 reference,
                 confidence=base.evaluation.confidence,
                 resamples=base.evaluation.resamples,
@@ -117,11 +115,11 @@ def privacy_cost(project: Path, epsilons: tuple[float, ...] = (8.0, 3.0, 1.0)) -
             rows[label]["vs_no_dp"] = {
                 k: paired[k] for k in ("difference", "ci_low", "ci_high", "p_value")
             }
-    result = {
-        "profile": base.profile,
-        "source": base.ingest.source,
-        "queries": len(reference),
-        "settings": rows,
-    }
-    write_json(RESULT, result)
+        result = {
+            "profile": base.profile,
+            "source": base.ingest.source,
+            "queries": len(reference),
+            "settings": rows,
+        }
+        write_json(RESULT, result)  # each setting as it finishes
     return result
