@@ -105,6 +105,21 @@ def test_write_params_then_set_params_keep_one_file_of_effective_values(tmp_path
     assert load_params(path).retriever.steps == 5  # a refused value never reaches the file
 
 
+def test_params_write_replaces_a_params_yaml_older_than_conf(tmp_path):
+    """After an upgrade adds a section to conf/, `shopflow params --write` composes afresh
+    (reading the old params.yaml first would refuse it for the missing section)."""
+    from shopflow.cli import main
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    old = yaml.safe_load((ROOT / "params.yaml").read_text())
+    old.pop("privacy")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="privacy"):
+        load_params(tmp_path / "params.yaml")
+    assert main(["--params", str(tmp_path / "params.yaml"), "params", "--write"]) == 0
+    assert (tmp_path / "params.yaml").read_text() == compose(tmp_path / "conf")
+
+
 def test_a_bad_params_yaml_is_named(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text().replace("  steps: 100", "  stepz: 100"))
