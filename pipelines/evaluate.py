@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pandas as pd
 
 from shopflow.core import paths
 from shopflow.core.artifacts import (
     files_hash,
-    read_json,
     staged_dir,
     without_timings,
     write_json,
@@ -36,14 +34,9 @@ from shopflow.evaluation.guardrails import privacy_guardrail
 from shopflow.evaluation.heldout import held_out
 from shopflow.evaluation.systems import System, challenger_system, champion_system
 from shopflow.release.registry import BASELINE_VERSION, Registry, champion_bundle, now
+from shopflow.serving.model_store import privacy_record
 
 log = logging.getLogger(__name__)
-
-
-def privacy_of(retriever: Path) -> dict | None:
-    """A retriever's privacy record (None: trained without DP)."""
-    meta = retriever / "shopflow.json"
-    return read_json(meta).get("privacy") if meta.exists() else None
 
 
 def run(params: Params) -> dict:
@@ -63,8 +56,8 @@ def run(params: Params) -> dict:
         "champion": champion_system(bundle, split, params),
     }
     privacy = {
-        "challenger": privacy_of(paths.RETRIEVER),
-        "champion": privacy_of(bundle / "retriever") if bundle else None,
+        "challenger": privacy_record(paths.MODELS),
+        "champion": privacy_record(bundle) if bundle else None,
     }
     rails = privacy_guardrail(params, privacy["challenger"], privacy["champion"])
     comparison = compare_systems(systems, split, tables, params, rails)

@@ -14,7 +14,6 @@ split before the runtime is chosen (`choose_onnx`).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -111,9 +110,10 @@ def save_model(
 
 
 def privacy_record(models_dir: Path) -> dict | None:
-    """The retriever's differential-privacy record (ε spent, δ, noise): None without DP."""
+    """The differential-privacy record (ε spent, δ, noise) of the retriever in `models_dir`
+    (the stage outputs, or a saved bundle): None without DP."""
     meta = models_dir / "retriever" / "shopflow.json"
-    return json.loads(meta.read_text(encoding="utf-8")).get("privacy") if meta.exists() else None
+    return read_json(meta).get("privacy") if meta.exists() else None
 
 
 def current_model(params: Params) -> str:
