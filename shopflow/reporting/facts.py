@@ -20,6 +20,7 @@ import yaml
 from shopflow.core import paths
 from shopflow.core.artifacts import read_json, with_timings
 from shopflow.core.config import Params
+from shopflow.core.errors import StageInputError
 from shopflow.core.provenance import params_hash
 from shopflow.orchestration import runlog
 from shopflow.release.registry import Registry
@@ -40,7 +41,13 @@ def read_fact(path: Path) -> dict | None:
 
 def pipeline_stages(project: Path) -> list[str]:
     """The stages of dvc.yaml, in the order they are written (the order they run in)."""
-    return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    pipeline = project / "dvc.yaml"
+    if not pipeline.is_file():
+        raise StageInputError(
+            f"no dvc.yaml in {project.resolve()}: run this in the project's folder (the one "
+            "with dvc.yaml and params.yaml)"
+        )
+    return list(yaml.safe_load(pipeline.read_text())["stages"])
 
 
 def stage_rows(stages: list[str], records: list[dict], run_id: str) -> list[dict]:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from shopflow.core.errors import DataValidationError
+from shopflow.core.errors import DataValidationError, StageInputError
 from shopflow.orchestration import runlog
 from shopflow.reporting import facts, pages
 from tests.conftest import ROOT
@@ -394,3 +394,8 @@ def test_timings_stay_out_of_what_dvc_hashes_and_come_back_in_the_report(tmp_pat
     )  # a slower run writes the same metrics file
     assert read_json(paths.timings("retriever"))["train.seconds"] == 3.0
     assert facts.training_section(tmp_path)["retriever"]["metrics"]["train"]["seconds"] == 3.0
+
+
+def test_a_folder_without_dvc_yaml_is_named_not_a_traceback(tmp_path):
+    with pytest.raises(StageInputError, match=r"no dvc\.yaml in .*project's folder"):
+        facts.pipeline_stages(tmp_path)
