@@ -523,6 +523,10 @@ class DpConfig(Section):
     public_negatives: int = Field(
         ge=1, description="random catalogue products each customer's queries are scored against"
     )
+    train_embeddings: bool = Field(
+        description="train the token embeddings privately too (false: frozen; they are half of "
+        "MiniLM's weights, so freezing them halves each customer's gradient and the noise)"
+    )
     accountant: Literal["prv", "rdp"] = Field(description="Opacus's privacy accountant")
     audit_share: float = Field(
         ge=0, lt=0.5, description="customers held out of training for the membership check"

@@ -134,6 +134,15 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
         model = TextEncoder.from_pretrained(paths.ENCODER).to(runtime.device)
+        if self.plan is not None and not dp.train_embeddings:
+            model.transformer.get_input_embeddings().weight.requires_grad_(False)
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info(
+                "privacy: token embeddings frozen (privacy.dp.train_embeddings: false); "
+                "%.1fM of %.1fM weights trained privately",
+                trained / 1e6,
+                sum(p.numel() for p in model.parameters()) / 1e6,
+            )
         self.item_texts = product_text(products)
         self.item_tokens = tokenize(self.tokenizer, self.item_texts, cfg.max_item_len)
         self.train_batches = Batches.of(examples, self.tokenizer, cfg.max_query_len)

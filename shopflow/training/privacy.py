@@ -25,7 +25,6 @@ This is not Opacus's `secure_mode` (no defence against floating-point attacks on
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import warnings
 from collections.abc import Callable, Sequence
@@ -190,12 +189,11 @@ def private_gradient(
     for loss_of_user in user_losses:
         loss = loss_of_user()
         found = torch.autograd.grad(loss, parameters, allow_unused=True)
-        grads = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(parameters, found, strict=True)
-        ]
-        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        used = [(acc, g) for acc, g in zip(total, found, strict=True) if g is not None]
+        grads = [g for _, g in used]
+        norm = float(torch.nn.utils.get_total_norm(grads))
         scale = min(1.0, plan.max_grad_norm / (norm + 1e-12))
-        for acc, g in zip(total, grads, strict=True):
+        for acc, g in used:
             acc.add_(g, alpha=scale)
         losses.append(float(loss.detach()))
     std = plan.noise_multiplier * plan.max_grad_norm

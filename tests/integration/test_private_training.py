@@ -9,6 +9,8 @@ import shutil
 
 import httpx
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from pipelines import evaluate, retriever
 from shopflow.core import paths
@@ -46,8 +48,10 @@ def test_a_private_retriever_records_its_epsilon_from_stage_to_report(shop, tmp_
         and stage["privacy"]["delta"] < 1 / (stage["privacy"]["units"])
     )
     assert 0 <= stage["membership"]["auc"] <= 1 and stage["membership"]["outsiders"] > 0
-    # the model
+    # the model, its token embeddings untouched (privacy.dp.train_embeddings: false)
     assert read_json(work / paths.RETRIEVER / "shopflow.json")["privacy"] == stage["privacy"]
+    trained, base = (word_embeddings(work / folder) for folder in (paths.RETRIEVER, paths.ENCODER))
+    assert torch.equal(trained, base)
 
     # the gate: a privacy check, passed within the budget
     run_in(work, evaluate.run, params)
@@ -70,3 +74,12 @@ def test_a_private_retriever_records_its_epsilon_from_stage_to_report(shop, tmp_
     assert run["training"]["retriever"]["metrics"]["privacy"]["epsilon_spent"] == spent
     html = page.read_text()
     assert 'id="privacy"' in html and 'id="membership"' in html
+
+
+def word_embeddings(folder) -> torch.Tensor:
+    (weights,) = (
+        w
+        for name, w in load_file(folder / "model.safetensors").items()
+        if name.endswith("word_embeddings.weight")
+    )
+    return weights
