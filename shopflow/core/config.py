@@ -523,9 +523,10 @@ class DpConfig(Section):
     public_negatives: int = Field(
         ge=1, description="random catalogue products each customer's queries are scored against"
     )
-    train_embeddings: bool = Field(
-        description="train the token embeddings privately too (false: frozen; they are half of "
-        "MiniLM's weights, so freezing them halves each customer's gradient and the noise)"
+    trained_layers: int | None = Field(
+        ge=1,
+        description="transformer layers trained privately, from the top (the token embeddings "
+        "and the layers below stay as pretrain-adapt left them); null: every layer",
     )
     accountant: Literal["prv", "rdp"] = Field(description="Opacus's privacy accountant")
     audit_share: float = Field(

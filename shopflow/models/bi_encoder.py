@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from shopflow.core.config import ModelsConfig
+from shopflow.core.errors import ConfigError
 from shopflow.core.progress import Progress
 from shopflow.models.base import quiet_transformers, require_model, resolve_base_model
 from shopflow.models.device import autocast
@@ -51,6 +52,25 @@ class TextEncoder(torch.nn.Module):
         if getattr(transformer, "pooler", None) is not None:
             transformer.pooler = None  # unused by mean pooling; DDP requires every param used
         return cls(transformer)
+
+    def train_top_layers(self, layers: int | None) -> int:
+        """Freeze the token embeddings and every transformer layer below the top `layers`
+        (None: all layers train); the number of weights left to train. Private training
+        trains fewer weights: less work per customer and less noise (docs/privacy.md)."""
+        stack = getattr(getattr(self.transformer, "encoder", None), "layer", None)
+        if not isinstance(stack, torch.nn.ModuleList):
+            raise ConfigError(
+                f"privacy.dp.trained_layers: {type(self.transformer).__name__} has no "
+                "encoder.layer stack (a BERT-family encoder has): set it to null"
+            )
+        if layers is not None and layers > len(stack):
+            raise ConfigError(
+                f"privacy.dp.trained_layers {layers}: the base model has {len(stack)} layers"
+            )
+        self.transformer.requires_grad_(False)
+        for layer in stack[len(stack) - (layers or len(stack)) :]:
+            layer.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
     def dim(self) -> int:

@@ -134,14 +134,14 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
         model = TextEncoder.from_pretrained(paths.ENCODER).to(runtime.device)
-        if self.plan is not None and not dp.train_embeddings:
-            model.transformer.get_input_embeddings().weight.requires_grad_(False)
-            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.plan is not None:
+            trained = model.train_top_layers(dp.trained_layers)
             log.info(
-                "privacy: token embeddings frozen (privacy.dp.train_embeddings: false); "
-                "%.1fM of %.1fM weights trained privately",
+                "privacy: %.1fM of %.1fM weights trained privately (privacy.dp.trained_layers "
+                "%s; the token embeddings and the layers below stay frozen)",
                 trained / 1e6,
                 sum(p.numel() for p in model.parameters()) / 1e6,
+                dp.trained_layers,
             )
         self.item_texts = product_text(products)
         self.item_tokens = tokenize(self.tokenizer, self.item_texts, cfg.max_item_len)

@@ -141,3 +141,18 @@ def test_the_gate_refuses_a_challenger_over_budget_or_trained_without_dp():
     assert privacy_guardrail(params, within, None)[0].passed(0.05)
     assert not privacy_guardrail(params, {"epsilon_spent": 9.0}, within)[0].passed(0.05)
     assert not privacy_guardrail(params, None, within)[0].passed(0.05)
+
+
+def test_private_training_trains_only_the_top_layers():
+    from shopflow.models.bi_encoder import base_bi_encoder
+
+    encoder = base_bi_encoder(tiny_params().models).model
+    layers = encoder.transformer.encoder.layer
+    top = encoder.train_top_layers(1)
+    assert top == sum(p.numel() for p in layers[-1].parameters())
+    assert not encoder.transformer.get_input_embeddings().weight.requires_grad
+    assert not any(p.requires_grad for layer in layers[:-1] for p in layer.parameters())
+    every = encoder.train_top_layers(None)
+    assert every == sum(p.numel() for p in layers.parameters())
+    with pytest.raises(ConfigError, match=r"privacy\.dp\.trained_layers 99"):
+        encoder.train_top_layers(99)
