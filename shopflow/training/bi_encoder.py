@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from shopflow.models.popularity import popularity, popularity_prior
 from shopflow.models.tokens import pad, tokenize
 from shopflow.training.loop import Fitted, Runtime, batch_order, shard
 from shopflow.training.losses import contrastive_loss
-from shopflow.training.privacy import PrivacyPlan, SecretDraws, plan, private_gradient
+from shopflow.training.privacy import PrivacyPlan, SecretDraws, plan, private_gradients
 from shopflow.training.retrieval_examples import (
     NO_NEGATIVE,
     Examples,
@@ -122,6 +121,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         dp = params.privacy.dp
         examples, self.outsiders = hold_out_customers(examples, dp.audit_share, params.seed)
         self.plan: PrivacyPlan | None = None
+        self.sampler: torch.nn.Module | None = None  # Opacus's per-example gradients
         if dp.enabled:
             if runtime.world_size > 1:
                 raise ConfigError(
@@ -210,25 +210,35 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
 
     def private_loss(self, forward: torch.nn.Module) -> torch.Tensor:
         """One user-level DP-SGD step (`training.privacy`): Poisson-sampled customers, each
-        one's loss on their own examples against random catalogue products, so that no
-        customer's loss reads another's data. Sets the gradients; returns the mean loss."""
+        one's examples scored against their own positives and negatives and random catalogue
+        products only (`example_loss`), so that no customer's loss reads another's data. One
+        forward and backward for all of them; Opacus's hooks give each example's gradient,
+        from which `private_gradients` clips per customer and adds the noise. Sets the
+        gradients; returns the mean loss."""
+        from opacus import GradSampleModule
+
         assert self.plan is not None
         dp = self.params.privacy.dp
-        sampled = self.draws.sample(len(self.units), self.plan.sample_rate)
-        rows = self.draws.numbers.choice(len(self.item_tokens), dp.public_negatives, replace=False)
-        public = (rows, self.public_products(forward, rows))
-        losses = [
-            partial(
-                self.batch_loss,
-                forward,
-                self.train_batches,
-                self.draws.subset(self.units.rows[unit], dp.max_examples_per_user),
-                public,
-            )
-            for unit in sampled
-        ]
+        if self.sampler is None:  # hooks on the trained layers, kept for the whole run
+            self.sampler = GradSampleModule(forward, batch_first=True, loss_reduction="sum")
         parameters = [p for p in forward.parameters() if p.requires_grad]
-        return torch.tensor(private_gradient(parameters, losses, self.plan, self.draws))
+        sampled = self.draws.sample(len(self.units), self.plan.sample_rate)
+        chosen = [self.draws.subset(self.units.rows[u], dp.max_examples_per_user) for u in sampled]
+        mean = float("nan")
+        if chosen:
+            rows = self.draws.numbers.choice(len(self.item_tokens), dp.public_negatives, False)
+            public = (rows, self.public_products(forward, rows))
+            losses = self.example_loss(forward, self.train_batches, np.concatenate(chosen), public)
+            losses.sum().backward()
+            per_example = [p.grad_sample for p in parameters]
+            mean = float(losses.detach().mean())
+        else:
+            per_example = [p.new_zeros((0, *p.shape)) for p in parameters]
+        owners = torch.as_tensor(np.repeat(np.arange(len(chosen)), [len(c) for c in chosen]))
+        private = private_gradients(parameters, per_example, owners, self.plan, self.draws)
+        for p, g in zip(parameters, private, strict=True):
+            p.grad, p.grad_sample = g, None
+        return torch.tensor(mean)
 
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
         if self.plan is not None:
@@ -257,6 +267,8 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         return validation_loss
 
     def evaluate(self, model: TextEncoder, fitted: Fitted, runtime: Runtime) -> dict:
+        if self.sampler is not None:
+            self.sampler.remove_hooks()  # type: ignore[operator]
         cfg, products = self.knobs, self.tables["products"]
         self.encoder = BiEncoder(
             model,
@@ -305,6 +317,42 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
     def spent(result: dict) -> tuple[float, float]:
         return result["privacy"]["epsilon_spent"], result["privacy"]["epsilon"]
 
+    def example_loss(
+        self,
+        model: torch.nn.Module,
+        batches: Batches,
+        index: np.ndarray,
+        public: tuple[np.ndarray, torch.Tensor],
+    ) -> torch.Tensor:
+        """Each example's InfoNCE against its own positive, its own hard negative and the
+        `public` product vectors (rows, vectors): a loss per example that reads no other
+        example (what private training and the membership audit need)."""
+        examples, pad_id = batches.examples, self.tokenizer.pad_token_id
+        dev = self.runtime.device
+        positives, negatives = examples.positives[index], examples.negatives[index]
+        missing = negatives == NO_NEGATIVE
+        padded = [
+            pad([batches.tokens[batches.rows[i]] for i in index], pad_id),
+            pad([self.item_tokens[p] for p in positives], pad_id),
+            pad([self.item_tokens[n] for n in np.where(missing, positives, negatives)], pad_id),
+        ]
+        if batches is self.train_batches:
+            self.tokens += sum(int(mask.sum()) for _, mask in padded)
+        with self.runtime.autocast():
+            query, positive, negative = (
+                v.float() for v in model(*[(i.to(dev), m.to(dev)) for i, m in padded])
+            )
+        own = (query * positive).sum(-1, keepdim=True)
+        hard = (query * negative).sum(-1, keepdim=True)
+        hard = hard.masked_fill(torch.as_tensor(missing, device=dev)[:, None], float("-inf"))
+        same = (
+            torch.as_tensor(public[0], device=dev)[None, :]
+            == torch.as_tensor(positives, device=dev)[:, None]
+        )
+        others = (query @ public[1].float().T).masked_fill(same, float("-inf"))
+        logits = torch.cat([own, hard, others], dim=1) / self.knobs.temperature
+        return -torch.log_softmax(logits, dim=1)[:, 0]
+
     @torch.no_grad()
     def example_losses(
         self,
@@ -313,35 +361,12 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         index: np.ndarray,
         public: tuple[np.ndarray, torch.Tensor],
     ) -> np.ndarray:
-        """Each example's InfoNCE against its own positive, its own hard negative and the
-        `public` product vectors: a per-example loss that reads no other example, computed in
-        batches of `eval_batch_size` (the membership audit's signal)."""
-        examples, pad_id = batches.examples, self.tokenizer.pad_token_id
-        dev, size = self.runtime.device, self.knobs.eval_batch_size
-        found = []
-        for a in range(0, len(index), size):
-            rows = index[a : a + size]
-            positives, negatives = examples.positives[rows], examples.negatives[rows]
-            missing = negatives == NO_NEGATIVE
-            padded = [
-                pad([batches.tokens[batches.rows[i]] for i in rows], pad_id),
-                pad([self.item_tokens[p] for p in positives], pad_id),
-                pad([self.item_tokens[n] for n in np.where(missing, positives, negatives)], pad_id),
-            ]
-            with self.runtime.autocast():
-                query, positive, negative = (
-                    v.float() for v in model(*[(i.to(dev), m.to(dev)) for i, m in padded])
-                )
-            own = (query * positive).sum(-1, keepdim=True)
-            hard = (query * negative).sum(-1, keepdim=True)
-            hard[torch.as_tensor(missing, device=dev)] = float("-inf")
-            logits = torch.cat([own, hard, query @ public[1].float().T], dim=1)
-            same = (
-                torch.as_tensor(public[0], device=dev)[None, :]
-                == torch.as_tensor(positives, device=dev)[:, None]
-            )
-            logits[:, 2:] = logits[:, 2:].masked_fill(same, float("-inf"))
-            found.append(-torch.log_softmax(logits / self.knobs.temperature, dim=1)[:, 0].cpu())
+        """`example_loss` in batches of `eval_batch_size`, without gradients."""
+        size = self.knobs.eval_batch_size
+        found = [
+            self.example_loss(model, batches, index[a : a + size], public).cpu()
+            for a in range(0, len(index), size)
+        ]
         return torch.cat(found).numpy() if found else np.zeros(0)
 
     def customer_losses(

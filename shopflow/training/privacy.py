@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -174,29 +174,29 @@ class SecretDraws:
         return torch.normal(0.0, std, like.shape, generator=self.noise).to(like.device, like.dtype)
 
 
-def private_gradient(
+def private_gradients(
     parameters: Sequence[torch.nn.Parameter],
-    user_losses: Sequence[Callable[[], torch.Tensor]],
+    per_example: Sequence[torch.Tensor],
+    owners: torch.Tensor,
     plan: PrivacyPlan,
     draws: SecretDraws,
-) -> float:
-    """Set each parameter's `.grad` to the step's private gradient: the sum of the users'
-    clipped gradients plus Gaussian noise (σ·C), over the expected users per step. Returns
-    the mean of the users' losses (for the learning curve: it reads the sampled users' data
-    and is not private; the curve is for the operator, not published with the model)."""
-    total = [torch.zeros_like(p) for p in parameters]
-    losses = []
-    for loss_of_user in user_losses:
-        loss = loss_of_user()
-        found = torch.autograd.grad(loss, parameters, allow_unused=True)
-        used = [(acc, g) for acc, g in zip(total, found, strict=True) if g is not None]
-        grads = [g for _, g in used]
-        norm = float(torch.nn.utils.get_total_norm(grads))
-        scale = min(1.0, plan.max_grad_norm / (norm + 1e-12))
-        for acc, g in used:
-            acc.add_(g, alpha=scale)
-        losses.append(float(loss.detach()))
+) -> list[torch.Tensor]:
+    """The step's private gradient of each parameter, from the per-example gradients
+    (`per_example[i]`: parameter i's, one row per example; `owners[e]`: the index of example
+    e's customer among this step's, 0..n-1): each customer's examples summed, each customer's
+    gradient clipped to C over all parameters together, the sum plus Gaussian noise (σ·C),
+    over the expected customers per step."""
+    customers = int(owners.max()) + 1 if len(owners) else 0
+    per_user = [
+        torch.zeros((customers, *p.shape), dtype=g.dtype, device=g.device).index_add_(0, owners, g)
+        for p, g in zip(parameters, per_example, strict=True)
+    ]
+    squares = [u.flatten(1).pow(2).sum(1) for u in per_user]
+    norms = torch.stack(squares).sum(0).sqrt() if squares else torch.zeros(0)
+    scale = (plan.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)
     std = plan.noise_multiplier * plan.max_grad_norm
-    for p, acc in zip(parameters, total, strict=True):
-        p.grad = (acc + draws.gaussian(acc, std)) / plan.users_per_step
-    return float(np.mean(losses)) if losses else float("nan")
+    return [
+        (torch.einsum("u,u...->...", scale.to(u.dtype), u) + draws.gaussian(p, std))
+        / plan.users_per_step
+        for p, u in zip(parameters, per_user, strict=True)
+    ]

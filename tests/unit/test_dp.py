@@ -13,7 +13,7 @@ from shopflow.core.config import DpConfig
 from shopflow.core.errors import ConfigError
 from shopflow.evaluation.guardrails import privacy_guardrail
 from shopflow.evaluation.membership import loss_threshold_auc
-from shopflow.training.privacy import SecretDraws, plan, private_gradient
+from shopflow.training.privacy import SecretDraws, plan, private_gradients
 from shopflow.training.retrieval_examples import Examples
 from shopflow.training.user_level import Units, hold_out_customers
 from tests.conftest import tiny_params
@@ -22,16 +22,13 @@ pytestmark = pytest.mark.unit
 
 
 def dp(**given) -> DpConfig:
-    settings = {
+    settings = tiny_params().privacy.dp.model_dump() | {
         "enabled": True,
         "epsilon": 3.0,
         "delta": None,
-        "max_grad_norm": 1.0,
         "users_per_step": 100,
-        "max_examples_per_user": 4,
         "public_negatives": 16,
         "accountant": "prv",
-        "audit_share": 0.0,
     }
     return DpConfig(**(settings | given))
 
@@ -76,20 +73,62 @@ def test_dp_on_a_model_without_dp_training_is_refused_before_any_stage_runs():
 
 
 def test_each_customer_moves_the_gradient_by_at_most_the_clip():
-    """Without noise, a step's gradient is the sum of the users' clipped gradients over the
-    expected users per step: huge losses cannot push it past n·C / users_per_step."""
+    """Without noise, a step's gradient is the sum of the customers' clipped gradients over
+    the expected customers per step: huge gradients cannot push it past n·C / users_per_step,
+    and a customer's examples are summed before the clip (not clipped one by one)."""
     weight = torch.nn.Parameter(torch.zeros(5))
     found = plan(dp(epsilon=50.0, users_per_step=4, max_grad_norm=0.5), units=100, steps=10)
     quiet = type(found)(**{**found.__dict__, "noise_multiplier": 0.0})
-    users = [lambda k=k: (1e6 * (k + 1) * weight * torch.arange(5.0)).sum() for k in range(3)]
-    private_gradient([weight], users, quiet, SecretDraws())
-    assert weight.grad is not None
-    assert float(weight.grad.norm()) == pytest.approx(3 * 0.5 / 4, rel=1e-5)
-    # and the noise has the planned scale: σ·C over the users per step
+    direction = torch.arange(5.0) / torch.arange(5.0).norm()
+    examples = torch.stack([1e6 * direction, 2e6 * direction, -3e6 * direction])
+    (grad,) = private_gradients([weight], [examples], torch.tensor([0, 1, 2]), quiet, SecretDraws())
+    assert float(grad.norm()) == pytest.approx(0.5 / 4, rel=1e-5)  # +C +C -C
+    small = 0.3 * direction.expand(2, 5)  # one customer, two examples: 0.6 clipped to 0.5
+    (grad,) = private_gradients([weight], [small], torch.tensor([0, 0]), quiet, SecretDraws())
+    assert float(grad.norm()) == pytest.approx(0.5 / 4, rel=1e-5)
+    # and the noise has the planned scale: σ·C over the users per step, also with nobody sampled
     big = torch.nn.Parameter(torch.zeros(200_000))
-    private_gradient([big], [], found, SecretDraws())
+    nobody = (big.new_zeros((0, 200_000)),)
+    (grad,) = private_gradients(
+        [big], nobody, torch.zeros(0, dtype=torch.long), found, SecretDraws()
+    )
     expected = found.noise_multiplier * 0.5 / 4
-    assert float(big.grad.std()) == pytest.approx(expected, rel=0.02)
+    assert float(grad.std()) == pytest.approx(expected, rel=0.02)
+
+
+def test_opacus_per_example_gradients_of_both_towers_are_each_examples_own():
+    """Private training reads each example's gradient from Opacus's hooks on the trained
+    layers, with the query and product towers run in one call (three batches): each must
+    equal that example's gradient computed alone."""
+    from opacus import GradSampleModule
+
+    from shopflow.models.bi_encoder import base_bi_encoder
+
+    encoder = base_bi_encoder(tiny_params().models).model.train()
+    torch.manual_seed(0)
+    encoder.transformer.config.hidden_dropout_prob = 0.0
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    encoder.train_top_layers(1)
+    trained = [p for p in encoder.parameters() if p.requires_grad]
+    ids = torch.randint(5, 100, (3, 3, 7))  # queries, positives, negatives of 3 examples
+    mask = torch.ones_like(ids)
+    mask[:, 1, 5:] = 0  # padding
+
+    def losses(model, rows):
+        query, positive, negative = model(*[(ids[k][rows], mask[k][rows]) for k in range(3)])
+        logits = torch.stack([(query * positive).sum(-1), (query * negative).sum(-1)], 1)
+        return -torch.log_softmax(logits / 0.05, 1)[:, 0]
+
+    sampler = GradSampleModule(encoder, batch_first=True, loss_reduction="sum")
+    losses(encoder, [0, 1, 2]).sum().backward()
+    per_example = [p.grad_sample.clone() for p in trained]
+    sampler.remove_hooks()
+    for e in range(3):
+        alone = torch.autograd.grad(losses(encoder, [e]).sum(), trained)
+        for together, own in zip(per_example, alone, strict=True):
+            torch.testing.assert_close(together[e], own, rtol=1e-4, atol=1e-6)
 
 
 def test_sampling_is_poisson_at_the_rate_and_not_seeded():
