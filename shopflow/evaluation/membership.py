@@ -10,7 +10,11 @@ a random member's loss is below a random outsider's: 0.5 means the loss gives no
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def loss_threshold_auc(member_losses: np.ndarray, outsider_losses: np.ndarray) -> float:
@@ -22,3 +26,23 @@ def loss_threshold_auc(member_losses: np.ndarray, outsider_losses: np.ndarray) -
         raise ValueError("the membership audit needs member and outsider customers")
     found = mannwhitneyu(outsiders, members, alternative="two-sided")
     return float(found.statistic / (len(members) * len(outsiders)))
+
+
+def audit(member_losses: np.ndarray, outsider_losses: np.ndarray) -> dict:
+    """The attack's record (metrics/retriever.json → membership): its AUC, how many customers
+    of each kind it saw and their mean losses."""
+    auc = loss_threshold_auc(member_losses, outsider_losses)
+    log.info(
+        "membership audit: loss-threshold attack AUC %.3f (%d members, %d outsiders)",
+        auc,
+        len(member_losses),
+        len(outsider_losses),
+    )
+    return {
+        "attack": "loss threshold",
+        "auc": auc,
+        "members": len(member_losses),
+        "outsiders": len(outsider_losses),
+        "member_loss": float(np.mean(member_losses)),
+        "outsider_loss": float(np.mean(outsider_losses)),
+    }

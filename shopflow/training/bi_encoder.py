@@ -19,7 +19,6 @@ recent products (no query) is the user tower, one of the recommendation mix's so
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from shopflow.core.config import RetrieverConfig
 from shopflow.core.errors import ConfigError
 from shopflow.data.features import product_text
 from shopflow.data.tables import read_prepared
-from shopflow.evaluation.membership import loss_threshold_auc
+from shopflow.evaluation import membership
 from shopflow.evaluation.offline import bi_encoder_scores, summarize
 from shopflow.models.base import quiet_transformers, require_model
 from shopflow.models.bi_encoder import BiEncoder, TextEncoder
@@ -391,25 +390,9 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         members = rng.choice(customers, min(len(held), len(customers)), replace=False)
         rows = rng.choice(len(self.item_tokens), self.params.privacy.dp.public_negatives, False)
         public = (rows, self.public_products(model, rows))
-        started = time.perf_counter()
         member = self.customer_losses(model, self.train_batches, trained, members, public)
         outsider = self.customer_losses(model, outsiders, held, range(len(held)), public)
-        auc = loss_threshold_auc(member, outsider)
-        log.info(
-            "membership audit: loss-threshold attack AUC %.3f (%d members, %d outsiders, %.0f s)",
-            auc,
-            len(member),
-            len(outsider),
-            time.perf_counter() - started,
-        )
-        return {
-            "attack": "loss threshold",
-            "auc": auc,
-            "members": len(member),
-            "outsiders": len(outsider),
-            "member_loss": float(member.mean()),
-            "outsider_loss": float(outsider.mean()),
-        }
+        return membership.audit(member, outsider)
 
     def summary(self, result: dict) -> dict[str, float]:
         return {f"{t}/{m}": v for t, values in result["test"].items() for m, v in values.items()}

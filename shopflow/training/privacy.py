@@ -12,6 +12,10 @@ event says little about a customer. Here the unit is the customer (McMahan et al
 3. sums the clipped gradients, adds Gaussian noise of standard deviation σ·C and divides by
    the expected number of customers per step.
 
+The customers' gradients come from one batched forward and backward: Opacus's hooks give each
+example's gradient (`GradSampleModule`), and `private_gradients` sums them per customer
+before clipping.
+
 σ (the noise multiplier) is the smallest that keeps the run within (ε, δ) after all its
 steps, found with Opacus's accountant (PRV by default; `opacus.accountants`); the ε actually
 spent is computed by the same accountant from the steps run and recorded with the model.
