@@ -229,14 +229,14 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             public = (rows, self.public_products(forward, rows))
             losses = self.example_loss(forward, self.train_batches, np.concatenate(chosen), public)
             losses.sum().backward()
-            per_example = [p.grad_sample for p in parameters]
+            per_example = [p.grad_sample for p in parameters]  # type: ignore[attr-defined]
             mean = float(losses.detach().mean())
         else:
             per_example = [p.new_zeros((0, *p.shape)) for p in parameters]
         owners = torch.as_tensor(np.repeat(np.arange(len(chosen)), [len(c) for c in chosen]))
         private = private_gradients(parameters, per_example, owners, self.plan, self.draws)
         for p, g in zip(parameters, private, strict=True):
-            p.grad, p.grad_sample = g, None
+            p.grad, p.grad_sample = g, None  # type: ignore[attr-defined]
         return torch.tensor(mean)
 
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:

@@ -119,14 +119,16 @@ def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
             "privacy.dp.epsilon, or lower retriever.steps or privacy.dp.users_per_step"
         )
     try:
-        sigma = get_noise_multiplier(
-            target_epsilon=cfg.epsilon,
-            target_delta=delta,
-            sample_rate=rate,
-            steps=steps,
-            accountant=cfg.accountant,
-            epsilon_tolerance=0.01,
-        )
+        with warnings.catch_warnings():  # as in spent_epsilon
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            sigma = get_noise_multiplier(
+                target_epsilon=cfg.epsilon,
+                target_delta=delta,
+                sample_rate=rate,
+                steps=steps,
+                accountant=cfg.accountant,
+                epsilon_tolerance=0.01,
+            )
     except ValueError as exc:
         raise ConfigError(
             f"privacy.dp.epsilon {cfg.epsilon:g} cannot be met for {steps} steps sampling "
