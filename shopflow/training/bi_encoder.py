@@ -168,10 +168,9 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         forward: torch.nn.Module,
         batches: Batches,
         index: np.ndarray,
-        public: tuple[np.ndarray, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """InfoNCE of the examples at `index`: their queries against their positives and the
-        hard negatives they have, and the `public` products (rows, vectors) when given."""
+        hard negatives they have (in-batch: each other's too)."""
         dev, pad_id = self.runtime.device, self.tokenizer.pad_token_id
         examples = batches.examples
         positives = examples.positives[index]
@@ -187,14 +186,10 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             self.tokens += sum(int(mask.sum()) for _, mask in padded)
         with self.runtime.autocast():
             vectors = forward(*[(ids.to(dev), mask.to(dev)) for ids, mask in padded])
-        rows, items = [positives, negatives], list(vectors[1:])
-        if public is not None:
-            rows.append(public[0])
-            items.append(public[1])
-        candidates = torch.as_tensor(np.concatenate(rows), device=dev)
+        candidates = torch.as_tensor(np.concatenate([positives, negatives]), device=dev)
         return contrastive_loss(
             vectors[0],
-            torch.cat(items),
+            torch.cat(vectors[1:]),
             torch.as_tensor(positives, device=dev),
             candidates,
             self.knobs.temperature,
