@@ -81,8 +81,14 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 	    echo "== chromium could not be installed: the report-rendering tests will skip"; \
 	  else echo "== no chromium (install Debian's chromium package): the report-rendering tests will skip"; fi; }
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, each module (or the modules sharing the
+# trained shop) whole on one worker, the longest first (tests/conftest.py). Each worker's torch
+# gets its share of the cores: threads that outnumber the cores spin against each other.
+TEST_WORKERS ?= 2
+TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
 test: setup browser cluster-deps lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
 	$(BIN)/pytest -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)

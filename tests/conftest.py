@@ -83,6 +83,56 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+# The modules that use the session's trained shop (tests/integration/conftest.py): one unit of
+# work under pytest-xdist, so that only one worker trains it.
+SHOP_MODULES = {
+    f"tests/integration/{name}.py"
+    for name in (
+        "test_online",
+        "test_online_night",
+        "test_private_training",
+        "test_promotion",
+        "test_report_pages",
+        "test_service",
+    )
+}
+# Which units start first: the longest (the integration modules) before the short ones.
+QUEUE_ORDER = ("tests/integration/", "tests/model/", "tests/data/", "tests/unit/")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the modules sharing the shop."""
+    module = nodeid.split("::", 1)[0]
+    return "trained-shop" if module in SHOP_MODULES else module
+
+
+def queue_rank(nodeid: str) -> int:
+    if work_unit(nodeid) == "trained-shop":
+        return -1
+    return next((i for i, p in enumerate(QUEUE_ORDER) if nodeid.startswith(p)), len(QUEUE_ORDER))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs `-n 2 --dist loadfile`: each unit of `work_unit` goes whole to one
+    worker and runs there in file order (a module's nights build on each other)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker the longest units come first (with `--no-loadscope-reorder` the
+    queue follows this order); a plain `pytest` run keeps file order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: queue_rank(item.nodeid))  # stable: file order within
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

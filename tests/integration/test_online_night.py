@@ -126,10 +126,12 @@ def airflow(shop, tmp_path_factory):
         airflow.set_param("online.share", 1.0)  # every shopper in the experiment
         airflow.set_param("online.exploration_rate", 0.0)
         # The shop's own experiment settings, not the defaults: the better model reranks with
-        # MiniLM (~200 ms p95 here) where the planted one embeds with a 2-layer BERT (~20 ms),
-        # a cost this shop accepts; and a 60-unit burn-in so 240 searches can decide (the
-        # mSPRT is valid at any number of units; the burn-in only guards against tiny samples).
-        airflow.set_param("online.decision.max_p95_ratio", 20.0)
+        # MiniLM where the planted one embeds with a 2-layer BERT, a cost this shop accepts
+        # (p95 ~200 ms against ~20 ms with 2 threads; ~460 ms against ~21 ms on the one thread
+        # a test worker of `make test` gets on 2 cores); and a 60-unit burn-in so 240 searches
+        # can decide (the mSPRT is valid at any number of units; the burn-in only guards
+        # against tiny samples). The guardrail itself: tests/unit/test_online.py.
+        airflow.set_param("online.decision.max_p95_ratio", 50.0)
         airflow.set_param("online.decision.min_units", 60)
         try:
             yield airflow

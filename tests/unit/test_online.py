@@ -345,6 +345,27 @@ def test_the_decision_promotes_a_preferred_challenger_stops_a_worse_one_and_wait
     assert stopped["decision"] == "stop" and "undecided" in stopped["reasons"][0]
 
 
+def test_a_preferred_challenger_slower_than_the_latency_ratio_allows_is_stopped():
+    from shopflow.core.config import load_params
+    from shopflow.online.decision import decide
+
+    cfg = load_params().online.decision
+    now = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    s, better = interleaved_logs(0.65, 600)
+    for factor in (1.2, 3.0):  # the challenger's latency as a multiple of the champion's
+        imps = better.impressions
+        slower = imps.assign(challenger_latency_ms=imps["champion_latency_ms"] * factor)
+        verdict = decide(type(better)(slower, better.events, better.quarantine), s, cfg, now)
+        ratio = verdict["guardrails"]["p95_latency_ratio"]
+        assert ratio["value"] == pytest.approx(factor)
+        assert ratio["ok"] == (factor <= cfg.max_p95_ratio)
+        if ratio["ok"]:
+            assert verdict["decision"] == "promote"
+        else:
+            assert verdict["decision"] == "stop"
+            assert "p95_latency_ratio" in verdict["reasons"][0]
+
+
 def test_empty_logs_join_and_decide_without_error():
     from shopflow.core.config import load_params
     from shopflow.online.decision import decide
