@@ -86,12 +86,13 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 # gets its share of the cores: threads that outnumber the cores spin against each other.
 TEST_WORKERS ?= 2
 TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
+PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup browser cluster-deps lint typecheck ## lint, type-check and run the whole test suite (what CI runs)
-	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
-	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: setup lint ## unit + data + model tests, without the slow ones (minutes): daily work
-	$(BIN)/pytest -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "(unit or data or model) and not integration and not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff, and import-linter's layer contracts (pyproject.toml)
 	$(BIN)/ruff check .

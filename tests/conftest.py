@@ -112,6 +112,7 @@ def queue_rank(nodeid: str) -> int:
     return next((i for i, p in enumerate(QUEUE_ORDER) if nodeid.startswith(p)), len(QUEUE_ORDER))
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`make test` runs `-n 2 --dist loadfile`: each unit of `work_unit` goes whole to one
     worker and runs there in file order (a module's nights build on each other)."""
