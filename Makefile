@@ -83,7 +83,8 @@ browser: ## headless Chromium for the report-rendering tests (Debian's chromium 
 
 # The suite runs on TEST_WORKERS pytest-xdist workers, each module (or the modules sharing the
 # trained shop) whole on one worker, the longest first (tests/conftest.py). Each worker's torch
-# gets its share of the cores: threads that outnumber the cores spin against each other.
+# gets its share of the cores (on 2 cores, one thread each: the unit, data and model tests took
+# 4m05s against 7m10s in one process with 2 threads).
 TEST_WORKERS ?= 2
 TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
 PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
