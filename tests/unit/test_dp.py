@@ -195,3 +195,20 @@ def test_private_training_trains_only_the_top_layers():
     assert every == sum(p.numel() for p in layers.parameters())
     with pytest.raises(ConfigError, match=r"privacy\.dp\.trained_layers 99"):
         encoder.train_top_layers(99)
+
+
+def test_the_privacy_bench_compares_settings_the_stages_accept():
+    """`make bench-privacy`'s settings: each private one trains the reranker on judgments only
+    (the stages refuse DP with click groups); the judgments-only non-private row only where
+    the shop has a click log (without one it would repeat the first row)."""
+    from shopflow.core import paths
+    from shopflow.core.config import load_params
+    from tools.bench.privacy import JUDGMENTS_ONLY, settings
+
+    with_clicks, without = settings((8.0, 1.0)), settings((8.0, 1.0), clicks=False)
+    assert list(with_clicks) == ["no DP", "DP ε=8", "DP ε=1", "no DP, judgments-only reranker"]
+    assert list(without) == ["no DP", "DP ε=8", "DP ε=1"]
+    for label, overrides in with_clicks.items():
+        params = load_params(paths.PARAMS, overrides)
+        assert params.privacy.dp.enabled == label.startswith("DP")
+        assert (JUDGMENTS_ONLY in overrides) == (label != "no DP")
