@@ -129,9 +129,28 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On an xdist worker the longest units come first (with `--no-loadscope-reorder` the
-    queue follows this order); a plain `pytest` run keeps file order."""
+    queue follows this order); a plain `pytest` run keeps file order. A module that uses the
+    trained `shop` but is missing from `SHOP_MODULES` stops the run (under xdist it would
+    train the shop again on another worker)."""
+    strays = stray_shop_modules(items)
+    if strays:
+        raise pytest.UsageError(
+            f"{', '.join(strays)} use the session's trained `shop` fixture: add them to "
+            "SHOP_MODULES in tests/conftest.py (one unit of work, so one worker trains it)"
+        )
     if hasattr(config, "workerinput"):
         items.sort(key=lambda item: queue_rank(item.nodeid))  # stable: file order within
+
+
+def stray_shop_modules(items: list[pytest.Item]) -> list[str]:
+    """The integration modules whose tests use the `shop` fixture (directly or through another
+    fixture) that `SHOP_MODULES` does not name (tests/data has a `shop` of its own)."""
+    users = {
+        i.nodeid.split("::", 1)[0]
+        for i in items
+        if i.nodeid.startswith("tests/integration/") and "shop" in getattr(i, "fixturenames", ())
+    }
+    return sorted(users - SHOP_MODULES)
 
 
 def shared_file(*parts: str) -> Path:
