@@ -128,7 +128,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
                     f"{runtime.world_size} (its per-customer gradients are not all-reduced)"
                 )
             self.units = Units.of(examples)
-            self.plan = plan(dp, len(self.units), cfg.steps)
+            self.plan = plan(dp, len(self.units), cfg.steps, self.units.kind())
             self.draws = SecretDraws()
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 # Beyond this much noise a step's gradient is mostly noise (a customer's share is at most
 # 1/users_per_step of σ·C): a budget that needs more is refused, not searched for at length.
 MAX_NOISE_MULTIPLIER = 50.0
+PLURAL = {  # a unit's name (`Units.kind`) in the plural, for the messages
+    "judged query": "judged queries",
+    "customer or judged query": "customers or judged queries",
+}
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,11 @@ class PrivacyPlan:
     noise_multiplier: float  # σ
     sample_rate: float  # q
     steps: int
-    units: int  # customers in the training data
+    units: int  # customers (or judged queries) in the training data
     max_grad_norm: float  # C
     users_per_step: int
     accountant: str
+    unit: str = "customer"  # what one unit is (`Units.kind`)
 
     def spent(self, steps: int | None = None) -> float:
         """ε spent after `steps` steps (default: all), by the plan's accountant."""
@@ -73,7 +78,7 @@ class PrivacyPlan:
 
     def record(self, steps: int | None = None) -> dict:
         """What the model's metadata, the metrics and the registry keep."""
-        return {"unit": "customer", **asdict(self), "epsilon_spent": self.spent(steps)}
+        return {**asdict(self), "epsilon_spent": self.spent(steps)}
 
 
 def spent_epsilon(sigma: float, rate: float, steps: int, delta: float, accountant: str) -> float:
@@ -89,24 +94,23 @@ def spent_epsilon(sigma: float, rate: float, steps: int, delta: float, accountan
         return float(counter.get_epsilon(delta))
 
 
-def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
-    """The noise multiplier for `steps` steps over `units` customers within the budget;
-    a clear error naming the key when the budget cannot be met."""
+def plan(cfg: DpConfig, units: int, steps: int, unit: str = "customer") -> PrivacyPlan:
+    """The noise multiplier for `steps` steps over `units` privacy units (each a `unit`)
+    within the budget; a clear error naming the key when the budget cannot be met."""
     from opacus.accountants.utils import get_noise_multiplier
 
+    many = PLURAL.get(unit, f"{unit}s")
     if units < 2:
-        raise ConfigError(
-            f"privacy.dp: {units} customer(s) in the training data: nothing to hide in"
-        )
+        raise ConfigError(f"privacy.dp: {units} {unit}(s) in the training data: nothing to hide in")
     delta = cfg.delta if cfg.delta is not None else 1 / (10 * units)
     if delta >= 1 / units:
         raise ConfigError(
-            f"privacy.dp.delta {delta:g} is not below 1 / customers (1/{units} = {1 / units:.3g}): "
-            "a mechanism that reveals one whole customer's data with probability δ would meet it"
+            f"privacy.dp.delta {delta:g} is not below 1 / {many} (1/{units} = {1 / units:.3g}): "
+            f"a mechanism that reveals one whole {unit}'s data with probability δ would meet it"
         )
     if cfg.users_per_step >= units:
         raise ConfigError(
-            f"privacy.dp.users_per_step {cfg.users_per_step} is not below the {units} customers "
+            f"privacy.dp.users_per_step {cfg.users_per_step} is not below the {units} {many} "
             "in the training data: sampling would not hide who took part"
         )
     rate = cfg.users_per_step / units
@@ -114,7 +118,7 @@ def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
     if floor > cfg.epsilon:
         raise ConfigError(
             f"privacy.dp.epsilon {cfg.epsilon:g} cannot be met for {steps} steps sampling "
-            f"{cfg.users_per_step} of {units} customers at δ={delta:.3g}: even a noise "
+            f"{cfg.users_per_step} of {units} {many} at δ={delta:.3g}: even a noise "
             f"multiplier of {MAX_NOISE_MULTIPLIER:g} spends ε={floor:.3g}; raise "
             "privacy.dp.epsilon, or lower retriever.steps or privacy.dp.users_per_step"
         )
@@ -132,7 +136,7 @@ def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
     except ValueError as exc:
         raise ConfigError(
             f"privacy.dp.epsilon {cfg.epsilon:g} cannot be met for {steps} steps sampling "
-            f"{cfg.users_per_step} of {units} customers at δ={delta:.3g} ({exc}): raise "
+            f"{cfg.users_per_step} of {units} {many} at δ={delta:.3g} ({exc}): raise "
             "privacy.dp.epsilon, or lower retriever.steps or privacy.dp.users_per_step"
         ) from None
     found = PrivacyPlan(
@@ -145,15 +149,17 @@ def plan(cfg: DpConfig, units: int, steps: int) -> PrivacyPlan:
         cfg.max_grad_norm,
         cfg.users_per_step,
         cfg.accountant,
+        unit,
     )
     log.info(
-        "privacy: ε=%g δ=%.3g over %d steps, %d of %d customers per step (q=%.4f): noise "
+        "privacy: ε=%g δ=%.3g over %d steps, %d of %d %s per step (q=%.4f): noise "
         "multiplier σ=%.3f, clip C=%g",
         cfg.epsilon,
         delta,
         steps,
         cfg.users_per_step,
         units,
+        many,
         rate,
         sigma,
         cfg.max_grad_norm,

@@ -38,6 +38,15 @@ class Units:
         """The indices of the units that are customers (not judged queries)."""
         return np.flatnonzero(~np.char.startswith(self.names.astype(str), JUDGED))
 
+    def kind(self) -> str:
+        """What a unit is here, as the privacy record and messages name it: a shop with
+        customer ids has customers (and maybe judged queries); a judgments-only source such
+        as Home Depot only judged queries."""
+        customers = len(self.customers())
+        if customers == len(self):
+            return "customer"
+        return "judged query" if customers == 0 else "customer or judged query"
+
 
 def hold_out_customers(
     examples: Examples, share: float, seed: int

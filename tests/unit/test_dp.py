@@ -166,6 +166,18 @@ def test_units_group_a_customers_examples_and_the_hold_out_takes_all_of_them():
     assert hold_out_customers(given, 0.0, seed=1) == (given, None)
 
 
+def test_the_privacy_unit_is_named_for_what_the_shop_has():
+    """A judgments-only shop (Home Depot) has judged queries, not customers, as units: the
+    record and the messages say so."""
+    assert Units.of(examples(["a", "b", "a"])).kind() == "customer"
+    assert Units.of(examples(["judged:x", "judged:y"])).kind() == "judged query"
+    assert Units.of(examples(["a", "judged:x"])).kind() == "customer or judged query"
+    found = plan(dp(users_per_step=10), units=1_000, steps=10, unit="judged query")
+    assert found.record()["unit"] == "judged query"
+    with pytest.raises(ConfigError, match="not below the 1000 judged queries"):
+        plan(dp(users_per_step=2_000), units=1_000, steps=10, unit="judged query")
+
+
 def test_the_membership_audit_auc():
     assert loss_threshold_auc(np.array([0.1, 0.2]), np.array([0.5, 0.9])) == 1.0
     assert loss_threshold_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 0.0
