@@ -170,6 +170,14 @@ class PretrainConfig(Section):
     checkpoint_every: int = Field(ge=0)
     group_by_length: bool
     compile: bool
+    whole_word_mask: bool = Field(
+        False, description="mask every piece of a word together (no random replacement)"
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to transformers.TrainingArguments as they are (e.g. "
+        "lr_scheduler_type, gradient_accumulation_steps, optim)",
+    )
 
 
 class TrainingConfig(Section):

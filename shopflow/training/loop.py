@@ -1,10 +1,12 @@
-"""The training loop every model shares (pretrain-adapt and fine-tuning): device, precision,
-optimizer, checkpoints that make a killed run resume to the same result, and DDP.
+"""The training loop of the fine-tuning stages (retriever, reranker), and the device and
+checkpoint folder every stage shares (pretrain-adapt trains on `transformers.Trainer`,
+`training.hf_trainer`): device, precision, optimizer, checkpoints that make a killed run
+resume to the same result, and DDP.
 
 - Device: CUDA when present (bf16 autocast, TF32 matmuls, fused AdamW), else CPU in fp32.
-- Determinism: the data order of every epoch and the random masking of every step are drawn
-  from generators seeded by (seed, epoch) and (seed, step), never from global RNG state, so a
-  run resumed from step k continues exactly as the uninterrupted run would.
+- Determinism: the data order of every epoch is drawn from a generator seeded by (seed,
+  epoch), never from global RNG state, and the global RNG (dropout) is re-seeded every step,
+  so a run resumed from step k continues exactly as the uninterrupted run would.
 - Checkpoints: every `checkpoint_every` steps the model, optimizer and scheduler state are
   written atomically under a key made of the run's inputs; a checkpoint of other data or other
   params is never resumed. They are removed once the stage's output is written.
@@ -176,24 +178,12 @@ def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def batch_order(
-    n: int, batch_size: int, seed: int, step: int, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Indices of the global batch for `step`, from an epoch permutation seeded by (seed, epoch).
-
-    With `lengths`, batches are length-grouped: the permutation is cut into chunks of 50
-    batches, each sorted by length (little padding), and the batches are then shuffled.
-    """
+def batch_order(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the global batch for `step`, from an epoch permutation seeded by (seed, epoch)."""
     per_epoch = max(n // batch_size, 1)
     epoch, offset = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=generator)
-    if lengths is not None:
-        group = 50 * batch_size
-        parts = [p[torch.argsort(lengths[p], stable=True)] for p in perm.split(group)]
-        batches = list(torch.cat(parts)[: per_epoch * batch_size].split(batch_size))
-        order = torch.randperm(len(batches), generator=generator)
-        return batches[int(order[offset % len(batches)])]
     chunk = perm[offset * batch_size : (offset + 1) * batch_size]
     return chunk if len(chunk) else perm[:batch_size]
 
@@ -325,6 +315,8 @@ class Fitted:
     steps_run: int
     seconds: float
     checkpoints: Checkpoints
+    tokens: int | None = None  # training tokens of all ranks (None: counted by the task)
+    logged_live: bool = False  # the curves went to DVCLive during training
 
     def done(self) -> None:
         self.checkpoints.clear()
@@ -337,7 +329,7 @@ def fit(
     runtime: Runtime,
     cfg: Knobs,
     seed: int,
-    key: str,
+    checkpoints: Checkpoints,
     loss_of_step: Callable[[torch.nn.Module, int], torch.Tensor],
     validate: Callable[[torch.nn.Module], float] | None = None,
     head: Head | None = None,
@@ -359,7 +351,6 @@ def fit(
         forward = cast(torch.nn.Module, torch.compile(ddp_model))
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, runtime, head)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
-    checkpoints = Checkpoints(stage, key, cfg.checkpoint_every, runtime)
     start, extra = checkpoints.restore(model, optimizer, scheduler)
     history = [(int(s), float(v)) for s, v in extra.get("history", [])]
     valid_history = [(int(s), float(v)) for s, v in extra.get("valid_history", [])]

@@ -1,24 +1,9 @@
-"""The training objectives: masked-token prediction inputs, InfoNCE for the bi-encoder and a
-listwise softmax cross-entropy for the cross-encoder."""
+"""The training objectives of the fine-tuned models: InfoNCE for the bi-encoder and a listwise
+softmax cross-entropy for the cross-encoder."""
 
 from __future__ import annotations
 
 import torch
-
-
-def mask_tokens(
-    ids: torch.Tensor, special: torch.Tensor, prob: float, generator: torch.Generator, tokenizer
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking (80% [MASK], 10% random token, 10% unchanged) from an explicit generator."""
-    labels = ids.clone()
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
-    labels[~chosen] = -100
-    inputs = ids.clone()
-    replace = chosen & (torch.rand(ids.shape, generator=generator) < 0.8)
-    inputs[replace] = tokenizer.mask_token_id
-    randomize = chosen & ~replace & (torch.rand(ids.shape, generator=generator) < 0.5)
-    inputs[randomize] = torch.randint(len(tokenizer), ids.shape, generator=generator)[randomize]
-    return inputs, labels
 
 
 def contrastive_loss(

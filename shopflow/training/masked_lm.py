@@ -18,18 +18,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import numpy as np
 import torch
 
 from shopflow.core import paths
 from shopflow.core.artifacts import write_json
 from shopflow.core.config import Params, PretrainConfig
 from shopflow.core.errors import StageInputError, TrainingError
-from shopflow.training.loop import Fitted, Runtime, batch_order, shard, unwrap
-from shopflow.training.losses import mask_tokens
+from shopflow.training.hf_trainer import fit_with_trainer, trainer_arguments, trainer_class
+from shopflow.training.loop import Checkpoints, Fitted, Runtime
 from shopflow.training.trainer import TrainingTask, training_figures
 
 if TYPE_CHECKING:
@@ -56,33 +56,76 @@ def split_corpus(lines: list[str], params: Params) -> tuple[list[str], list[str]
 
 
 class TokenizedLines:
-    """Pre-tokenised text: the trainer never waits on the tokenizer."""
+    """Pre-tokenised text as the trainer's examples: line i's token ids, special tokens mask
+    (for whole-word masking, character offsets too) and the seed of its masks, made of
+    (`seed`, epoch, i). The trainer's data loader sets the epoch (`set_epoch`), so the masks
+    of a batch depend only on which lines it holds and when: not on the global RNG, which
+    the loader reads ahead of a checkpoint, and so a resumed run masks as the uninterrupted
+    one did."""
 
-    def __init__(self, lines: list[str], tokenizer, max_len: int) -> None:
+    def __init__(
+        self, lines: list[str], tokenizer, max_len: int, offsets: bool = False, seed: int = 0
+    ) -> None:
         encoded = tokenizer(
-            lines, truncation=True, max_length=max_len, return_special_tokens_mask=True
+            lines,
+            truncation=True,
+            max_length=max_len,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=offsets,
         )
-        self.ids = [torch.tensor(x) for x in encoded["input_ids"]]
-        self.special = [torch.tensor(x, dtype=torch.bool) for x in encoded["special_tokens_mask"]]
-        self.lengths = torch.tensor([len(x) for x in self.ids])
-        self.pad_id = tokenizer.pad_token_id
+        keys = ["input_ids", "special_tokens_mask"] + (["offset_mapping"] if offsets else [])
+        columns = [encoded[key] for key in keys]
+        self.rows = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Dynamic padding to the longest row of this batch: (ids, special, attention)."""
-        rows = index.tolist()
-        width = int(self.lengths[index].max())
-        ids = torch.full((len(rows), width), self.pad_id)
-        special = torch.ones((len(rows), width), dtype=torch.bool)
-        for r, i in enumerate(rows):
-            ids[r, : len(self.ids[i])] = self.ids[i]
-            special[r, : len(self.ids[i])] = self.special[i]
-        return ids, special, ids != self.pad_id
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[i], "mask_seed": (self.seed, self.epoch, i)}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
-def load_mlm(base: str, runtime: Runtime):
+class MaskingCollator:
+    """BERT masking of training batches (`DataCollatorForLanguageModeling`) from a generator
+    seeded by the batch's lines (`TokenizedLines`); held-out examples arrive masked already
+    (`fixed_masks`) and are only padded, so every held-out loss sees the same masks."""
+
+    def __init__(self, tokenizer, cfg: PretrainConfig) -> None:
+        from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification
+
+        whole = cfg.whole_word_mask  # the library masks whole words with [MASK] only
+        self.masking = DataCollatorForLanguageModeling(
+            tokenizer,
+            mlm_probability=cfg.mask_prob,
+            whole_word_mask=whole,
+            mask_replace_prob=1.0 if whole else 0.8,
+            random_replace_prob=0.0 if whole else 0.1,
+        )
+        self.padding = DataCollatorForTokenClassification(tokenizer)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if "labels" in examples[0]:
+            return self.padding(examples)
+        seeds = [part for example in examples for part in example["mask_seed"]]
+        state = np.random.SeedSequence(seeds).generate_state(2, np.uint64)
+        self.masking.generator = torch.Generator().manual_seed(int(state[0] >> 1))
+        rows = [{k: v for k, v in example.items() if k != "mask_seed"} for example in examples]
+        return self.masking(rows)
+
+
+def fixed_masks(data: TokenizedLines, collator: MaskingCollator) -> list[dict]:
+    """The held-out lines masked once, each by its own seed: (input ids, labels), labels -100
+    where no token was masked."""
+    masked = [collator([data[i]]) for i in range(len(data))]
+    return [
+        {"input_ids": m["input_ids"][0].tolist(), "labels": m["labels"][0].tolist()} for m in masked
+    ]
+
+
+def load_mlm(base: str):
     """The base model with a masked-LM head (tied decoder, identity transform if it had none)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -96,67 +139,41 @@ def load_mlm(base: str, runtime: Runtime):
             transform.dense.bias.zero_()
             model.cls.predictions.bias.zero_()
         log.info("no masked-LM head in the base model: decoder tied to embeddings, transform = I")
-    return tokenizer, model.to(runtime.device)
+    return tokenizer, model
 
 
-def heldout_batches(
-    data: TokenizedLines, tokenizer, cfg: PretrainConfig
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The held-out lines in batches, masked the same way every time: (inputs, labels,
-    attention); labels are -100 where no token was masked."""
-    generator = torch.Generator().manual_seed(EVAL_SEED)
-    for start in range(0, len(data), cfg.batch_size):
-        ids, special, attention = data.batch(
-            torch.arange(start, min(start + cfg.batch_size, len(data)))
-        )
-        inputs, labels = mask_tokens(ids, special, cfg.mask_prob, generator, tokenizer)
-        yield inputs, labels, attention
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each token's masked-LM loss (0 where nothing was masked): what the trainer keeps of a
+    held-out batch's logits, instead of the logits themselves (vocabulary-sized)."""
+    return torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
 
 
-@torch.no_grad()
-def heldout_loss(
-    model: torch.nn.Module, data: TokenizedLines, tokenizer, cfg: PretrainConfig, runtime: Runtime
-) -> float:
-    """Mean masked-token loss over the held-out lines, with the same masks every time."""
-    model.eval()
-    total, count = 0.0, 0
-    for inputs, labels, attention in heldout_batches(data, tokenizer, cfg):
-        with runtime.autocast():
-            logits = unwrap(model)(
-                input_ids=inputs.to(runtime.device), attention_mask=attention.to(runtime.device)
-            ).logits
-        mask = labels != -100
-        if mask.any():
-            loss = torch.nn.functional.cross_entropy(
-                logits.float()[mask.to(runtime.device)],
-                labels[mask].to(runtime.device),
-                reduction="sum",
-            )
-            total += float(loss)
-            count += int(mask.sum())
-    model.train()
-    return total / max(count, 1)
+def heldout_loss(prediction) -> dict[str, float]:
+    """The mean loss over all masked held-out tokens (the trainer's own `eval_loss` averages
+    batch means instead, which weighs a token of a short batch more)."""
+    losses, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    masked = labels != -100
+    return {"heldout_loss": float(losses[masked].sum() / max(int(masked.sum()), 1))}
 
 
-def unigram_loss(
-    train: TokenizedLines, heldout: TokenizedLines, tokenizer, cfg: PretrainConfig
-) -> float:
+def unigram_loss(train: TokenizedLines, heldout: list[dict], tokenizer) -> float:
     """Cross-entropy of the held-out masked tokens under the training lines' token frequencies.
 
     The floor a masked-LM must go below before it knows more than which words are common:
-    the same masks as `heldout_loss`, add-one smoothing over the tokenizer's vocabulary so a
+    the same masks as the held-out loss, add-one smoothing over the tokenizer's vocabulary so a
     token never seen in training costs a finite amount.
     """
     counts = torch.ones(len(tokenizer), dtype=torch.float64)
-    for ids, special in zip(train.ids, train.special, strict=True):
-        counts += torch.bincount(ids[~special], minlength=len(tokenizer)).double()
+    for row in train.rows:
+        ids = torch.tensor(row["input_ids"])
+        ordinary = ids[~torch.tensor(row["special_tokens_mask"], dtype=torch.bool)]
+        counts += torch.bincount(ordinary, minlength=len(tokenizer)).double()
     log_p = counts.log() - counts.sum().log()
-    total, count = 0.0, 0
-    for _, labels, _ in heldout_batches(heldout, tokenizer, cfg):
-        masked = labels[labels != -100]
-        total -= float(log_p[masked].sum())
-        count += len(masked)
-    return total / max(count, 1)
+    labels = torch.tensor([label for row in heldout for label in row["labels"]])
+    masked = labels[labels != -100]
+    return float(-log_p[masked].sum()) / max(len(masked), 1)
 
 
 def hash_lines(lines: list[str]) -> str:
@@ -172,7 +189,8 @@ def save_encoder(model: PreTrainedModel, tokenizer, folder: Path, meta: dict) ->
 
 
 class MaskedLMTask(TrainingTask["PreTrainedModel"]):
-    """pretrain-adapt: masked-LM on the corpus, validated on its held-out slice."""
+    """pretrain-adapt: masked-LM on the corpus with `transformers.Trainer`, validated on its
+    held-out slice."""
 
     stage = "pretrain"
     curve = "mlm_loss"
@@ -195,13 +213,19 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
         cfg = self.knobs
         train_lines, heldout_lines = split_corpus(self.lines, self.params)
         torch.manual_seed(self.params.seed)
-        self.tokenizer, model = load_mlm(self.base, runtime)
-        self.train_data = TokenizedLines(train_lines, self.tokenizer, cfg.max_seq_len)
-        self.heldout = TokenizedLines(heldout_lines, self.tokenizer, cfg.max_seq_len)
+        self.tokenizer, model = load_mlm(self.base)
+        offsets = cfg.whole_word_mask
+        seed, max_len = self.params.seed, cfg.max_seq_len
+        self.train_data = TokenizedLines(train_lines, self.tokenizer, max_len, offsets, seed)
+        self.collator = MaskingCollator(self.tokenizer, cfg)
+        heldout = TokenizedLines(heldout_lines, self.tokenizer, max_len, offsets, EVAL_SEED)
+        self.heldout = fixed_masks(heldout, self.collator)
         log.info(
-            "pretrain: %d training lines, %d held out", len(self.train_data), len(self.heldout)
+            "pretrain: %d training lines, %d held out%s",
+            len(self.train_data),
+            len(self.heldout),
+            " (whole-word masking)" if offsets else "",
         )
-        self.runtime = runtime
         return model
 
     def key(self, runtime: Runtime) -> dict[str, object]:
@@ -213,32 +237,43 @@ class MaskedLMTask(TrainingTask["PreTrainedModel"]):
             "world": runtime.world_size,
         }
 
-    def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
-        cfg, seed, runtime = self.knobs, self.params.seed, self.runtime
-        lengths = self.train_data.lengths if cfg.group_by_length else None
-        order = batch_order(len(self.train_data), cfg.batch_size, seed, step, lengths)
-        ids, special, attention = self.train_data.batch(shard(order, runtime))
-        generator = torch.Generator().manual_seed(seed * 7919 + step)
-        inputs, labels = mask_tokens(ids, special, cfg.mask_prob, generator, self.tokenizer)
-        self.tokens += int(attention.sum())
-        with runtime.autocast():
-            out = forward(
-                input_ids=inputs.to(runtime.device),
-                attention_mask=attention.to(runtime.device),
-                labels=labels.to(runtime.device),
-            )
-        return out.loss
-
-    def validator(self) -> Callable[[torch.nn.Module], float]:
-        return lambda model: heldout_loss(
-            model, self.heldout, self.tokenizer, self.knobs, self.runtime
+    def fit(self, model: PreTrainedModel, runtime: Runtime, checkpoints: Checkpoints) -> Fitted:
+        cfg = self.knobs
+        arguments = trainer_arguments(
+            self.stage,
+            cfg,
+            checkpoints.folder,
+            runtime,
+            seed=self.params.seed,
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.batch_size,
+            group_by_length=cfg.group_by_length,
+            extra=cfg.trainer_args,
+        )
+        trainer = trainer_class()(
+            model=model,
+            args=arguments,
+            data_collator=self.collator,
+            train_dataset=self.train_data,
+            eval_dataset=self.heldout,
+            processing_class=self.tokenizer,
+            compute_metrics=heldout_loss,
+            preprocess_logits_for_metrics=token_losses,
+        )
+        return fit_with_trainer(
+            trainer,
+            stage=self.stage,
+            curve=self.curve,
+            checkpoints=checkpoints,
+            live_dir=paths.live(self.stage),
+            eval_key="eval_heldout_loss",
         )
 
     def evaluate(self, model: PreTrainedModel, fitted: Fitted, runtime: Runtime) -> dict:
         # the held-out loss before the first step and after the last (the curve's ends)
         (_, before), (_, after) = fitted.valid_history[0], fitted.valid_history[-1]
         self.heldout_ends = before, after
-        unigram = unigram_loss(self.train_data, self.heldout, self.tokenizer, self.knobs)
+        unigram = unigram_loss(self.train_data, self.heldout, self.tokenizer)
         below = after < unigram
         result = {
             "enabled": True,

@@ -27,6 +27,7 @@ from shopflow.core import paths
 from shopflow.core.artifacts import staged_dir, write_json, write_metrics
 from shopflow.core.config import Params
 from shopflow.training.loop import (
+    Checkpoints,
     Fitted,
     Head,
     Knobs,
@@ -78,9 +79,10 @@ class TrainingTask(ABC, Generic[Model]):
         """Everything the trained weights depend on: a checkpoint of other inputs is never
         resumed."""
 
-    @abstractmethod
     def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
-        """The loss of global step `step` on this rank's shard, computed with `forward`."""
+        """The loss of global step `step` on this rank's shard, computed with `forward` (what
+        the default `fit` trains on; a task that trains on a library's trainer has none)."""
+        raise NotImplementedError(f"{self.stage}: no step loss; the task overrides fit")
 
     @property
     def private(self) -> bool:
@@ -94,6 +96,22 @@ class TrainingTask(ABC, Generic[Model]):
     def validator(self) -> Callable[[torch.nn.Module], float] | None:
         """A held-out loss (no gradients), or None when there is nothing held out."""
         return None
+
+    def fit(self, model: Model, runtime: Runtime, checkpoints: Checkpoints) -> Fitted:
+        """Train `model`, resuming from `checkpoints` (by default the shared loop of
+        `loop.fit`, one step at a time through `loss`)."""
+        return fit(
+            stage=self.stage,
+            model=model,
+            runtime=runtime,
+            cfg=self.knobs,
+            seed=self.params.seed,
+            checkpoints=checkpoints,
+            loss_of_step=self.loss,
+            validate=self.validator(),
+            head=self.head(model),
+            private=self.private,
+        )
 
     @abstractmethod
     def evaluate(self, model: Model, fitted: Fitted, runtime: Runtime) -> dict:
@@ -121,18 +139,9 @@ def train(task: TrainingTask[Model]) -> dict:
             model = task.setup(runtime)
         except NothingToTrainError as nothing:
             return skip(task, str(nothing), runtime)
-        fitted = fit(
-            stage=task.stage,
-            model=model,
-            runtime=runtime,
-            cfg=task.knobs,
-            seed=params.seed,
-            key=run_key(**task.key(runtime)),
-            loss_of_step=task.loss,
-            validate=task.validator(),
-            head=task.head(model),
-            private=task.private,
-        )
+        key = run_key(**task.key(runtime))
+        checkpoints = Checkpoints(task.stage, key, task.knobs.checkpoint_every, runtime)
+        fitted = task.fit(model, runtime, checkpoints)
         if not runtime.is_main:
             return {}
         trained = cast(Model, unwrap(model))
@@ -140,12 +149,20 @@ def train(task: TrainingTask[Model]) -> dict:
         stored = write_metrics(task.stage, result)  # timings apart: see write_metrics
         with staged_dir(task.output) as staging:
             task.save(trained, staging, stored)
-        curves = {
-            f"train/{task.curve}": fitted.history,
-            f"valid/{task.curve}": fitted.valid_history,
-            **task.extra_curves(),
-        }
-        write_curve(paths.live(task.stage), curves, task.summary(result))
+        curves = (
+            {}
+            if fitted.logged_live
+            else {
+                f"train/{task.curve}": fitted.history,
+                f"valid/{task.curve}": fitted.valid_history,
+            }
+        )
+        write_curve(
+            paths.live(task.stage),
+            curves | task.extra_curves(),
+            task.summary(result),
+            resume=fitted.logged_live,
+        )
         fitted.done()
         return result
 
@@ -165,6 +182,7 @@ def skip(task: TrainingTask[Model], reason: str, runtime: Runtime) -> dict:
 def training_figures(task: TrainingTask[Model], fitted: Fitted, runtime: Runtime) -> dict:
     """Steps, resume point, final losses, device and throughput: what every stage reports."""
     seconds = fitted.seconds or float("nan")
+    tokens = task.tokens * runtime.world_size if fitted.tokens is None else fitted.tokens
     return {
         "steps": task.knobs.steps,
         "resumed_from_step": fitted.resumed_from,
@@ -174,22 +192,28 @@ def training_figures(task: TrainingTask[Model], fitted: Fitted, runtime: Runtime
         "world_size": runtime.world_size,
         "seconds": round(fitted.seconds, 2),
         "samples_per_s": round(fitted.steps_run * task.samples_per_step / seconds, 2),
-        "tokens_per_s": round(task.tokens * runtime.world_size / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
     }
 
 
 def write_curve(
-    live_dir: Path, curves: dict[str, list[tuple[int, float]]], summary: dict[str, float]
+    live_dir: Path,
+    curves: dict[str, list[tuple[int, float]]],
+    summary: dict[str, float],
+    resume: bool = False,
 ) -> None:
     """The learning curves (name -> [(step, value)], e.g. `train/loss` and `valid/loss`) and
-    the final numbers through DVCLive (`dvc plots show` reads them)."""
+    the final numbers through DVCLive (`dvc plots show` reads them); `resume` adds them to
+    the curves already logged there (by `hf_trainer.LiveCurves` during training)."""
     from dvclive import Live
 
     by_step: dict[int, dict[str, float]] = {}
     for name, points in curves.items():
         for step, value in points:
             by_step.setdefault(step, {})[name] = value
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with Live(
+        dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=resume
+    ) as live:
         for step in sorted(by_step):
             live.step = step
             for name, value in by_step[step].items():

@@ -59,7 +59,7 @@ def test_mlm_loss_drops_and_outputs_are_written(in_tmp):
     valid = pd.read_csv(in_tmp / "dvclive/pretrain/plots/metrics/valid/mlm_loss.tsv", sep="\t")
     assert valid["step"].tolist() == [0, 10, 20, 30, 40]  # before, each checkpoint (tiny: 10)
     assert valid["mlm_loss"].iloc[-1] == pytest.approx(result["heldout_loss_after"], abs=1e-4)
-    assert not list((in_tmp / ".checkpoints" / "pretrain").glob("*/latest.pt"))  # cleaned up
+    assert not list((in_tmp / ".checkpoints" / "pretrain").glob("*/checkpoint-*"))  # cleaned up
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(out).config.hidden_size == 64
@@ -78,13 +78,43 @@ def test_the_unigram_loss_is_the_cross_entropy_of_training_frequencies():
     cfg = tiny_params("pretrain.mask_prob=0.5").pretrain
     train = masked_lm.TokenizedLines(["sofa sofa sofa lamp"] * 50, tokenizer, 16)
     heldout = masked_lm.TokenizedLines(["sofa sofa sofa sofa sofa sofa"] * 8, tokenizer, 16)
+    masked = masked_lm.fixed_masks(heldout, masked_lm.MaskingCollator(tokenizer, cfg))
+    assert sum(label != -100 for row in masked for label in row["labels"]) > 0
     expected = -np.log((150 + 1) / (200 + len(tokenizer)))
-    assert masked_lm.unigram_loss(train, heldout, tokenizer, cfg) == pytest.approx(expected)
+    assert masked_lm.unigram_loss(train, masked, tokenizer) == pytest.approx(expected)
+
+
+def test_held_out_masks_are_the_same_every_time_and_leave_the_global_rng_alone():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tiny-random-bert"))
+    collator = masked_lm.MaskingCollator(tokenizer, tiny_params().pretrain)
+    lines = masked_lm.TokenizedLines([f"grey sofa number {i}" for i in range(20)], tokenizer, 16)
+    torch.manual_seed(1)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1)
+    first = masked_lm.fixed_masks(lines, collator)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert masked_lm.fixed_masks(lines, collator) == first
+    padded = collator(first[:4])  # masked already: padded, not masked again
+    assert padded["labels"].shape == padded["input_ids"].shape
+    assert padded["input_ids"][0, : len(first[0]["input_ids"])].tolist() == first[0]["input_ids"]
+
+
+def test_the_held_out_loss_weighs_every_masked_token_alike():
+    """Two batches of 1 and 3 masked tokens: the mean over the 4 tokens, not of the two
+    batch means (the trainer's own eval_loss)."""
+    from transformers import EvalPrediction
+
+    losses = np.array([[1.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    labels = np.array([[5, -100, -100], [5, 6, 7]])
+    got = masked_lm.heldout_loss(EvalPrediction(predictions=losses, label_ids=labels))
+    assert got["heldout_loss"] == pytest.approx(7 / 4)
 
 
 def test_a_loss_that_does_not_drop_fails_loudly(in_tmp, monkeypatch):
     write_corpus(in_tmp)
-    monkeypatch.setattr(masked_lm, "heldout_loss", lambda *a, **k: 5.0)
+    monkeypatch.setattr(masked_lm, "heldout_loss", lambda *a, **k: {"heldout_loss": 5.0})
     with pytest.raises(TrainingError, match="did not drop"):
         pretrain.run(tiny_params("pretrain.steps=2"))
     assert not (in_tmp / "data" / "models" / "encoder").exists()
@@ -152,7 +182,10 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
 
     proc = cli(killed, *RESUME_ARGS)
     deadline = time.time() + 300
-    while not list(killed.glob(".checkpoints/pretrain/*/latest.pt")) and time.time() < deadline:
+    while not (
+        list(killed.glob(".checkpoints/pretrain/*/checkpoint-*/trainer_state.json"))
+        or time.time() > deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -216,3 +249,63 @@ def test_the_same_data_and_params_give_the_same_files_whatever_the_hash_seed(tmp
     assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) >= 4
     differing = [name for name in outputs[0] if outputs[0][name] != outputs[1][name]]
     assert differing == []
+
+
+def test_trainer_args_reach_the_trainer_and_the_knobs_it_owns_are_refused_by_name(tmp_path):
+    from shopflow.training.hf_trainer import trainer_arguments
+    from shopflow.training.loop import Runtime
+
+    cpu = Runtime(torch.device("cpu"), 0, 1)
+    params = tiny_params(
+        "+pretrain.trainer_args.lr_scheduler_type=cosine",
+        "+pretrain.trainer_args.gradient_accumulation_steps=2",
+    )
+    cfg = params.pretrain
+    arguments = trainer_arguments(
+        "pretrain",
+        cfg,
+        tmp_path,
+        cpu,
+        seed=1,
+        batch_size=16,
+        eval_batch_size=16,
+        extra=cfg.trainer_args,
+    )
+    assert arguments.lr_scheduler_type == "cosine" and arguments.gradient_accumulation_steps == 2
+    assert arguments.per_device_train_batch_size == 8  # one global batch of 16 over 2 passes
+    assert arguments.learning_rate == cfg.lr and arguments.max_steps == cfg.steps
+    assert not arguments.bf16 and arguments.use_cpu
+    for key, message in (
+        ("learning_rate", r"pretrain\.trainer_args\.learning_rate: set by the project \(lr\)"),
+        ("no_such_argument", r"trainer_args\.no_such_argument: not an argument of Training"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            trainer_arguments(
+                "pretrain",
+                cfg,
+                tmp_path,
+                cpu,
+                seed=1,
+                batch_size=16,
+                eval_batch_size=16,
+                extra={key: 1},
+            )
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word_and_trains(in_tmp):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tiny-random-bert"))
+    cfg = tiny_params("pretrain.whole_word_mask=true", "pretrain.mask_prob=0.5").pretrain
+    lines = ["unbelievably comfortable settee"] * 30
+    data = masked_lm.TokenizedLines(lines, tokenizer, 16, offsets=True, seed=3)
+    masked = masked_lm.fixed_masks(data, masked_lm.MaskingCollator(tokenizer, cfg))
+    encoded = tokenizer(lines[0])
+    words = encoded.word_ids()
+    for row in masked:
+        for word in {w for w in words if w is not None}:
+            pieces = [row["labels"][i] != -100 for i, w in enumerate(words) if w == word]
+            assert all(pieces) or not any(pieces), "a word was masked in part"
+    write_corpus(in_tmp)
+    result = pretrain.run(tiny_params("pretrain.whole_word_mask=true", "pretrain.steps=20"))
+    assert result["heldout_loss_after"] < result["heldout_loss_before"]

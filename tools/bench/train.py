@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -49,9 +51,6 @@ def _batches(profile: Params, model_name: str, vocab: int, generator: torch.Gene
             rows, length, dtype=torch.long
         )
 
-    if model_name == "pretrain":
-        mlm = profile.pretrain
-        return mlm.batch_size, [ids(mlm.batch_size, mlm.max_seq_len)]
     if model_name == "retriever":
         bi = profile.retriever
         n = bi.batch_size
@@ -62,9 +61,6 @@ def _batches(profile: Params, model_name: str, vocab: int, generator: torch.Gene
 
 
 def _loss(model_name: str, forward, batches) -> torch.Tensor:
-    if model_name == "pretrain":
-        ids, mask = batches[0]
-        return forward(input_ids=ids, attention_mask=mask, labels=ids).loss
     if model_name == "retriever":
         return torch.stack([v.sum() for v in forward(*batches)]).sum()
     ids, mask = batches[0]
@@ -74,10 +70,7 @@ def _loss(model_name: str, forward, batches) -> torch.Tensor:
 def _load(model_name: str, base: str, runtime):
     from shopflow.models.bi_encoder import TextEncoder
     from shopflow.models.cross_encoder import CrossEncoderModule
-    from shopflow.training.masked_lm import load_mlm
 
-    if model_name == "pretrain":
-        return load_mlm(base, runtime)[1]
     if model_name == "retriever":
         return TextEncoder.from_pretrained(base).to(runtime.device)
     return CrossEncoderModule.from_pretrained(base).to(runtime.device)
@@ -144,6 +137,76 @@ def time_training_steps(
     return row
 
 
+def time_pretrain_steps(
+    base: str, profile: Params, runtime, steps: int, warmup: int, folder: Path
+) -> dict:
+    """Optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
+    (arguments, masking collator, length-grouped sampler, clipping, schedule) on full-length
+    random lines of the profile's shape: samples/s and tokens/s of the steps after `warmup`."""
+    from transformers import TrainerCallback
+
+    from shopflow.training.hf_trainer import trainer_arguments, trainer_class
+    from shopflow.training.masked_lm import MaskingCollator, TokenizedLines, load_mlm
+
+    cfg = profile.pretrain
+    tokenizer, model = load_mlm(base)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, len(tokenizer), (5000,), generator=generator).tolist()
+    words = tokenizer.convert_ids_to_tokens(ids)  # full-length lines: at least a token a word
+    width = cfg.max_seq_len
+    lines = [" ".join(words[i : i + width]) for i in range(0, len(words) - width, 7)]
+    data = TokenizedLines(lines, tokenizer, cfg.max_seq_len, cfg.whole_word_mask, 0)
+    knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
+    arguments = trainer_arguments(
+        "pretrain",
+        knobs,
+        folder,
+        runtime,
+        seed=0,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.batch_size,
+        group_by_length=cfg.group_by_length,
+        extra={**cfg.trainer_args, "eval_strategy": "no"},
+    )
+
+    class Clock(TrainerCallback):
+        started = 0.0
+        tokens = 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                if runtime.cuda:
+                    torch.cuda.synchronize()
+                self.started, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    clock = Clock()
+    trainer = trainer_class()(
+        model=model,
+        args=arguments,
+        data_collator=MaskingCollator(tokenizer, cfg),
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    if runtime.cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - clock.started) / steps
+    tokens = (trainer.state.num_input_tokens_seen - clock.tokens) / steps
+    return {
+        "samples_per_step": cfg.batch_size,
+        "tokens_per_step": round(tokens),
+        "compiled": bool(arguments.torch_compile),
+        "samples_per_s": round(cfg.batch_size / seconds, 1),
+        "tokens_per_s": round(tokens / seconds),
+        "non_embedding_params": non_embedding_params(model),
+        "trainer": "transformers.Trainer",
+    }
+
+
 def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmup: int = 3) -> list:
     """Optimizer steps/s of each model at each profile's batch shape, on this machine's device.
 
@@ -161,12 +224,17 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
         profile = load_params(paths.PARAMS, [f"profile={profile_name}"])
         base = resolve_base_model(profile.models.base, profile.models.allow_download)
         for model_name in ("pretrain", "retriever", "reranker"):
-            model = _load(model_name, base, runtime)
+            if model_name == "pretrain":
+                with tempfile.TemporaryDirectory() as folder:
+                    timed = time_pretrain_steps(base, profile, runtime, steps, warmup, Path(folder))
+            else:
+                model = _load(model_name, base, runtime)
+                timed = time_training_steps(model_name, model, profile, runtime, steps, warmup)
             row = {
                 "profile": profile_name,
                 "model": model_name,
                 "device": str(runtime.device),
-                **time_training_steps(model_name, model, profile, runtime, steps, warmup),
+                **timed,
             }
             rows.append(row)
             log.info("bench train: %s", row)
