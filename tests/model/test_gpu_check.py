@@ -44,7 +44,8 @@ def test_the_gpu_check_reports_every_figure_from_a_weightless_model_folder(in_tm
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["profile"] == "tiny"
     assert result["peak"]["tflops"] > 0
-    assert [row["model"] for row in result["training"]] == ["retriever", "reranker"]
+    assert [row["model"] for row in result["training"]] == ["pretrain", "retriever", "reranker"]
+    assert result["training"][0]["trainer"] == "transformers.Trainer"  # the stage's own path
     assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in result["training"])
     assert result["embedding"]["texts"] == 300 and result["embedding"]["texts_per_s"] > 0
     assert [row["batch"] for row in result["scoring"]] == [256, 1024]

@@ -4,9 +4,11 @@ On a CUDA device it measures, with the `gpu` profile's shapes and bf16 autocast:
 
 - the chip's own bf16 matmul rate (8192³ products): the peak MFU is reported against, beside
   the vendor's datasheet figure;
-- training: optimizer steps of the retriever (two towers, InfoNCE shapes) and the reranker
-  (listwise groups of pairs), exactly the modules, optimizer and autocast the stages train
-  with, on batches of the profile's sizes: samples/s, tokens/s, TFLOP/s, MFU, peak memory;
+- training: optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
+  (its arguments: bf16, TF32, fused AdamW, compile), of the retriever (two towers, InfoNCE
+  shapes) and of the reranker (listwise groups of pairs), exactly the modules, optimizer and
+  autocast the stages train with, on batches of the profile's sizes: samples/s, tokens/s,
+  TFLOP/s, MFU, peak memory;
 - embedding: `--texts` product titles (1M by default) through the item tower, tokenising
   included: texts/s;
 - scoring: the service's reranker scorer (`CrossEncoder.score_tokens`) at batches of 256 and
@@ -91,6 +93,27 @@ def models(folder: Path, runtime: Runtime) -> tuple[TextEncoder, CrossEncoderMod
     encoder = TextEncoder(AutoModel.from_config(config)).to(runtime.device)
     cross = CrossEncoderModule(AutoModelForSequenceClassification.from_config(config), 20.0)
     return encoder, cross.to(runtime.device), AutoTokenizer.from_pretrained(str(folder))
+
+
+def pretrain_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
+    """pretrain-adapt's steps through its `transformers.Trainer` (`time_pretrain_steps`), the
+    masked-LM model built from the config in `folder`; where the trainer cannot run (a GPU
+    machine's Python without accelerate), the reason instead of the figures."""
+    try:
+        from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+        from tools.bench.train import time_pretrain_steps
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(str(folder))
+        model = AutoModelForMaskedLM.from_config(config).to(runtime.device)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        row = time_pretrain_steps(model, tokenizer, params, runtime, steps, max(2, steps // 5))
+    except ImportError as missing:
+        log.warning("training pretrain: not measured (%s)", missing)
+        return {"skipped": str(missing)}
+    log.info("training pretrain: %s", row)
+    return row
 
 
 def titles(n: int, seed: int = 0) -> list[str]:
@@ -209,6 +232,8 @@ def gpu_check(
             row["mfu_measured_peak"] = round(row["tflops"] / peak["tflops"], 4)
         result["training"].append({"model": name, **row})
         log.info("training %s: %s", name, row)
+    pretrain = pretrain_steps(model_dir, params, runtime, n_steps)
+    result["training"].insert(0, {"model": "pretrain", **pretrain})
     corpus = titles(n_texts)
     result["embedding"] = embedding_rate(encoder, tokenizer, corpus, params, runtime)
     log.info("embedding: %s", result["embedding"])

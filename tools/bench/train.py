@@ -118,9 +118,17 @@ def time_training_steps(
     if runtime.cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
+    return step_figures(model, runtime, samples, tokens, seconds, compiled)
+
+
+def step_figures(
+    model: torch.nn.Module, runtime, samples: int, tokens: float, seconds: float, compiled: bool
+) -> dict:
+    """One timed step's figures: samples/s, tokens/s and, on a GPU, TFLOP/s, MFU against the
+    datasheet peak and peak memory."""
     row: dict = {
         "samples_per_step": samples,
-        "tokens_per_step": tokens,
+        "tokens_per_step": round(tokens),
         "compiled": compiled,
         "samples_per_s": round(samples / seconds, 1),
         "tokens_per_s": round(tokens / seconds),
@@ -138,73 +146,66 @@ def time_training_steps(
 
 
 def time_pretrain_steps(
-    base: str, profile: Params, runtime, steps: int, warmup: int, folder: Path
+    model: torch.nn.Module, tokenizer, profile: Params, runtime, steps: int, warmup: int
 ) -> dict:
     """Optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
-    (arguments, masking collator, length-grouped sampler, clipping, schedule) on full-length
-    random lines of the profile's shape: samples/s and tokens/s of the steps after `warmup`."""
+    (arguments, masking collator, length-grouped sampler, clipping, schedule, bf16 and
+    compile on CUDA) on full-length random lines of the profile's shape: the figures of
+    `step_figures` for the steps after `warmup`."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
 
     from shopflow.training.hf_trainer import trainer_arguments, trainer_class
-    from shopflow.training.masked_lm import MaskingCollator, TokenizedLines, load_mlm
+    from shopflow.training.masked_lm import MaskingCollator, TokenizedLines
 
     cfg = profile.pretrain
-    tokenizer, model = load_mlm(base)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, len(tokenizer), (5000,), generator=generator).tolist()
     words = tokenizer.convert_ids_to_tokens(ids)  # full-length lines: at least a token a word
     width = cfg.max_seq_len
     lines = [" ".join(words[i : i + width]) for i in range(0, len(words) - width, 7)]
-    data = TokenizedLines(lines, tokenizer, cfg.max_seq_len, cfg.whole_word_mask, 0)
+    data = TokenizedLines(lines, tokenizer, width, cfg.whole_word_mask, 0)
     knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
-    arguments = trainer_arguments(
-        "pretrain",
-        knobs,
-        folder,
-        runtime,
-        seed=0,
-        batch_size=cfg.batch_size,
-        eval_batch_size=cfg.batch_size,
-        group_by_length=cfg.group_by_length,
-        extra={**cfg.trainer_args, "eval_strategy": "no"},
-    )
 
     class Clock(TrainerCallback):
-        started = 0.0
-        tokens = 0
+        started, tokens = 0.0, 0
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup:
                 if runtime.cuda:
                     torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
                 self.started, self.tokens = time.perf_counter(), state.num_input_tokens_seen
 
     clock = Clock()
-    trainer = trainer_class()(
-        model=model,
-        args=arguments,
-        data_collator=MaskingCollator(tokenizer, cfg),
-        train_dataset=data,
-        processing_class=tokenizer,
-        callbacks=[clock],
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    with tempfile.TemporaryDirectory() as folder:
+        arguments = trainer_arguments(
+            "pretrain",
+            knobs,
+            Path(folder),
+            runtime,
+            seed=0,
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.batch_size,
+            group_by_length=cfg.group_by_length,
+            extra={**cfg.trainer_args, "eval_strategy": "no"},
+        )
+        trainer = trainer_class()(
+            model=model,
+            args=arguments,
+            data_collator=MaskingCollator(tokenizer, cfg),
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
     if runtime.cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - clock.started) / steps
     tokens = (trainer.state.num_input_tokens_seen - clock.tokens) / steps
-    return {
-        "samples_per_step": cfg.batch_size,
-        "tokens_per_step": round(tokens),
-        "compiled": bool(arguments.torch_compile),
-        "samples_per_s": round(cfg.batch_size / seconds, 1),
-        "tokens_per_s": round(tokens / seconds),
-        "non_embedding_params": non_embedding_params(model),
-        "trainer": "transformers.Trainer",
-    }
+    row = step_figures(model, runtime, cfg.batch_size, tokens, seconds, arguments.torch_compile)
+    return {**row, "trainer": "transformers.Trainer"}
 
 
 def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmup: int = 3) -> list:
@@ -217,6 +218,7 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
     from shopflow.core.config import load_params
     from shopflow.models.base import resolve_base_model
     from shopflow.training.loop import setup_runtime
+    from shopflow.training.masked_lm import load_mlm
 
     rows = []
     runtime = setup_runtime(params.models.device)
@@ -225,8 +227,8 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
         base = resolve_base_model(profile.models.base, profile.models.allow_download)
         for model_name in ("pretrain", "retriever", "reranker"):
             if model_name == "pretrain":
-                with tempfile.TemporaryDirectory() as folder:
-                    timed = time_pretrain_steps(base, profile, runtime, steps, warmup, Path(folder))
+                tokenizer, mlm = load_mlm(base)
+                timed = time_pretrain_steps(mlm, tokenizer, profile, runtime, steps, warmup)
             else:
                 model = _load(model_name, base, runtime)
                 timed = time_training_steps(model_name, model, profile, runtime, steps, warmup)
