@@ -192,6 +192,8 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert not (killed / "data" / "models" / "encoder").exists(), (
         "the run finished before it was killed"
     )
+    live = pd.read_csv(killed / "dvclive/pretrain/plots/metrics/train/mlm_loss.tsv", sep="\t")
+    assert live["step"].max() >= 5, "the curve is written while training runs, not after"
     resumed = cli(killed, *RESUME_ARGS)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
