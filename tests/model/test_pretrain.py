@@ -254,25 +254,27 @@ def test_the_same_data_and_params_give_the_same_files_whatever_the_hash_seed(tmp
 
 
 def test_trainer_args_reach_the_trainer_and_the_knobs_it_owns_are_refused_by_name(tmp_path):
+    from functools import partial
+
     from shopflow.training.hf_trainer import trainer_arguments
     from shopflow.training.loop import Runtime
 
-    cpu = Runtime(torch.device("cpu"), 0, 1)
     params = tiny_params(
         "+pretrain.trainer_args.lr_scheduler_type=cosine",
         "+pretrain.trainer_args.gradient_accumulation_steps=2",
     )
     cfg = params.pretrain
-    arguments = trainer_arguments(
+    arguments_with = partial(
+        trainer_arguments,
         "pretrain",
         cfg,
         tmp_path,
-        cpu,
+        Runtime(torch.device("cpu"), 0, 1),
         seed=1,
         batch_size=16,
         eval_batch_size=16,
-        extra=cfg.trainer_args,
     )
+    arguments = arguments_with(extra=cfg.trainer_args)
     assert arguments.lr_scheduler_type == "cosine" and arguments.gradient_accumulation_steps == 2
     assert arguments.per_device_train_batch_size == 8  # one global batch of 16 over 2 passes
     assert arguments.learning_rate == cfg.lr and arguments.max_steps == cfg.steps
@@ -282,16 +284,7 @@ def test_trainer_args_reach_the_trainer_and_the_knobs_it_owns_are_refused_by_nam
         ("no_such_argument", r"trainer_args\.no_such_argument: not an argument of Training"),
     ):
         with pytest.raises(ConfigError, match=message):
-            trainer_arguments(
-                "pretrain",
-                cfg,
-                tmp_path,
-                cpu,
-                seed=1,
-                batch_size=16,
-                eval_batch_size=16,
-                extra={key: 1},
-            )
+            arguments_with(extra={key: 1})
 
 
 def test_whole_word_masking_masks_every_piece_of_a_word_and_trains(in_tmp):
