@@ -187,13 +187,17 @@ def _steps_callback_class() -> type:
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
-        """Progress lines with rate and ETA, a held-out loss at the last step too, and the
-        seconds spent on held-out losses (left out of the training throughput)."""
+        """Progress lines with rate and ETA, a held-out loss at the last step too, the
+        seconds spent on held-out losses (left out of the training throughput) and the
+        tokens this run trained on (a resumed state carries the earlier run's)."""
 
         def __init__(self, stage: str, total: int, start: int) -> None:
             self.progress = Progress(stage, total, start=start)
             self.evaluating = 0.0
-            self.began = 0.0
+            self.tokens_before = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.tokens_before = state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == state.max_steps and args.eval_strategy != "no":
@@ -267,6 +271,6 @@ def fit_with_trainer(
         args.max_steps - start,
         seconds,
         checkpoints,
-        tokens=int(trainer.state.num_input_tokens_seen),
+        tokens=int(trainer.state.num_input_tokens_seen - steps.tokens_before),
         logged_live=True,
     )
