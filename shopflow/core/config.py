@@ -181,7 +181,7 @@ class PretrainConfig(Section):
 
 
 class TrainingConfig(Section):
-    """Knobs every fine-tuning stage shares (the loop in `shopflow.training.loop`)."""
+    """Knobs every fine-tuning stage shares (its trainer's arguments, `training.hf_trainer`)."""
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -189,6 +189,11 @@ class TrainingConfig(Section):
     warmup_steps: int = Field(ge=0)
     checkpoint_every: int = Field(ge=0)
     compile: bool
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to the stage's TrainingArguments as they are (e.g. "
+        "lr_scheduler_type, gradient_accumulation_steps, batch_sampler)",
+    )
 
 
 class RetrieverConfig(TrainingConfig):

@@ -7,9 +7,9 @@ reads the query, optionally followed by the titles of the user's recent items
 is how the same model recommends. The item tower reads the product text.
 
 Training examples (train split only) are (query text, positive product, hard negative) from
-judgments, clicks and purchases (`retrieval_examples`). The loss is InfoNCE over the batch
-(`losses.contrastive_loss`): every other positive and every hard negative compete with the
-true product.
+judgments, clicks and purchases (`retrieval_examples`), trained on sentence-transformers'
+trainer (`sentence_trainer`) with InfoNCE over the batch: every other positive and every
+hard negative compete with the true product.
 
 After training, the catalogue is embedded once and saved beside the model with the training
 split's popularity (the feature ranker reads it). The query tower reading a customer's
@@ -19,7 +19,6 @@ recent products (no query) is the user tower, one of the recommendation mix's so
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +39,8 @@ from shopflow.models.bi_encoder import BiEncoder, TextEncoder
 from shopflow.models.lexical import Bm25Settings
 from shopflow.models.popularity import popularity, popularity_prior
 from shopflow.models.tokens import pad, tokenize
-from shopflow.training.loop import Fitted, Runtime, batch_order, shard
-from shopflow.training.losses import contrastive_loss
+from shopflow.training.hf_trainer import fit_with_trainer
+from shopflow.training.loop import Checkpoints, Fitted, Runtime
 from shopflow.training.privacy import PrivacyPlan, SecretDraws, plan, private_gradients
 from shopflow.training.retrieval_examples import (
     NO_NEGATIVE,
@@ -50,6 +49,7 @@ from shopflow.training.retrieval_examples import (
     training_examples,
     validation_examples,
 )
+from shopflow.training.sentence_trainer import retriever_trainer, sentence_model, triplets
 from shopflow.training.trainer import TrainingTask, training_figures
 from shopflow.training.user_level import Units, hold_out_customers
 
@@ -132,7 +132,8 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             self.draws = SecretDraws()
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
-        model = TextEncoder.from_pretrained(paths.ENCODER).to(runtime.device)
+        self.sentence = sentence_model(paths.ENCODER, runtime)
+        model = TextEncoder(self.sentence[0].auto_model)  # the same weights, the project's API
         if self.plan is not None:
             trained = model.train_top_layers(dp.trained_layers)
             log.info(
@@ -145,10 +146,9 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         self.item_texts = product_text(products)
         self.item_tokens = tokenize(self.tokenizer, self.item_texts, cfg.max_item_len)
         self.train_batches = Batches.of(examples, self.tokenizer, cfg.max_query_len)
+        self.train_data = triplets(examples, self.item_texts, params.seed)
         valid = validation_examples(self.tables, params)
-        self.valid_batches = (
-            None if valid is None else Batches.of(valid, self.tokenizer, cfg.max_query_len)
-        )
+        self.valid_data = None if valid is None else triplets(valid, self.item_texts, params.seed)
         self.runtime = runtime
         return model
 
@@ -162,38 +162,6 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             "world": runtime.world_size,
             "privacy": self.params.privacy.dp.model_dump(),
         }
-
-    def batch_loss(
-        self,
-        forward: torch.nn.Module,
-        batches: Batches,
-        index: np.ndarray,
-    ) -> torch.Tensor:
-        """InfoNCE of the examples at `index`: their queries against their positives and the
-        hard negatives they have (in-batch: each other's too)."""
-        dev, pad_id = self.runtime.device, self.tokenizer.pad_token_id
-        examples = batches.examples
-        positives = examples.positives[index]
-        negatives = examples.negatives[index]
-        negatives = negatives[negatives != NO_NEGATIVE]
-        padded = [
-            pad([batches.tokens[batches.rows[i]] for i in index], pad_id),
-            pad([self.item_tokens[p] for p in positives], pad_id),
-        ]
-        if len(negatives):
-            padded.append(pad([self.item_tokens[n] for n in negatives], pad_id))
-        if batches is self.train_batches:
-            self.tokens += sum(int(mask.sum()) for _, mask in padded)
-        with self.runtime.autocast():
-            vectors = forward(*[(ids.to(dev), mask.to(dev)) for ids, mask in padded])
-        candidates = torch.as_tensor(np.concatenate([positives, negatives]), device=dev)
-        return contrastive_loss(
-            vectors[0],
-            torch.cat(vectors[1:]),
-            torch.as_tensor(positives, device=dev),
-            candidates,
-            self.knobs.temperature,
-        )
 
     def public_products(self, forward: torch.nn.Module, rows: np.ndarray) -> torch.Tensor:
         """Item vectors of catalogue products (public data), without gradients."""
@@ -234,31 +202,34 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
             p.grad, p.grad_sample = g, None  # type: ignore[attr-defined]
         return torch.tensor(mean)
 
-    def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
-        if self.plan is not None:
-            return self.private_loss(forward)
-        size = len(self.train_batches.examples)
-        index = shard(
-            batch_order(size, self.knobs.batch_size, self.params.seed, step), self.runtime
+    def fit(self, model: TextEncoder, runtime: Runtime, checkpoints: Checkpoints) -> Fitted:
+        """Train on sentence-transformers' trainer (`sentence_trainer.retriever_trainer`);
+        privately, the user-level DP step in place of its forward and backward."""
+        settings = {"max_grad_norm": 0.0} if self.plan else {}  # clipped per customer instead
+        trainer = retriever_trainer(
+            self.sentence,
+            self.knobs,
+            checkpoints.folder,
+            runtime,
+            seed=self.params.seed,
+            train=self.train_data,
+            valid=self.valid_data,
+            settings=settings,
         )
-        return self.batch_loss(forward, self.train_batches, index.numpy())
+        if self.plan is not None:
 
-    def validator(self) -> Callable[[torch.nn.Module], float] | None:
-        valid = self.valid_batches
-        if valid is None:
-            return None
-        size, n = self.knobs.batch_size, len(valid.examples)
+            def private_step() -> tuple[torch.Tensor, int]:
+                before = self.tokens
+                return self.private_loss(model), self.tokens - before
 
-        @torch.no_grad()
-        def validation_loss(encoder: torch.nn.Module) -> float:
-            encoder.eval()
-            losses = [
-                self.batch_loss(encoder, valid, np.arange(a, min(a + size, n))).item()
-                for a in range(0, n, size)
-            ]
-            return float(np.mean(losses))
-
-        return validation_loss
+            trainer.private_step = private_step
+        return fit_with_trainer(
+            trainer,
+            stage=self.stage,
+            curve=self.curve,
+            checkpoints=checkpoints,
+            live_dir=paths.live(self.stage),
+        )
 
     def evaluate(self, model: TextEncoder, fitted: Fitted, runtime: Runtime) -> dict:
         if self.sampler is not None:

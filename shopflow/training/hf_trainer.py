@@ -64,21 +64,28 @@ def trainer_arguments(
     batch_size: int,
     eval_batch_size: int,
     group_by_length: bool = False,
+    settings: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    arguments_class: type[TrainingArguments] | None = None,
 ) -> TrainingArguments:
-    """`TrainingArguments` for one stage: its knobs, one global batch of `batch_size` split
-    over the processes, the held-out loss at every checkpoint step, and on CUDA bf16 + TF32 +
-    fused AdamW (+ torch.compile with `compile`). `extra` (the section's `trainer_args`) is
-    applied last; the arguments the knobs own are refused by name (`OWNED`)."""
+    """`TrainingArguments` (or `arguments_class`, e.g. sentence-transformers' subclass) for
+    one stage: its knobs, one global batch of `batch_size` split over the processes, the
+    held-out loss at every checkpoint step, and on CUDA bf16 + TF32 + fused AdamW
+    (+ torch.compile with `compile`). `settings` (what the stage's trainer needs) come next,
+    `extra` (the section's `trainer_args`) last; the arguments the knobs own are refused by
+    name (`OWNED`)."""
     from transformers import TrainingArguments
 
+    arguments_class = arguments_class or TrainingArguments
     extra = dict(extra or {})
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    known = {f.name for f in dataclasses.fields(arguments_class)}
     for key in extra:
         if key in OWNED:
             raise ConfigError(f"{stage}.trainer_args.{key}: set by the project ({OWNED[key]})")
         if key not in known:
-            raise ConfigError(f"{stage}.trainer_args.{key}: not an argument of TrainingArguments")
+            raise ConfigError(
+                f"{stage}.trainer_args.{key}: not an argument of {arguments_class.__name__}"
+            )
     every = knobs.checkpoint_every
     accumulate = int(extra.get("gradient_accumulation_steps", 1))
     per_device = math.ceil(batch_size / (runtime.world_size * accumulate))
@@ -114,7 +121,7 @@ def trainer_arguments(
         "report_to": "none",  # DVCLive's callback is added explicitly (`LiveCurves`)
         "log_level": "warning",
     }
-    return TrainingArguments(**(arguments | extra))
+    return arguments_class(**(arguments | dict(settings or {}) | extra))
 
 
 def trainer_class() -> type[Trainer]:
@@ -216,6 +223,15 @@ def _steps_callback_class() -> type:
     return StepLog
 
 
+def quiet(trainer: Trainer) -> Trainer:
+    """`trainer` without the callback that prints a dict every logging step (the stage logs
+    progress lines with rate and ETA; a benchmark logs its own figures)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def last_checkpoint(folder: Path) -> Path | None:
     """The trainer's newest complete checkpoint in `folder` (`checkpoint-<step>`), if any."""
     if not folder.is_dir():
@@ -245,16 +261,15 @@ def fit_with_trainer(
     if resume is not None:
         log.info("resuming from the checkpoint at step %d (%s)", start, resume)
     args = trainer.args
-    args.eval_on_start = resume is None  # a resumed run has the step-0 value in its state
+    # A resumed run has the step-0 value in its state.
+    args.eval_on_start = resume is None and args.eval_strategy != "no"
     names = {
         "loss": f"train/{curve}",
         eval_key: f"valid/{curve}",
         "learning_rate": "train/learning_rate",
         "grad_norm": "train/grad_norm",
     }
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # one dict a step: the progress lines instead
+    quiet(trainer)
     steps = _steps_callback_class()(stage, args.max_steps, start)
     trainer.add_callback(_live_callback_class()(live_dir, names))
     trainer.add_callback(steps)

@@ -133,6 +133,13 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return encoder_weights(folder)
 
 
+def checkpointed(folder: Path, stage: str) -> bool:
+    """Whether a complete checkpoint of `stage` is on disk (a trainer's checkpoint folder
+    with its state, or the loop's file)."""
+    found = folder.glob(f".checkpoints/{stage}/*/checkpoint-*/trainer_state.json")
+    return any(found) or any(folder.glob(f".checkpoints/{stage}/*/latest.pt"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, args",
@@ -152,7 +159,7 @@ def test_a_killed_fine_tune_resumes_to_the_same_result(tmp_path, stage, args):
 
     proc = cli(killed, *args, stage)
     deadline = time.time() + 300
-    while not list(killed.glob(f".checkpoints/{stage}/*/latest.pt")) and time.time() < deadline:
+    while not checkpointed(killed, stage) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

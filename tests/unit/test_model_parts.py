@@ -1,4 +1,4 @@
-"""Losses, pair building and query text: the small parts the trained models are made of."""
+"""Losses, training examples, pair building and query text: the small parts the trained models are made of."""
 
 import numpy as np
 import pytest
@@ -9,19 +9,33 @@ from shopflow.evaluation.significance import paired_test
 from shopflow.models.base import resolve_base_model
 from shopflow.models.cross_encoder import PairTokens
 from shopflow.training.listwise_groups import graded_groups, sample_group
-from shopflow.training.losses import contrastive_loss, listwise_loss
+from shopflow.training.losses import listwise_loss
+from shopflow.training.retrieval_examples import NO_NEGATIVE, Examples
+from shopflow.training.sentence_trainer import triplets
 
 pytestmark = pytest.mark.unit
 
 
-def test_contrastive_loss_does_not_punish_a_duplicate_positive():
-    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    items = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both rows' positive is product 7
-    positives = torch.tensor([7, 7])
-    masked = contrastive_loss(queries[:1], items, positives[:1], positives, 0.05)
-    assert masked.item() == pytest.approx(0.0, abs=1e-6)  # the twin is not a negative
-    distinct = contrastive_loss(queries[:1], items, positives[:1], torch.tensor([7, 8]), 0.05)
-    assert distinct.item() == pytest.approx(np.log(2), abs=1e-6)
+def test_retriever_triplets_keep_hard_negatives_and_never_batch_a_positive_with_its_twin():
+    """Examples without a hard negative get a catalogue product other than their positive;
+    two examples with one positive never share a batch (the twin would be a negative)."""
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    texts = [f"product {i}" for i in range(5)]
+    examples = Examples(
+        queries=["a", "b", "c", "d"],
+        positives=np.array([0, 0, 1, 2]),
+        negatives=np.array([3, NO_NEGATIVE, NO_NEGATIVE, 4]),
+        sources=np.array(["judgments", "purchases", "purchases", "clicks"]),
+        units=np.array(["q", "u1", "u2", "u3"]),
+    )
+    data = triplets(examples, texts, seed=0)
+    assert data["negative"][0] == "product 3" and data["negative"][3] == "product 4"
+    assert all(data["negative"][i] != data["positive"][i] for i in range(4))
+    for seed in range(20):
+        sampler = NoDuplicatesBatchSampler(data, batch_size=2, drop_last=False, seed=seed)
+        for batch in sampler:
+            assert not {0, 1} <= set(batch), (seed, batch)
 
 
 def test_listwise_loss_prefers_the_order_of_the_targets():

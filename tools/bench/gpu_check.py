@@ -5,10 +5,10 @@ On a CUDA device it measures, with the `gpu` profile's shapes and bf16 autocast:
 - the chip's own bf16 matmul rate (8192³ products): the peak MFU is reported against, beside
   the vendor's datasheet figure;
 - training: optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
-  (its arguments: bf16, TF32, fused AdamW, compile), of the retriever (two towers, InfoNCE
-  shapes) and of the reranker (listwise groups of pairs), exactly the modules, optimizer and
-  autocast the stages train with, on batches of the profile's sizes: samples/s, tokens/s,
-  TFLOP/s, MFU, peak memory;
+  and of the retriever through its `SentenceTransformerTrainer` (their arguments: bf16, TF32,
+  fused AdamW, compile), and of the reranker (listwise groups of pairs, the modules, optimizer
+  and autocast the stage trains with), on batches of the profile's sizes: samples/s,
+  tokens/s, TFLOP/s, MFU, peak memory;
 - embedding: `--texts` product titles (1M by default) through the item tower, tokenising
   included: texts/s;
 - scoring: the service's reranker scorer (`CrossEncoder.score_tokens`) at batches of 256 and
@@ -30,7 +30,10 @@ import argparse
 import json
 import logging
 import platform
+import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,25 +98,47 @@ def models(folder: Path, runtime: Runtime) -> tuple[TextEncoder, CrossEncoderMod
     return encoder, cross.to(runtime.device), AutoTokenizer.from_pretrained(str(folder))
 
 
+def trainer_steps(name: str, measure: Callable[[], dict]) -> dict:
+    """One model's training figures through its stage's trainer (`measure`); where that
+    trainer cannot run (a GPU machine's Python without accelerate, datasets or
+    sentence-transformers), the reason instead of the figures."""
+    try:
+        row = measure()
+    except ImportError as missing:
+        log.warning("training %s: not measured (%s)", name, missing)
+        return {"skipped": str(missing)}
+    log.info("training %s: %s", name, row)
+    return row
+
+
 def pretrain_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
     """pretrain-adapt's steps through its `transformers.Trainer` (`time_pretrain_steps`), the
-    masked-LM model built from the config in `folder`; where the trainer cannot run (a GPU
-    machine's Python without accelerate), the reason instead of the figures."""
-    try:
-        from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+    masked-LM model built from the config in `folder`."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-        from tools.bench.train import time_pretrain_steps
+    from tools.bench.train import time_pretrain_steps
 
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(str(folder)))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return time_pretrain_steps(
+        model.to(runtime.device), tokenizer, params, runtime, steps, max(2, steps // 5)
+    )
+
+
+def retriever_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
+    """The retriever's steps through its `SentenceTransformerTrainer` (`time_retriever_steps`),
+    the encoder built from the config in `folder` with random weights (saved to a scratch
+    folder: sentence-transformers loads a model from one)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from tools.bench.train import time_retriever_steps
+
+    with tempfile.TemporaryDirectory() as scratch:
         torch.manual_seed(0)
-        config = AutoConfig.from_pretrained(str(folder))
-        model = AutoModelForMaskedLM.from_config(config).to(runtime.device)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        row = time_pretrain_steps(model, tokenizer, params, runtime, steps, max(2, steps // 5))
-    except ImportError as missing:
-        log.warning("training pretrain: not measured (%s)", missing)
-        return {"skipped": str(missing)}
-    log.info("training pretrain: %s", row)
-    return row
+        AutoModel.from_config(AutoConfig.from_pretrained(str(folder))).save_pretrained(scratch)
+        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(scratch)
+        return time_retriever_steps(scratch, params, runtime, steps, max(2, steps // 5))
 
 
 def titles(n: int, seed: int = 0) -> list[str]:
@@ -223,17 +248,17 @@ def gpu_check(
     result["peak"] = {**peak, "datasheet_bf16_tflops": datasheet / 1e12 if datasheet else None}
     log.info("peak: %s", result["peak"])
     encoder, cross, tokenizer = models(model_dir, runtime)
-    result["training"] = []
-    for name, model in (("retriever", encoder), ("reranker", cross)):
-        row = time_training_steps(
-            name, model, params, runtime, n_steps, warmup=max(2, n_steps // 5)
-        )
+    trained = (model_dir, params, runtime, n_steps)
+    result["training"] = [
+        {"model": "pretrain", **trainer_steps("pretrain", partial(pretrain_steps, *trained))},
+        {"model": "retriever", **trainer_steps("retriever", partial(retriever_steps, *trained))},
+    ]
+    row = time_training_steps("reranker", cross, params, runtime, n_steps, max(2, n_steps // 5))
+    result["training"].append({"model": "reranker", **row})
+    log.info("training reranker: %s", row)
+    for row in result["training"]:
         if row.get("tflops") is not None:
             row["mfu_measured_peak"] = round(row["tflops"] / peak["tflops"], 4)
-        result["training"].append({"model": name, **row})
-        log.info("training %s: %s", name, row)
-    pretrain = pretrain_steps(model_dir, params, runtime, n_steps)
-    result["training"].insert(0, {"model": "pretrain", **pretrain})
     corpus = titles(n_texts)
     result["embedding"] = embedding_rate(encoder, tokenizer, corpus, params, runtime)
     log.info("embedding: %s", result["embedding"])

@@ -51,28 +51,19 @@ def _batches(profile: Params, model_name: str, vocab: int, generator: torch.Gene
             rows, length, dtype=torch.long
         )
 
-    if model_name == "retriever":
-        bi = profile.retriever
-        n = bi.batch_size
-        return n, [ids(n, bi.max_query_len), ids(n, bi.max_item_len), ids(n, bi.max_item_len)]
     cross = profile.reranker
     n = cross.groups_per_step * cross.group_size
     return n, [ids(n, cross.max_len)]
 
 
 def _loss(model_name: str, forward, batches) -> torch.Tensor:
-    if model_name == "retriever":
-        return torch.stack([v.sum() for v in forward(*batches)]).sum()
     ids, mask = batches[0]
     return forward(ids, torch.zeros_like(ids), mask).sum()
 
 
 def _load(model_name: str, base: str, runtime):
-    from shopflow.models.bi_encoder import TextEncoder
     from shopflow.models.cross_encoder import CrossEncoderModule
 
-    if model_name == "retriever":
-        return TextEncoder.from_pretrained(base).to(runtime.device)
     return CrossEncoderModule.from_pretrained(base).to(runtime.device)
 
 
@@ -145,27 +136,12 @@ def step_figures(
     return row
 
 
-def time_pretrain_steps(
-    model: torch.nn.Module, tokenizer, profile: Params, runtime, steps: int, warmup: int
-) -> dict:
-    """Optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
-    (arguments, masking collator, length-grouped sampler, clipping, schedule, bf16 and
-    compile on CUDA) on full-length random lines of the profile's shape: the figures of
-    `step_figures` for the steps after `warmup`."""
+def time_trainer_steps(trainer, runtime, steps: int, warmup: int) -> tuple[float, float]:
+    """Train `trainer` (built for `warmup + steps` steps); seconds and tokens per step of the
+    steps after `warmup` (the first steps compile, warm caches and allocate)."""
     from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
 
-    from shopflow.training.hf_trainer import trainer_arguments, trainer_class
-    from shopflow.training.masked_lm import MaskingCollator, TokenizedLines
-
-    cfg = profile.pretrain
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, len(tokenizer), (5000,), generator=generator).tolist()
-    words = tokenizer.convert_ids_to_tokens(ids)  # full-length lines: at least a token a word
-    width = cfg.max_seq_len
-    lines = [" ".join(words[i : i + width]) for i in range(0, len(words) - width, 7)]
-    data = TokenizedLines(lines, tokenizer, width, cfg.whole_word_mask, 0)
-    knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
+    from shopflow.training.hf_trainer import quiet
 
     class Clock(TrainerCallback):
         started, tokens = 0.0, 0
@@ -178,6 +154,37 @@ def time_pretrain_steps(
                 self.started, self.tokens = time.perf_counter(), state.num_input_tokens_seen
 
     clock = Clock()
+    quiet(trainer).add_callback(clock)
+    trainer.train()
+    if runtime.cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - clock.started) / steps
+    return seconds, (trainer.state.num_input_tokens_seen - clock.tokens) / steps
+
+
+def random_lines(tokenizer, width: int, count: int, seed: int = 0) -> list[str]:
+    """`count` distinct lines of random vocabulary pieces, each at least `width` tokens long."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, len(tokenizer), (count * 7 + width,), generator=generator).tolist()
+    words = tokenizer.convert_ids_to_tokens(ids)  # at least a token a word
+    return [" ".join(words[i : i + width]) for i in range(0, count * 7, 7)]
+
+
+def time_pretrain_steps(
+    model: torch.nn.Module, tokenizer, profile: Params, runtime, steps: int, warmup: int
+) -> dict:
+    """Optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
+    (arguments, masking collator, length-grouped sampler, clipping, schedule, bf16 and
+    compile on CUDA) on full-length random lines of the profile's shape: the figures of
+    `step_figures` for the steps after `warmup`."""
+    from shopflow.training.hf_trainer import trainer_arguments, trainer_class
+    from shopflow.training.masked_lm import MaskingCollator, TokenizedLines
+
+    cfg = profile.pretrain
+    width = cfg.max_seq_len
+    lines = random_lines(tokenizer, width, 700)
+    data = TokenizedLines(lines, tokenizer, width, cfg.whole_word_mask, 0)
+    knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
     with tempfile.TemporaryDirectory() as folder:
         arguments = trainer_arguments(
             "pretrain",
@@ -196,16 +203,37 @@ def time_pretrain_steps(
             data_collator=MaskingCollator(tokenizer, cfg),
             train_dataset=data,
             processing_class=tokenizer,
-            callbacks=[clock],
         )
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    if runtime.cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - clock.started) / steps
-    tokens = (trainer.state.num_input_tokens_seen - clock.tokens) / steps
+        seconds, tokens = time_trainer_steps(trainer, runtime, steps, warmup)
     row = step_figures(model, runtime, cfg.batch_size, tokens, seconds, arguments.torch_compile)
     return {**row, "trainer": "transformers.Trainer"}
+
+
+def time_retriever_steps(base: str, profile: Params, runtime, steps: int, warmup: int) -> dict:
+    """Optimizer steps of the retriever through the stage's own `SentenceTransformerTrainer`
+    (`sentence_trainer.retriever_trainer`: no-duplicates sampler, tokenisation per tower,
+    InfoNCE, clipping, schedule, bf16 and compile on CUDA) on triplets of full-length random
+    texts of the profile's shapes."""
+    from datasets import Dataset
+
+    from shopflow.training.sentence_trainer import retriever_trainer, sentence_model
+
+    cfg = profile.retriever
+    model = sentence_model(Path(base), runtime)
+    rows = cfg.batch_size * (warmup + steps)
+    queries = random_lines(model.tokenizer, cfg.max_query_len, rows, seed=1)
+    items = random_lines(model.tokenizer, cfg.max_item_len, 2 * rows, seed=2)
+    columns = {"anchor": queries, "positive": items[:rows], "negative": items[rows:]}
+    data = Dataset.from_dict(columns)
+    knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = retriever_trainer(
+            model, knobs, Path(folder), runtime, seed=0, train=data, valid=None
+        )
+        seconds, tokens = time_trainer_steps(trainer, runtime, steps, warmup)
+    compiled = bool(trainer.args.torch_compile)
+    row = step_figures(model, runtime, cfg.batch_size, tokens, seconds, compiled)
+    return {**row, "trainer": "SentenceTransformerTrainer"}
 
 
 def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmup: int = 3) -> list:
@@ -229,6 +257,8 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
             if model_name == "pretrain":
                 tokenizer, mlm = load_mlm(base)
                 timed = time_pretrain_steps(mlm, tokenizer, profile, runtime, steps, warmup)
+            elif model_name == "retriever":
+                timed = time_retriever_steps(base, profile, runtime, steps, warmup)
             else:
                 model = _load(model_name, base, runtime)
                 timed = time_training_steps(model_name, model, profile, runtime, steps, warmup)
