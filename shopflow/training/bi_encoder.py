@@ -150,6 +150,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         valid = validation_examples(self.tables, params)
         self.valid_data = None if valid is None else triplets(valid, self.item_texts, params.seed)
         self.runtime = runtime
+        self.tokens = 0  # training tokens the DP step has read (`example_loss`)
         return model
 
     def key(self, runtime: Runtime) -> dict[str, object]:

@@ -25,7 +25,6 @@ with BM25, the zero-shot encoder and the retriever alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +56,12 @@ from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, Pair
 from shopflow.models.feature_ranker import FeatureRanker
 from shopflow.models.lexical import BM25, Bm25Settings
 from shopflow.training.feature_ranker import fit_feature_ranker
+from shopflow.training.hf_trainer import fit_with_trainer
 from shopflow.training.listwise_groups import (
     PRIOR_FIT_GROUPS,
     Group,
     Groups,
+    batch_order,
     click_groups,
     fit_prior_weight,
     graded_groups,
@@ -69,8 +70,7 @@ from shopflow.training.listwise_groups import (
     sample_group,
     validation_groups,
 )
-from shopflow.training.loop import Fitted, Head, Runtime, batch_order, shard
-from shopflow.training.losses import listwise_loss
+from shopflow.training.loop import Checkpoints, Fitted, Runtime
 from shopflow.training.trainer import NothingToTrainError, TrainingTask, training_figures
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         }
 
     def step_groups(self, step: int) -> list[Group]:
-        """This rank's groups of global step `step`, each sampled down to `group_size`."""
+        """The groups of global step `step`, each sampled down to `group_size`."""
         seed, size = self.params.seed, self.knobs.group_size
         rng = np.random.default_rng([seed, step])
         chosen = []
@@ -205,61 +205,48 @@ class CrossEncoderTask(TrainingTask[CrossEncoderModule]):
         for source, count, salt in sources:
             if not count:
                 continue
-            index = batch_order(len(source), count, seed * 2 + salt, step)
-            for i in shard(index, self.runtime).tolist():
+            for i in batch_order(len(source), count, seed * 2 + salt, step).tolist():
                 items, targets = sample_group(source.products[i], source.targets[i], size, rng)
                 chosen.append((source.queries[i], items, targets))
         return chosen
 
-    def groups_loss(
-        self, forward: torch.nn.Module, groups: list[Group], count_tokens: bool = True
-    ) -> torch.Tensor:
-        """The mean listwise loss of `groups`, all pairs scored in one forward pass."""
-        dev = self.runtime.device
-        joined = [
-            self.pairs.join(self.query_tokens[q], self.product_tokens[p])
-            for q, items, _ in groups
-            for p in items
-        ]
-        ids, types, mask = self.pairs.pad(joined)
-        vectors = self.retriever.item_vectors
-        prior = torch.as_tensor(
-            np.concatenate([vectors[items] @ self.query_vectors[q] for q, items, _ in groups]),
-            device=dev,
+    def fit(self, model: CrossEncoderModule, runtime: Runtime, checkpoints: Checkpoints) -> Fitted:
+        """Train on sentence-transformers' `CrossEncoderTrainer`
+        (`cross_encoder_trainer.reranker_trainer`): every step's groups drawn here, in step
+        order, as the trainer's data; the listwise loss as its loss class."""
+        from shopflow.training.cross_encoder_trainer import (
+            ListwiseLoss,
+            groups_dataset,
+            reranker_model,
+            reranker_trainer,
         )
-        if count_tokens:
-            self.tokens += int(mask.sum())
-        with self.runtime.autocast():
-            scores = forward(ids.to(dev), types.to(dev), mask.to(dev), prior)
-        losses, at = [], 0
-        for _, items, targets in groups:
-            part = scores[at : at + len(items)]
-            at += len(items)
-            target = torch.as_tensor(targets, dtype=torch.float32, device=dev)
-            losses.append(listwise_loss(part, target))
-        return torch.stack(losses).mean()
 
-    def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
-        return self.groups_loss(forward, self.step_groups(step))
-
-    def head(self, model: CrossEncoderModule) -> Head:
-        return model.head_parameters(), self.knobs.head_lr
-
-    def validator(self) -> Callable[[torch.nn.Module], float] | None:
-        if not self.valid:
-            return None
-        size = self.knobs.groups_per_step
-
-        @torch.no_grad()
-        def validation_loss(cross_encoder: torch.nn.Module) -> float:
-            cross_encoder.eval()
-            losses = [
-                self.groups_loss(cross_encoder, self.valid[a : a + size], False).item()
-                for a in range(0, len(self.valid), size)
-            ]
-            return float(np.mean(losses))
-
-        return validation_loss
+        loss = ListwiseLoss(
+            reranker_model(model, paths.ENCODER, runtime),
+            self.pairs,
+            self.query_tokens,
+            self.product_tokens,
+            self.query_vectors,
+            self.retriever.item_vectors,
+        )
+        steps = range(self.knobs.steps)
+        trainer = reranker_trainer(
+            loss,
+            model.head_parameters(),
+            self.knobs,
+            checkpoints.folder,
+            runtime,
+            seed=self.params.seed,
+            train=groups_dataset([group for step in steps for group in self.step_groups(step)]),
+            valid=groups_dataset(self.valid) if self.valid else None,
+        )
+        return fit_with_trainer(
+            trainer,
+            stage=self.stage,
+            curve=self.curve,
+            checkpoints=checkpoints,
+            live_dir=paths.live(self.stage),
+        )
 
     def evaluate(self, model: CrossEncoderModule, fitted: Fitted, runtime: Runtime) -> dict:
         cfg = self.knobs

@@ -287,5 +287,4 @@ def fit_with_trainer(
         seconds,
         checkpoints,
         tokens=int(trainer.state.num_input_tokens_seen - steps.tokens_before),
-        logged_live=True,
     )

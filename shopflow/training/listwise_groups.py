@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
@@ -74,6 +75,16 @@ def click_groups(
         groups.products.append(products[rows])
         groups.targets.append(weights[rows])
     return groups
+
+
+def batch_order(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the groups of `step`, from an epoch permutation seeded by (seed, epoch)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, offset = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=generator)
+    chunk = perm[offset * batch_size : (offset + 1) * batch_size]
+    return chunk if len(chunk) else perm[:batch_size]
 
 
 def sample_group(

@@ -1,25 +1,25 @@
 """The one skeleton every training stage runs: examples → tokens → fit → evaluate → write.
 
 A model plugs into it as a `TrainingTask`: how to build its examples and model (`setup`),
-one step's loss, an optional held-out loss, what the result depends on (the checkpoint key),
-its test numbers and how to save it. `train` does the rest, the same way for every model:
+what the result depends on (the checkpoint key), how it trains (`fit`: on its library's
+trainer, `hf_trainer.fit_with_trainer`), its test numbers and how to save it. `train` does
+the rest, the same way for every model:
 
 - joins the torch distributed process group when launched by `torchrun` (`loop.stage_runtime`)
   and always leaves it, so a failed rank never hangs the others;
-- resumes from the run's last checkpoint, trains, and records the training and held-out
-  learning curves (`loop.fit`);
+- gives `fit` the run's checkpoint folder, keyed by its inputs (`loop.run_key`); the trainer
+  resumes from its last checkpoint there and logs the learning curves to DVCLive as it goes;
 - on rank 0 only: evaluates, replaces the output folder atomically, writes
-  `metrics/<stage>.json` and the curves through DVCLive (`dvclive/<stage>`), and removes the
-  checkpoints only once all of that is written.
+  `metrics/<stage>.json`, adds the stage's other curves and final numbers to
+  `dvclive/<stage>`, and removes the checkpoints only once all of that is written.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar, cast
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 
@@ -29,13 +29,10 @@ from shopflow.core.config import Params
 from shopflow.training.loop import (
     Checkpoints,
     Fitted,
-    Head,
     Knobs,
     Runtime,
-    fit,
     run_key,
     stage_runtime,
-    unwrap,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +55,6 @@ class TrainingTask(ABC, Generic[Model]):
 
     def __init__(self, params: Params) -> None:
         self.params = params
-        self.tokens = 0  # training tokens seen by this rank (for tokens/s)
 
     @property
     @abstractmethod
@@ -79,39 +75,10 @@ class TrainingTask(ABC, Generic[Model]):
         """Everything the trained weights depend on: a checkpoint of other inputs is never
         resumed."""
 
-    def loss(self, forward: torch.nn.Module, step: int) -> torch.Tensor:
-        """The loss of global step `step` on this rank's shard, computed with `forward` (what
-        the default `fit` trains on; a task that trains on a library's trainer has none)."""
-        raise NotImplementedError(f"{self.stage}: no step loss; the task overrides fit")
-
-    @property
-    def private(self) -> bool:
-        """True when `loss` sets the step's gradients itself (user-level DP-SGD)."""
-        return False
-
-    def head(self, model: Model) -> Head | None:
-        """Parameters that start untrained and their learning rate (None: one rate for all)."""
-        return None
-
-    def validator(self) -> Callable[[torch.nn.Module], float] | None:
-        """A held-out loss (no gradients), or None when there is nothing held out."""
-        return None
-
+    @abstractmethod
     def fit(self, model: Model, runtime: Runtime, checkpoints: Checkpoints) -> Fitted:
-        """Train `model`, resuming from `checkpoints` (by default the shared loop of
-        `loop.fit`, one step at a time through `loss`)."""
-        return fit(
-            stage=self.stage,
-            model=model,
-            runtime=runtime,
-            cfg=self.knobs,
-            seed=self.params.seed,
-            checkpoints=checkpoints,
-            loss_of_step=self.loss,
-            validate=self.validator(),
-            head=self.head(model),
-            private=self.private,
-        )
+        """Train `model` on the task's trainer, resuming from the last checkpoint in
+        `checkpoints.folder` if there is one."""
 
     @abstractmethod
     def evaluate(self, model: Model, fitted: Fitted, runtime: Runtime) -> dict:
@@ -140,29 +107,15 @@ def train(task: TrainingTask[Model]) -> dict:
         except NothingToTrainError as nothing:
             return skip(task, str(nothing), runtime)
         key = run_key(**task.key(runtime))
-        checkpoints = Checkpoints(task.stage, key, task.knobs.checkpoint_every, runtime)
+        checkpoints = Checkpoints(task.stage, key, runtime)
         fitted = task.fit(model, runtime, checkpoints)
         if not runtime.is_main:
             return {}
-        trained = cast(Model, unwrap(model))
-        result = task.evaluate(trained, fitted, runtime)
+        result = task.evaluate(model, fitted, runtime)
         stored = write_metrics(task.stage, result)  # timings apart: see write_metrics
         with staged_dir(task.output) as staging:
-            task.save(trained, staging, stored)
-        curves = (
-            {}
-            if fitted.logged_live
-            else {
-                f"train/{task.curve}": fitted.history,
-                f"valid/{task.curve}": fitted.valid_history,
-            }
-        )
-        write_curve(
-            paths.live(task.stage),
-            curves | task.extra_curves(),
-            task.summary(result),
-            resume=fitted.logged_live,
-        )
+            task.save(model, staging, stored)
+        write_curve(paths.live(task.stage), task.extra_curves(), task.summary(result), resume=True)
         fitted.done()
         return result
 
@@ -182,7 +135,7 @@ def skip(task: TrainingTask[Model], reason: str, runtime: Runtime) -> dict:
 def training_figures(task: TrainingTask[Model], fitted: Fitted, runtime: Runtime) -> dict:
     """Steps, resume point, final losses, device and throughput: what every stage reports."""
     seconds = fitted.seconds or float("nan")
-    tokens = task.tokens * runtime.world_size if fitted.tokens is None else fitted.tokens
+    tokens = fitted.tokens
     return {
         "steps": task.knobs.steps,
         "resumed_from_step": fitted.resumed_from,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -224,12 +225,32 @@ def test_the_reranker_head_trains_at_its_own_rate_and_a_missing_pooler_starts_as
     from transformers import BertConfig, BertForMaskedLM
 
     from shopflow.models.cross_encoder import CrossEncoderModule
-    from shopflow.training.loop import make_optimizer, setup_runtime
-
-    model, _ = tiny_cross_encoder(tmp_path)
-    optimizer = make_optimizer(
-        model, 1e-5, 0.01, setup_runtime("cpu"), (model.head_parameters(), 1e-3)
+    from shopflow.training.cross_encoder_trainer import (
+        ListwiseLoss,
+        groups_dataset,
+        reranker_model,
+        reranker_trainer,
     )
+    from shopflow.training.loop import setup_runtime
+
+    model, pairs = tiny_cross_encoder(tmp_path)
+    runtime = setup_runtime("cpu")
+    cfg = tiny_params("reranker.lr=1e-5", "reranker.head_lr=1e-3").reranker
+    loss = ListwiseLoss(
+        reranker_model(model, tmp_path / "bert", runtime), pairs, {}, [], {}, np.zeros((1, 2))
+    )
+    data = groups_dataset([("q", np.array([0, 0]), np.array([1.0, 0.0]))])
+    trainer = reranker_trainer(
+        loss,
+        model.head_parameters(),
+        cfg,
+        tmp_path / "out",
+        runtime,
+        seed=0,
+        train=data,
+        valid=None,
+    )
+    optimizer = trainer.create_optimizer()
     rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     bert = model.model.bert
     assert rate[id(model.prior_weight)] == rate[id(model.model.classifier.weight)] == 1e-3

@@ -4,11 +4,10 @@ On a CUDA device it measures, with the `gpu` profile's shapes and bf16 autocast:
 
 - the chip's own bf16 matmul rate (8192³ products): the peak MFU is reported against, beside
   the vendor's datasheet figure;
-- training: optimizer steps of pretrain-adapt through the stage's own `transformers.Trainer`
-  and of the retriever through its `SentenceTransformerTrainer` (their arguments: bf16, TF32,
-  fused AdamW, compile), and of the reranker (listwise groups of pairs, the modules, optimizer
-  and autocast the stage trains with), on batches of the profile's sizes: samples/s,
-  tokens/s, TFLOP/s, MFU, peak memory;
+- training: optimizer steps of each model through its stage's own trainer (pretrain-adapt:
+  `transformers.Trainer`, the retriever: `SentenceTransformerTrainer`, the reranker:
+  `CrossEncoderTrainer`; their arguments: bf16, TF32, fused AdamW, compile), on batches of
+  the profile's sizes: samples/s, tokens/s, TFLOP/s, MFU, peak memory;
 - embedding: `--texts` product titles (1M by default) through the item tower, tokenising
   included: texts/s;
 - scoring: the service's reranker scorer (`CrossEncoder.score_tokens`) at batches of 256 and
@@ -47,7 +46,7 @@ from shopflow.data.synthetic import vocabulary as voc
 from shopflow.models.bi_encoder import BiEncoder, TextEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
 from shopflow.training.loop import Runtime, setup_runtime
-from tools.bench.train import bf16_peak, time_training_steps
+from tools.bench.train import bf16_peak
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +125,33 @@ def pretrain_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -
     )
 
 
-def retriever_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
-    """The retriever's steps through its `SentenceTransformerTrainer` (`time_retriever_steps`),
-    the encoder built from the config in `folder` with random weights (saved to a scratch
-    folder: sentence-transformers loads a model from one)."""
+def with_random_weights(folder: Path, scratch: str) -> str:
+    """`scratch` holding the encoder of `folder`'s config with random weights and its
+    tokenizer: the trainers load their models from a folder."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(str(folder))).save_pretrained(scratch)
+    AutoTokenizer.from_pretrained(str(folder)).save_pretrained(scratch)
+    return scratch
+
+
+def retriever_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
+    """The retriever's steps through its `SentenceTransformerTrainer` (`time_retriever_steps`)."""
     from tools.bench.train import time_retriever_steps
 
     with tempfile.TemporaryDirectory() as scratch:
-        torch.manual_seed(0)
-        AutoModel.from_config(AutoConfig.from_pretrained(str(folder))).save_pretrained(scratch)
-        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(scratch)
-        return time_retriever_steps(scratch, params, runtime, steps, max(2, steps // 5))
+        base = with_random_weights(folder, scratch)
+        return time_retriever_steps(base, params, runtime, steps, max(2, steps // 5))
+
+
+def reranker_steps(folder: Path, params: Params, runtime: Runtime, steps: int) -> dict:
+    """The reranker's steps through its `CrossEncoderTrainer` (`time_reranker_steps`)."""
+    from tools.bench.train import time_reranker_steps
+
+    with tempfile.TemporaryDirectory() as scratch:
+        base = with_random_weights(folder, scratch)
+        return time_reranker_steps(base, params, runtime, steps, max(2, steps // 5))
 
 
 def titles(n: int, seed: int = 0) -> list[str]:
@@ -212,6 +225,9 @@ def scoring_rate(
     }
 
 
+TRAINERS = {"pretrain": pretrain_steps, "retriever": retriever_steps, "reranker": reranker_steps}
+
+
 def gpu_check(
     model_dir: Path | None,
     out: Path,
@@ -250,12 +266,9 @@ def gpu_check(
     encoder, cross, tokenizer = models(model_dir, runtime)
     trained = (model_dir, params, runtime, n_steps)
     result["training"] = [
-        {"model": "pretrain", **trainer_steps("pretrain", partial(pretrain_steps, *trained))},
-        {"model": "retriever", **trainer_steps("retriever", partial(retriever_steps, *trained))},
+        {"model": name, **trainer_steps(name, partial(measure, *trained))}
+        for name, measure in TRAINERS.items()
     ]
-    row = time_training_steps("reranker", cross, params, runtime, n_steps, max(2, n_steps // 5))
-    result["training"].append({"model": "reranker", **row})
-    log.info("training reranker: %s", row)
     for row in result["training"]:
         if row.get("tflops") is not None:
             row["mfu_measured_peak"] = round(row["tflops"] / peak["tflops"], 4)

@@ -9,7 +9,6 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -40,76 +39,6 @@ def bf16_peak(name: str) -> float | None:
 def non_embedding_params(model: torch.nn.Module) -> int:
     """Parameters that do matmul work per token (embedding lookups are not FLOPs)."""
     return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-
-
-def _batches(profile: Params, model_name: str, vocab: int, generator: torch.Generator) -> tuple:
-    """Random token batches of the shapes one training step of `model_name` sees (full length:
-    an upper bound on the padding-free lengths of real data)."""
-
-    def ids(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randint(1000, vocab, (rows, length), generator=generator), torch.ones(
-            rows, length, dtype=torch.long
-        )
-
-    cross = profile.reranker
-    n = cross.groups_per_step * cross.group_size
-    return n, [ids(n, cross.max_len)]
-
-
-def _loss(model_name: str, forward, batches) -> torch.Tensor:
-    ids, mask = batches[0]
-    return forward(ids, torch.zeros_like(ids), mask).sum()
-
-
-def _load(model_name: str, base: str, runtime):
-    from shopflow.models.cross_encoder import CrossEncoderModule
-
-    return CrossEncoderModule.from_pretrained(base).to(runtime.device)
-
-
-def time_training_steps(
-    model_name: str, model: torch.nn.Module, profile: Params, runtime, steps: int, warmup: int
-) -> dict:
-    """Optimizer steps of `model` on batches of `profile`'s shapes for `model_name`: samples/s,
-    tokens/s and, on a GPU, TFLOP/s, MFU against the datasheet peak and peak memory. With
-    the profile's `compile`, torch.compile is tried first and eager mode is the fallback."""
-    from shopflow.training.loop import make_optimizer
-
-    cfg = getattr(profile, model_name)
-    forward, compiled = model, False
-    if cfg.compile and runtime.cuda:
-        forward, compiled = cast(torch.nn.Module, torch.compile(model)), True
-    optimizer = make_optimizer(model, 1e-5, 0.0, runtime)
-    samples, batches = _batches(profile, model_name, 30000, torch.Generator().manual_seed(0))
-    batches = [(i.to(runtime.device), m.to(runtime.device)) for i, m in batches]
-    tokens = sum(int(m.sum()) for _, m in batches)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast():
-            loss = _loss(model_name, forward, batches)
-        loss.backward()
-        optimizer.step()
-
-    try:
-        step()
-    except Exception as exc:  # torch.compile can fail on a new stack: eager still measures
-        if not compiled:
-            raise
-        log.warning("torch.compile failed (%s): timing eager mode", exc)
-        forward, compiled = model, False
-    for _ in range(warmup):
-        step()
-    if runtime.cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if runtime.cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - started) / steps
-    return step_figures(model, runtime, samples, tokens, seconds, compiled)
 
 
 def step_figures(
@@ -236,6 +165,59 @@ def time_retriever_steps(base: str, profile: Params, runtime, steps: int, warmup
     return {**row, "trainer": "SentenceTransformerTrainer"}
 
 
+def time_reranker_steps(base: str, profile: Params, runtime, steps: int, warmup: int) -> dict:
+    """Optimizer steps of the reranker through the stage's own `CrossEncoderTrainer`
+    (`cross_encoder_trainer.reranker_trainer`: groups in step order, pairs joined as the
+    service joins them, the retriever prior, the listwise loss, the head's own rate) on groups
+    of full-length random texts of the profile's shapes."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from shopflow.models.cross_encoder import CrossEncoderModule, PairTokens
+    from shopflow.training.cross_encoder_trainer import (
+        ListwiseLoss,
+        groups_dataset,
+        reranker_model,
+        reranker_trainer,
+    )
+
+    cfg = profile.reranker
+    module = CrossEncoderModule.from_pretrained(base, 20.0).to(runtime.device)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    pairs = PairTokens(tokenizer, cfg.max_len, cfg.max_query_len)
+    size, count = cfg.group_size, cfg.groups_per_step * (warmup + steps)
+    queries = random_lines(tokenizer, cfg.max_query_len, count, seed=1)
+    products = pairs.pieces(random_lines(tokenizer, cfg.max_len, count * size, seed=2))
+    rng = np.random.default_rng(0)
+    loss = ListwiseLoss(
+        reranker_model(module, Path(base), runtime),
+        pairs,
+        dict(zip(queries, pairs.pieces(queries), strict=True)),
+        products,
+        {query: rng.normal(size=8) for query in queries},
+        rng.normal(size=(len(products), 8)),
+    )
+    groups = [
+        (q, np.arange(i * size, (i + 1) * size), rng.random(size)) for i, q in enumerate(queries)
+    ]
+    knobs = cfg.model_copy(update={"steps": warmup + steps, "checkpoint_every": 0})
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = reranker_trainer(
+            loss,
+            module.head_parameters(),
+            knobs,
+            Path(folder),
+            runtime,
+            seed=0,
+            train=groups_dataset(groups),
+            valid=None,
+        )
+        seconds, tokens = time_trainer_steps(trainer, runtime, steps, warmup)
+    compiled = bool(trainer.args.torch_compile)
+    row = step_figures(module, runtime, cfg.groups_per_step * size, tokens, seconds, compiled)
+    return {**row, "trainer": "CrossEncoderTrainer"}
+
+
 def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmup: int = 3) -> list:
     """Optimizer steps/s of each model at each profile's batch shape, on this machine's device.
 
@@ -260,8 +242,7 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
             elif model_name == "retriever":
                 timed = time_retriever_steps(base, profile, runtime, steps, warmup)
             else:
-                model = _load(model_name, base, runtime)
-                timed = time_training_steps(model_name, model, profile, runtime, steps, warmup)
+                timed = time_reranker_steps(base, profile, runtime, steps, warmup)
             row = {
                 "profile": profile_name,
                 "model": model_name,
