@@ -17,8 +17,8 @@ from shopflow.core.artifacts import staged_dir, write_json
 from shopflow.core.config import Params
 from shopflow.core.errors import StageInputError
 from shopflow.models.base import resolve_base_model
-from shopflow.training.loop import stage_runtime
 from shopflow.training.masked_lm import MaskedLMTask, save_encoder
+from shopflow.training.runtime import stage_runtime
 from shopflow.training.trainer import train, write_curve
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,6 @@ from shopflow.models.lexical import Bm25Settings
 from shopflow.models.popularity import popularity, popularity_prior
 from shopflow.models.tokens import pad, tokenize
 from shopflow.training.hf_trainer import fit_with_trainer
-from shopflow.training.loop import Checkpoints, Fitted, Runtime
 from shopflow.training.privacy import PrivacyPlan, SecretDraws, plan, private_gradients
 from shopflow.training.retrieval_examples import (
     NO_NEGATIVE,
@@ -49,7 +48,13 @@ from shopflow.training.retrieval_examples import (
     training_examples,
     validation_examples,
 )
-from shopflow.training.sentence_trainer import retriever_trainer, sentence_model, triplets
+from shopflow.training.runtime import Checkpoints, Fitted, Runtime
+from shopflow.training.sentence_trainer import (
+    retriever_trainer,
+    sentence_model,
+    text_encoder,
+    triplets,
+)
 from shopflow.training.trainer import TrainingTask, training_figures
 from shopflow.training.user_level import Units, hold_out_customers
 
@@ -133,7 +138,7 @@ class BiEncoderTask(TrainingTask[TextEncoder]):
         self.tokenizer = AutoTokenizer.from_pretrained(str(paths.ENCODER))
         torch.manual_seed(params.seed)
         self.sentence = sentence_model(paths.ENCODER, runtime)
-        model = TextEncoder(self.sentence[0].auto_model)  # the same weights, the project's API
+        model = text_encoder(self.sentence)
         if self.plan is not None:
             trained = model.train_top_layers(dp.trained_layers)
             log.info(

@@ -70,7 +70,7 @@ from shopflow.training.listwise_groups import (
     sample_group,
     validation_groups,
 )
-from shopflow.training.loop import Checkpoints, Fitted, Runtime
+from shopflow.training.runtime import Checkpoints, Fitted, Runtime
 from shopflow.training.trainer import NothingToTrainError, TrainingTask, training_figures
 
 log = logging.getLogger(__name__)

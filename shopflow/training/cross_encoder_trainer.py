@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from shopflow.core.errors import ConfigError
 from shopflow.models.cross_encoder import CrossEncoderModule, PairTokens
 from shopflow.training.hf_trainer import trainer_arguments
 from shopflow.training.listwise_groups import Group
-from shopflow.training.loop import Runtime
 from shopflow.training.losses import listwise_loss
+from shopflow.training.runtime import Runtime
 
 
 class RetrieverPrior(Module):
@@ -54,8 +54,26 @@ class RetrieverPrior(Module):
         self.save_torch_weights(output_path, safe_serialization=safe_serialization)
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> RetrieverPrior:
-        return cls.load_torch_weights(model_name_or_path, subfolder=subfolder, model=cls())
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        init_defaults: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> RetrieverPrior:
+        return cls.load_torch_weights(
+            model_name_or_path,
+            subfolder=subfolder,
+            token=token,
+            cache_folder=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+            model=cls(),
+        )
 
 
 def reranker_model(module: CrossEncoderModule, encoder: Path, runtime: Runtime) -> CrossEncoder:
@@ -180,7 +198,11 @@ def reranker_trainer(
         arguments_class=CrossEncoderTrainingArguments,
     )
     return RerankerTrainer(
-        model=loss.model, args=arguments, train_dataset=train, eval_dataset=valid, loss=loss
+        model=loss.model,
+        args=cast(CrossEncoderTrainingArguments, arguments),
+        train_dataset=train,
+        eval_dataset=valid,
+        loss=loss,
     )
 
 
@@ -190,6 +212,6 @@ class RerankerTrainer(CrossEncoderTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if model.training:
-            tokens = torch.tensor([self.loss.tokens], device=self.args.device)
+            tokens = torch.tensor([cast(ListwiseLoss, self.loss).tokens], device=self.args.device)
             self.state.num_input_tokens_seen += int(self.accelerator.gather(tokens).sum())
         return result

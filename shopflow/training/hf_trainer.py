@@ -8,7 +8,7 @@ batches, bf16 and TF32 on CUDA, torch.compile, DDP under `torchrun`/`accelerate 
 checkpoints that hold the model, optimizer, scheduler, data position and RNG states, so a
 killed run resumed with `resume_from_checkpoint` continues as the uninterrupted run would.
 
-What stays here: the checkpoint folder is keyed by the run's inputs (`loop.run_key`), so a
+What stays here: the checkpoint folder is keyed by the run's inputs (`runtime.run_key`), so a
 checkpoint of other data, params or code is never resumed; the held-out loss is also taken
 at the last step; and a stage's `<section>.trainer_args` reach `TrainingArguments` as they
 are, so any schedule, optimizer or batch setting the trainer knows is one param away.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from shopflow.core.errors import ConfigError
 from shopflow.core.progress import Progress
-from shopflow.training.loop import Checkpoints, Fitted, Knobs, Runtime
+from shopflow.training.runtime import Checkpoints, Fitted, Knobs, Runtime
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments

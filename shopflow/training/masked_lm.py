@@ -29,7 +29,7 @@ from shopflow.core.artifacts import write_json
 from shopflow.core.config import Params, PretrainConfig
 from shopflow.core.errors import StageInputError, TrainingError
 from shopflow.training.hf_trainer import fit_with_trainer, trainer_arguments, trainer_class
-from shopflow.training.loop import Checkpoints, Fitted, Runtime
+from shopflow.training.runtime import Checkpoints, Fitted, Runtime
 from shopflow.training.trainer import TrainingTask, training_figures
 
 if TYPE_CHECKING:

@@ -5,9 +5,9 @@ what the result depends on (the checkpoint key), how it trains (`fit`: on its li
 trainer, `hf_trainer.fit_with_trainer`), its test numbers and how to save it. `train` does
 the rest, the same way for every model:
 
-- joins the torch distributed process group when launched by `torchrun` (`loop.stage_runtime`)
+- joins the torch distributed process group when launched by `torchrun` (`runtime.stage_runtime`)
   and always leaves it, so a failed rank never hangs the others;
-- gives `fit` the run's checkpoint folder, keyed by its inputs (`loop.run_key`); the trainer
+- gives `fit` the run's checkpoint folder, keyed by its inputs (`runtime.run_key`); the trainer
   resumes from its last checkpoint there and logs the learning curves to DVCLive as it goes;
 - on rank 0 only: evaluates, replaces the output folder atomically, writes
   `metrics/<stage>.json`, adds the stage's other curves and final numbers to
@@ -26,7 +26,7 @@ import torch
 from shopflow.core import paths
 from shopflow.core.artifacts import staged_dir, write_json, write_metrics
 from shopflow.core.config import Params
-from shopflow.training.loop import (
+from shopflow.training.runtime import (
     Checkpoints,
     Fitted,
     Knobs,

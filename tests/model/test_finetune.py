@@ -231,7 +231,7 @@ def test_the_reranker_head_trains_at_its_own_rate_and_a_missing_pooler_starts_as
         reranker_model,
         reranker_trainer,
     )
-    from shopflow.training.loop import setup_runtime
+    from shopflow.training.runtime import setup_runtime
 
     model, pairs = tiny_cross_encoder(tmp_path)
     runtime = setup_runtime("cpu")

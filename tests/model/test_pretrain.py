@@ -257,7 +257,7 @@ def test_trainer_args_reach_the_trainer_and_the_knobs_it_owns_are_refused_by_nam
     from functools import partial
 
     from shopflow.training.hf_trainer import trainer_arguments
-    from shopflow.training.loop import Runtime
+    from shopflow.training.runtime import Runtime
 
     params = tiny_params(
         "+pretrain.trainer_args.lr_scheduler_type=cosine",

@@ -45,7 +45,7 @@ from shopflow.core.progress import Progress
 from shopflow.data.synthetic import vocabulary as voc
 from shopflow.models.bi_encoder import BiEncoder, TextEncoder
 from shopflow.models.cross_encoder import CrossEncoder, CrossEncoderModule, PairTokens
-from shopflow.training.loop import Runtime, setup_runtime
+from shopflow.training.runtime import Runtime, setup_runtime
 from tools.bench.train import bf16_peak
 
 log = logging.getLogger(__name__)

@@ -227,8 +227,8 @@ def train_throughput(params: Params, profiles: list[str], steps: int = 10, warmu
     """
     from shopflow.core.config import load_params
     from shopflow.models.base import resolve_base_model
-    from shopflow.training.loop import setup_runtime
     from shopflow.training.masked_lm import load_mlm
+    from shopflow.training.runtime import setup_runtime
 
     rows = []
     runtime = setup_runtime(params.models.device)
