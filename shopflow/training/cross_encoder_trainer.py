@@ -31,6 +31,7 @@ from shopflow.training.hf_trainer import trainer_arguments
 from shopflow.training.listwise_groups import Group
 from shopflow.training.losses import listwise_loss
 from shopflow.training.runtime import Runtime
+from shopflow.training.sentence_trainer import WithoutModelCard
 
 
 class RetrieverPrior(Module):
@@ -206,7 +207,7 @@ def reranker_trainer(
     )
 
 
-class RerankerTrainer(CrossEncoderTrainer):
+class RerankerTrainer(WithoutModelCard, CrossEncoderTrainer):
     """`CrossEncoderTrainer` that counts the real tokens of the pairs it trains on."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

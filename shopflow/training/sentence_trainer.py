@@ -133,7 +133,16 @@ def retriever_trainer(
     )
 
 
-class RetrieverTrainer(SentenceTransformerTrainer):
+class WithoutModelCard:
+    """A sentence-transformers trainer without its model-card callback (which embeds sample
+    rows when the trainer starts, to describe a model published to a hub): the stage writes
+    its own metadata (`shopflow.json`)."""
+
+    def add_model_card_callback(self, default_args_dict: dict[str, Any]) -> None:
+        return None
+
+
+class RetrieverTrainer(WithoutModelCard, SentenceTransformerTrainer):
     """`SentenceTransformerTrainer` that counts the tokens it trains on (every text column's
     real tokens; the library's counter reads one `input_ids` column) and, when given a
     `private_step`, runs that step instead of its own forward and backward."""
