@@ -17,7 +17,7 @@ import torch
 
 from pipelines import reranker, retriever
 from shopflow.core import paths
-from shopflow.core.errors import StageInputError
+from shopflow.core.errors import ConfigError, StageInputError
 from shopflow.models.base import resolve_base_model
 from shopflow.models.lexical import Bm25Settings
 from tests.conftest import tiny_params
@@ -264,6 +264,31 @@ def test_the_reranker_head_trains_at_its_own_rate_and_a_missing_pooler_starts_as
     dense = CrossEncoderModule.from_pretrained(masked_lm).model.bert.pooler.dense
     assert torch.equal(dense.weight, torch.eye(config.hidden_size))
     assert not dense.bias.any()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+retriever.trainer_args.learning_rate=1", r"retriever\.trainer_args\.learning_rate: set"),
+        ("+retriever.trainer_args.no_such=1", r"not an argument of SentenceTransformerTraining"),
+    ],
+)
+def test_retriever_trainer_args_owned_by_a_knob_or_misspelt_are_refused_by_name(
+    in_tmp, override, message
+):
+    write_planted_shop(in_tmp)
+    with pytest.raises(ConfigError, match=message):
+        retriever.run(tiny_params(override))
+
+
+def test_reranker_groups_that_do_not_split_over_the_processes_are_refused_by_name(tmp_path):
+    from shopflow.training.cross_encoder_trainer import reranker_trainer
+    from shopflow.training.runtime import Runtime
+
+    cfg = tiny_params("reranker.groups_per_step=3").reranker
+    two = Runtime(torch.device("cpu"), rank=0, world_size=2)
+    with pytest.raises(ConfigError, match=r"reranker\.groups_per_step 3 does not split over 2"):
+        reranker_trainer(None, [], cfg, tmp_path, two, seed=0, train=None, valid=None)  # type: ignore[arg-type]
 
 
 NO_VALID = "no judged valid query to choose on"  # the planted shop has no valid split
